@@ -1,0 +1,44 @@
+"""tilefill: restore gaps in satellite scenes with Deep Image Prior, tile by tile on Dask.
+
+The public surface is small: :func:`fill_scene` runs the whole pipeline, :class:`Config`
+holds every setting (loaded from ``configs/*.yaml`` presets), :class:`TileGrid` and
+:class:`Tile` describe how a scene is cut. Everything else lives in private modules, one
+per pipeline stage.
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+try:
+    __version__ = _version("tilefill")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+
+class TilefillError(Exception):
+    """A user-facing error: the message is one line that says what is wrong and what to do."""
+
+
+from tilefill._config import Config, load_config  # noqa: E402
+from tilefill._grid import Tile, TileGrid  # noqa: E402
+
+
+def __getattr__(name):
+    # The pipeline pulls in torch, dask and zarr: import it only when it is used, so that
+    # `import tilefill` and `tilefill --help` stay quick.
+    if name in ("fill_scene", "FillReport"):
+        from tilefill import _pipeline
+
+        return getattr(_pipeline, name)
+    raise AttributeError(f"module 'tilefill' has no attribute {name!r}")
+
+
+__all__ = [
+    "Config",
+    "FillReport",
+    "Tile",
+    "TileGrid",
+    "TilefillError",
+    "fill_scene",
+    "load_config",
+    "__version__",
+]

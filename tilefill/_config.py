@@ -1,0 +1,231 @@
+"""Every setting of a run, in one typed place.
+
+A :class:`Config` is built from a preset in ``configs/*.yaml`` (``paper`` is the paper's
+method, ``fast`` a small network for CPUs), a user's own YAML file, and overrides from the
+CLI or the Python API. Sections mirror the pipeline: ``network`` (the DIP skip network),
+``fit`` (the optimisation of one tile), ``tiles`` (the grid), ``output`` (the GeoTIFF).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from tilefill import TilefillError
+
+# Five stride-2 levels halve a tile five times: sides must divide by 2**5.
+TILE_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The DIP "skip" hourglass (Ulyanov et al. 2018, as in the paper's appendix)."""
+
+    channels_down: tuple[int, ...] = (128, 128, 128, 128, 128)
+    channels_up: tuple[int, ...] = (128, 128, 128, 128, 128)
+    channels_skip: tuple[int, ...] = (128, 128, 128, 128, 128)
+    kernel_down: int = 3
+    kernel_up: int = 3
+    kernel_skip: int = 1
+    upsample: str = "nearest"
+    leaky_slope: float = 0.2
+
+    def __post_init__(self):
+        levels = {len(self.channels_down), len(self.channels_up), len(self.channels_skip)}
+        if len(levels) != 1:
+            raise TilefillError("network: channels_down, channels_up and channels_skip need one entry per level")
+        if self.upsample not in ("nearest", "bilinear"):
+            raise TilefillError(f"network.upsample must be 'nearest' or 'bilinear', not {self.upsample!r}")
+
+    @property
+    def levels(self) -> int:
+        return len(self.channels_down)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How one tile is fitted."""
+
+    iterations: int = 1500
+    learning_rate: float = 0.01
+    input_scale: float = 0.1  # z ~ U(0, input_scale), one channel per band
+    input_noise: float = 0.1  # sigma_p: N(0, sigma_p^2) added to z every iteration
+    per_band: bool = False  # False: all bands in one network (the paper's composite)
+    seed: int = 0
+    keep_known: bool = True  # False: the paper's full reconstruction replaces known pixels too
+    # A tile with fewer known pixels than this share is fitted on a wider window (x2, x4, ...)
+    min_known_fraction: float = 0.05
+    max_context: int = 4  # widest window, in tile sides
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise TilefillError(f"iterations must be at least 1, not {self.iterations}")
+        if self.learning_rate <= 0:
+            raise TilefillError(f"learning_rate must be positive, not {self.learning_rate}")
+        if not 0 <= self.min_known_fraction < 1:
+            raise TilefillError("fit.min_known_fraction must be in [0, 1)")
+        if self.max_context < 1:
+            raise TilefillError("fit.max_context must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise TilefillError(f"fit.device must be auto, cpu or cuda, not {self.device!r}")
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """The overlapping tile grid."""
+
+    size: int = 256
+    overlap: int = 32
+
+    def __post_init__(self):
+        for name, value in (("tile size", self.size), ("overlap", self.overlap)):
+            if value % TILE_MULTIPLE:
+                raise TilefillError(
+                    f"{name} {value} is not a multiple of {TILE_MULTIPLE} (the network halves a tile five times)"
+                )
+        if self.size <= 0:
+            raise TilefillError(f"tile size must be positive, not {self.size}")
+        if not 0 <= self.overlap < self.size:
+            raise TilefillError(f"overlap {self.overlap} must be at least 0 and smaller than the tile size {self.size}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How the restored scene is written."""
+
+    cog: bool = False
+    compress: str = "deflate"
+    blocksize: int = 512
+
+    def __post_init__(self):
+        if self.blocksize % 16:
+            raise TilefillError("output.blocksize must be a multiple of 16 (GeoTIFF tiles)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of a run.
+
+    Examples
+    --------
+    >>> from tilefill import load_config
+    >>> cfg = load_config("fast", {"fit.iterations": 50, "tiles.size": 128})
+    >>> cfg.fit.iterations, cfg.tiles.size
+    (50, 128)
+    """
+
+    name: str = "paper"
+    method: str = "dip"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    tiles: TileConfig = field(default_factory=TileConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def override(self, overrides: Mapping[str, Any]) -> "Config":
+        """A copy with dotted keys replaced, e.g. ``{"fit.iterations": 10}``; ``None`` values are ignored."""
+        cfg = self
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            cfg = _set_dotted(cfg, key, value)
+        return cfg
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {"network": NetworkConfig, "fit": FitConfig, "tiles": TileConfig, "output": OutputConfig}
+
+
+def _coerce(cls, key: str, value: Any) -> Any:
+    """Convert YAML/CLI values to the field's declared type (lists to tuples for hashability)."""
+    names = {f.name: f for f in fields(cls)}
+    if key not in names:
+        raise TilefillError(f"unknown setting {key!r} in {cls.__name__}; valid: {', '.join(sorted(names))}")
+    default = getattr(cls(), key) if cls is not Config else None
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise TilefillError(f"setting {key!r} must be true or false, not {value!r}")
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _set_dotted(cfg: Config, key: str, value: Any) -> Config:
+    section, _, leaf = key.partition(".")
+    if not leaf:
+        if section not in ("name", "method"):
+            raise TilefillError(f"unknown setting {key!r}")
+        return replace(cfg, **{section: value})
+    if section not in _SECTIONS:
+        raise TilefillError(f"unknown config section {section!r}; valid: {', '.join(_SECTIONS)}")
+    sub = getattr(cfg, section)
+    return replace(cfg, **{section: replace(sub, **{leaf: _coerce(type(sub), leaf, value)})})
+
+
+def presets_dir() -> Path:
+    """The folder of the shipped presets: ``configs/`` in a source tree, ``tilefill/configs`` in a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "paper.yaml").is_file():
+            return candidate
+    raise TilefillError(f"tilefill's presets (configs/*.yaml) are missing from {here}; reinstall tilefill")
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``configs/``."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def _read_yaml(name_or_path: str | Path) -> tuple[str, dict]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise TilefillError(f"config file not found: {path}")
+        text, name = path.read_text(), path.stem
+    else:
+        preset = presets_dir() / f"{name_or_path}.yaml"
+        if not preset.is_file():
+            raise TilefillError(f"no preset named {name_or_path!r}; presets: {', '.join(preset_names())}, or a path to a .yaml file")
+        text, name = preset.read_text(), str(name_or_path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise TilefillError(f"config {name_or_path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise TilefillError(f"config {name_or_path} must be a mapping of sections")
+    return name, data
+
+
+def load_config(name_or_path: str | Path = "paper", overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build a :class:`Config` from a preset name or a YAML file, then apply dotted overrides.
+
+    A YAML file may start from another preset with ``base: NAME`` and change only some keys.
+
+    Examples
+    --------
+    >>> load_config("paper").network.channels_down
+    (128, 128, 128, 128, 128)
+    """
+    name, data = _read_yaml(name_or_path)
+    base = data.pop("base", None)
+    cfg = load_config(base) if base else Config()
+    flat: dict[str, Any] = {"name": data.pop("name", name)}
+    if "method" in data:
+        flat["method"] = data.pop("method")
+    for section, values in data.items():
+        if section not in _SECTIONS:
+            raise TilefillError(f"unknown config section {section!r} in {name_or_path}; valid: {', '.join(_SECTIONS)}")
+        if not isinstance(values, dict):
+            raise TilefillError(f"config section {section!r} in {name_or_path} must be a mapping")
+        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    try:
+        return cfg.override(flat).override(overrides or {})
+    except TypeError as exc:  # a wrong type that dataclass validation tripped over
+        raise TilefillError(f"invalid config {name_or_path}: {exc}") from None

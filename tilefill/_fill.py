@@ -1,0 +1,87 @@
+"""One tile's work, as a Dask task runs it: read its window from the store, fill, write its chunk.
+
+Tiles whose known pixels are too few for a fit (less than ``fit.min_known_fraction`` of the
+window, e.g. a tile inside a cloud or a wide stripe) are fitted on a wider window around them
+(2x, 4x ... up to ``fit.max_context`` tile sides, clamped to the scene) and cropped back. A
+tile with no known pixel even then gets no prediction: its gap pixels stay nodata and the
+run reports them as unfilled.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from tilefill._store import TileStore
+
+METHODS = ("dip", "gdal", "biharmonic", "telea", "ns", "kriging")
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """What a tile task reports back to the client."""
+
+    index: int
+    status: str  # "filled" | "no-context"
+    final_loss: float = float("nan")
+    iterations: int = 0
+    seconds: float = 0.0
+    window: int = 0  # side of the window that was fitted
+    device: str = ""
+    worker: str = ""
+
+
+def _set_threads() -> None:
+    threads = os.environ.get("TILEFILL_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: int) -> tuple[np.ndarray, dict]:
+    """Fill one window with ``method``; returns the prediction (bands, H, W) and fit statistics."""
+    if method == "dip":
+        from tilefill._dip import fit_dip
+
+        _set_threads()
+        res = fit_dip(image, known, config.network, config.fit, seed=seed)
+        return res.prediction, {"final_loss": res.final_loss, "iterations": res.iterations, "device": res.device}
+    from tilefill._classical import fill_classical
+
+    return fill_classical(method, image, known), {"final_loss": float("nan"), "iterations": 0, "device": "cpu"}
+
+
+def fill_tile(store_path: str, index: int) -> TileResult:
+    """Fill tile ``index`` of the store at ``store_path`` and write its prediction chunk.
+
+    Runs on a Dask worker (or in-process); everything it needs comes from the store, so it can
+    run on any machine that sees the store.
+    """
+    start = time.perf_counter()
+    store = TileStore.open(store_path, mode="r+")
+    cfg, grid = store.config, store.grid
+    tile = grid[index]
+    factor = 1
+    y, x, side = tile.y, tile.x, tile.size
+    image, known = store.read_window(y, x, side)
+    while known.mean() < cfg.fit.min_known_fraction and factor < cfg.fit.max_context:
+        factor *= 2
+        y, x, side = grid.context_window(tile, factor)
+        image, known = store.read_window(y, x, side)
+        if side < tile.size * factor:  # already as wide as the scene allows
+            break
+    worker = socket.gethostname() + f":{os.getpid()}"
+    if not known.any():
+        return TileResult(index, "no-context", window=side, worker=worker, seconds=time.perf_counter() - start)
+    # per-tile seed: the same tile gets the same fit whichever worker runs it
+    prediction, stats = run_method(cfg.method, image, known, cfg, seed=cfg.fit.seed * 1_000_003 + index)
+    oy, ox = tile.y - y, tile.x - x
+    prediction = prediction[:, oy:oy + tile.size, ox:ox + tile.size]
+    seconds = time.perf_counter() - start
+    store.write_tile(index, prediction, {**stats, "seconds": seconds, "window": side})
+    return TileResult(index, "filled", stats["final_loss"], stats["iterations"], seconds, side, stats["device"], worker)

