@@ -71,28 +71,31 @@ def _profile(info: SceneInfo, compress: str, blocksize: int, size: tuple[int, in
 
 
 def _blend_strip(store: TileStore, y: int, h: int, cache: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted sum of the predictions over rows [y, y+h) and the summed weight."""
+    """Weighted sum of the predictions over rows [y, y+h) and the summed weight, per band.
+
+    A tile band without a prediction (NaN: nothing known in reach) adds no weight there.
+    """
     grid, bands, width = store.grid, store.info.count, store.info.width
     acc = np.zeros((bands, h, width), dtype=np.float32)
-    wsum = np.zeros((h, width), dtype=np.float32)
-    done = cache.setdefault("done", set(store.meta["tiles_to_fit"]))
+    wsum = np.zeros((bands, h, width), dtype=np.float32)
+    fitted = cache.setdefault("fitted", set(store.tiles_to_fit))
     for tile in grid.tiles_in_rows(y, y + h):
-        if tile.index not in done:
+        if tile.index not in fitted:
             continue
         if tile.index not in cache:
             pred = store.read_tile(tile.index)
-            cache[tile.index] = None if not np.isfinite(pred).all() else (pred, grid.weights(tile))
+            has = np.isfinite(pred[:, 0, 0])
+            cache[tile.index] = (np.nan_to_num(pred), grid.weights(tile)[None] * has[:, None, None]) if has.any() else None
         entry = cache[tile.index]
-        if entry is None:  # not fitted (no known context) or never written
-            continue
-        pred, w = entry
-        r0, r1 = max(y, tile.y), min(y + h, tile.y + tile.size)
-        src = slice(r0 - tile.y, r1 - tile.y)
-        dst = (slice(r0 - y, r1 - y), slice(tile.x, tile.x + tile.size))
-        acc[(slice(None),) + dst] += w[src] * pred[:, src]
-        wsum[dst] += w[src]
+        if entry is not None:
+            pred, w = entry
+            r0, r1 = max(y, tile.y), min(y + h, tile.y + tile.size)
+            src = slice(r0 - tile.y, r1 - tile.y)
+            dst = (slice(None), slice(r0 - y, r1 - y), slice(tile.x, tile.x + tile.size))
+            acc[dst] += w[:, src] * pred[:, src]
+            wsum[dst] += w[:, src]
         if tile.y + tile.size <= y + h:  # this tile reaches no later strip
-            del cache[tile.index]
+            cache.pop(tile.index, None)
     return acc, wsum
 
 
@@ -130,12 +133,12 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
                 inside = np.asarray(store.group["footprint"][y:y + h, :])
                 acc, wsum = _blend_strip(store, y, h, cache)
                 covered = wsum > 0
-                target = (gaps if keep_known else inside[None]) & covered[None]
+                target = (gaps if keep_known else inside[None]) & covered
                 if target.any():
-                    pred = acc / np.where(covered, wsum, 1)[None]
+                    pred = acc / np.where(covered, wsum, 1)
                     values[target] = to_dtype(store.scaling.inverse_at(pred, target), info)
                     filled += int(target.sum())
-                missing = gaps & ~covered[None]
+                missing = gaps & ~covered
                 unfilled += int(missing.sum())
                 if nodata is not None:
                     values[missing] = nodata

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
 from rasterio.enums import Resampling
 
 from tilefill import TilefillError
@@ -49,7 +50,7 @@ def load_sample(sensor: str = "landsat8") -> tuple[np.ndarray, dict, list[str], 
     with rasterio.open(base / files[0]) as ref:
         factor = RESOLUTION / ref.res[0]
         height, width = int(ref.height / factor), int(ref.width / factor)
-        transform = ref.transform * ref.transform.scale(ref.width / width, ref.height / height)
+        transform = ref.transform @ Affine.scale(ref.width / width, ref.height / height)
         crs = ref.crs
     for f in files:
         with rasterio.open(base / f) as ds:

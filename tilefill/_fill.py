@@ -3,8 +3,8 @@
 Tiles whose known pixels are too few for a fit (less than ``fit.min_known_fraction`` of the
 window, e.g. a tile inside a cloud or a wide stripe) are fitted on a wider window around them
 (2x, 4x ... up to ``fit.max_context`` tile sides, clamped to the scene) and cropped back. A
-tile with no known pixel even then gets no prediction: its gap pixels stay nodata and the
-run reports them as unfilled.
+band with no known pixel even then gets no prediction from that tile: where no other tile
+covers them, its gap pixels stay nodata and the run reports them as unfilled.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def fill_tile(store_path: str, index: int) -> TileResult:
     factor = 1
     y, x, side = tile.y, tile.x, tile.size
     image, known = store.read_window(y, x, side)
-    while known.mean() < cfg.fit.min_known_fraction and factor < cfg.fit.max_context:
+    # the band with the fewest known pixels decides: every band needs something to fit
+    while known.mean(axis=(1, 2)).min() < cfg.fit.min_known_fraction and factor < cfg.fit.max_context:
         factor *= 2
         y, x, side = grid.context_window(tile, factor)
         image, known = store.read_window(y, x, side)
@@ -81,7 +82,8 @@ def fill_tile(store_path: str, index: int) -> TileResult:
     # per-tile seed: the same tile gets the same fit whichever worker runs it
     prediction, stats = run_method(cfg.method, image, known, cfg, seed=cfg.fit.seed * 1_000_003 + index)
     oy, ox = tile.y - y, tile.x - x
-    prediction = prediction[:, oy:oy + tile.size, ox:ox + tile.size]
+    prediction = prediction[:, oy:oy + tile.size, ox:ox + tile.size].copy()
+    prediction[~known.any(axis=(1, 2))] = np.nan  # a band with nothing known in reach: no prediction
     seconds = time.perf_counter() - start
     store.write_tile(index, prediction, {**stats, "seconds": seconds, "window": side})
     return TileResult(index, "filled", stats["final_loss"], stats["iterations"], seconds, side, stats["device"], worker)

@@ -57,7 +57,7 @@ class Tile:
     @property
     def transform(self) -> Affine:
         """The affine transform of the tile's own top-left pixel."""
-        return self.scene_transform * Affine.translation(self.x, self.y)
+        return self.scene_transform @ Affine.translation(self.x, self.y)
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,10 @@ def fill_scene(
 
     if cfg.method not in METHODS:
         raise TilefillError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.method != "dip":
+        from tilefill._classical import check_available
+
+        check_available(cfg.method)
     out = check_output_path(output, overwrite)
     keep_store = workdir is not None
     store_path = (Path(workdir) / "tiles.zarr") if keep_store else out.with_name(f".{out.name}.tilefill.zarr")

@@ -8,11 +8,14 @@ What is a gap, and what is the footprint
 * A pixel *carries data* in a band unless it is nodata there (the nodata value, the internal
   or external GDAL mask, NaN). Landsat product folders whose bands declare no nodata use 0,
   the USGS L1 fill value.
-* The *footprint* is the convex hull of the pixels that carry data in any band. A rotated L1
+* The *footprint* is the convex hull of the pixels that carry data in any band (or that an
+  explicit ``--mask`` flags as gaps, which lie inside the scene by definition). A rotated L1
   scene is a convex parallelogram inside a nodata collar; SLC-off stripes run across it and
   touch the collar, so a flood fill from the border would leak into them, while the hull
   spans them. Pixels outside the footprint are collar: never fitted, nodata in the output.
-  ``footprint="full"`` takes the whole raster instead.
+  ``footprint="full"`` takes the whole raster instead. One case no data can settle: where a
+  stripe runs along the footprint's top or bottom edge, the stripe's sliver beyond the last
+  data pixels is taken as collar; an explicit ``--mask`` that flags it settles it.
 * A *gap* is a pixel inside the footprint that carries no data, or that an explicit mask
   raster (nonzero = gap) or a Landsat gap mask (0 = gap) flags.
 """
@@ -101,6 +104,8 @@ class Scene:
         self._flags = tuple(gap_flags)
         self._flags_nonzero_is_gap = flags_nonzero_is_gap
         self._zero_is_nodata = zero_is_nodata
+        # an explicit --mask marks gaps inside the scene; Landsat GM files do not say what the collar is
+        self.flags_mark_footprint = flags_nonzero_is_gap
         self._stack = ExitStack()
         self._open: dict[str, rasterio.DatasetReader] = {}
 
@@ -303,10 +308,13 @@ def _hull(points: np.ndarray) -> np.ndarray:
     pts = np.unique(points, axis=0)
     if len(pts) < 3:
         return pts
+    def cross(o, a, b) -> float:
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
     def half(seq):
         out: list = []
         for p in seq:
-            while len(out) >= 2 and np.cross(out[-1] - out[-2], p - out[-2]) <= 0:
+            while len(out) >= 2 and cross(out[-2], out[-1], p) <= 0:
                 out.pop()
             out.append(p)
         return out

@@ -158,7 +158,8 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
             if v.size:
                 lo[b] = min(lo[b], float(v.min()))
                 hi[b] = max(hi[b], float(v.max()))
-        rows_any = data.any(axis=0)
+        # pixels an explicit mask flags are inside the scene by definition: they widen the hull
+        rows_any = (data | flagged).any(axis=0) if flagged is not None and scene.flags_mark_footprint else data.any(axis=0)
         has = rows_any.any(axis=1)
         y = win.row_off
         first[y:y + win.height][has] = np.argmax(rows_any[has], axis=1)
