@@ -273,3 +273,59 @@ def test_cog_output(tmp_path, small_scene):
     with rasterio.open(out) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "small.tif"]
+
+
+def test_landsat_product_folder_with_gap_masks(tmp_path):
+    """A Landsat L1 folder: per-band files, gap_mask/*_GM_B*.TIF with 0 = gap, no nodata declared."""
+    folder = tmp_path / "LE07_L1TP_TEST"
+    (folder / "gap_mask").mkdir(parents=True)
+    yy, xx = np.mgrid[0:96, 0:96]
+    # stripes cross the scene edge to edge; the first and last rows carry data (see the footprint notes)
+    stripes = ((yy + xx // 8) % 24 < 5) & (yy > 2) & (yy < 93)
+    for b in (1, 2, 3):
+        band = (80 + 10 * b + 40 * np.sin(xx / 9.0 + b) + 30 * np.cos(yy / 13.0)).astype(np.uint8)
+        _write(folder / f"LE07_L1TP_TEST_B{b}.TIF", np.where(stripes, 0, band)[None])
+        gm = folder / "gap_mask" / f"LE07_L1TP_TEST_GM_B{b}.TIF"
+        _write(gm, (~stripes).astype(np.uint8)[None])
+        if b == 3:  # USGS ships gap masks gzipped
+            import gzip
+            import shutil
+
+            with open(gm, "rb") as f, gzip.open(str(gm) + ".gz", "wb") as g:
+                shutil.copyfileobj(f, g)
+            gm.unlink()
+    _write(folder / "LE07_L1TP_TEST_B8.TIF", np.ones((1, 192, 192), dtype=np.uint8))  # pan: other grid
+    out = tmp_path / "o.tif"
+    res = _run(tmp_path, folder, "-o", out, "--config", TINY, "--iterations", "20", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as ds:
+        assert ds.descriptions == ("B1", "B2", "B3") and ds.nodata == 0
+        got = ds.read()
+    assert (got[:, stripes] != 0).all()
+
+
+def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path, small_scene):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o.tif"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tilefill.cli", str(small_scene), "-o", str(out), "--config", TINY,
+         "--iterations", "100000", "--workers", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    line = ""
+    while "fitting" not in line and time.monotonic() < deadline:  # the tiles are running on the worker
+        line = proc.stderr.readline()
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("tilefill did not stop within 60 s of Ctrl-C")
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]

@@ -118,7 +118,7 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
     cache: dict = {}
     try:
         profile = _profile(info, cfg.output.compress, cfg.output.blocksize, (info.height, info.width))
-        needs_mask = nodata is None and not float_out and not bool(np.asarray(store.group["footprint"]).all())
+        needs_mask = nodata is None and not float_out and not store.meta["footprint_is_full"]
         with rasterio.open(tmp, "w", **profile) as dst:
             for i, name in enumerate(info.band_names, start=1):
                 dst.set_band_description(i, name)

@@ -38,7 +38,7 @@ from tilefill import TilefillError
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _BAND_FILE = re.compile(r"^(?P<stem>.+)_B(?P<band>\d+)\.tiff?$", re.IGNORECASE)
-_GM_FILE = re.compile(r"^(?P<stem>.+)_GM_B(?P<band>\d+)\.tiff?$", re.IGNORECASE)
+_GM_FILE = re.compile(r"^(?P<stem>.+)_GM_B(?P<band>\d+)\.tiff?(?P<gz>\.gz)?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -236,9 +236,9 @@ def _landsat_bands(folder: Path, bands: list[int] | None):
     if gm_dir.is_dir():
         for f in gm_dir.iterdir():
             m = _GM_FILE.match(f.name)
-            if m:
-                gm[int(m["band"])] = f
-    flags = [_BandSource(str(gm[b]), 1, f"GM_B{b}") for b in bands if b in gm]
+            if m:  # USGS ships them gzipped: GDAL reads them in place through /vsigzip/
+                gm[int(m["band"])] = f"/vsigzip/{f}" if m["gz"] else str(f)
+    flags = [_BandSource(gm[b], 1, f"GM_B{b}") for b in bands if b in gm]
     if flags and len(flags) != len(bands):
         raise TilefillError(f"{gm_dir} has gap masks for some selected bands but not all")
     return sources, info, [str(found[b]) for b in bands], flags

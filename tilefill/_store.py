@@ -219,6 +219,7 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
         "scaling": {"lo": list(scaling.lo), "hi": list(scaling.hi)},
         "footprint": footprint,
         "gap_pixels": total_gaps,
+        "footprint_is_full": bool((left <= 0).all() and (right >= width - 1).all()),
         "tiles_to_fit": to_fit,
         "tile_info_fields": list(TILE_INFO_FIELDS),
         # GeoZarr-style georeferencing so other tools can place the arrays
