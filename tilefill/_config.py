@@ -88,8 +88,9 @@ class TileConfig:
                 raise TilefillError(
                     f"{name} {value} is not a multiple of {TILE_MULTIPLE} (the network halves a tile five times)"
                 )
-        if self.size <= 0:
-            raise TilefillError(f"tile size must be positive, not {self.size}")
+        if self.size < 2 * TILE_MULTIPLE:
+            # five stride-2 levels leave a 32 px tile 1 px wide: nothing for BatchNorm or padding
+            raise TilefillError(f"tile size must be at least {2 * TILE_MULTIPLE} px, not {self.size}")
         if not 0 <= self.overlap < self.size:
             raise TilefillError(f"overlap {self.overlap} must be at least 0 and smaller than the tile size {self.size}")
 
@@ -127,13 +128,28 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def override(self, overrides: Mapping[str, Any]) -> "Config":
-        """A copy with dotted keys replaced, e.g. ``{"fit.iterations": 10}``; ``None`` values are ignored."""
-        cfg = self
+        """A copy with dotted keys replaced, e.g. ``{"fit.iterations": 10}``; ``None`` values are ignored.
+
+        Keys of one section are applied together, so their order never matters (a new tile
+        size and overlap are checked as a pair).
+        """
+        top: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
         for key, value in overrides.items():
             if value is None:
                 continue
-            cfg = _set_dotted(cfg, key, value)
-        return cfg
+            section, _, leaf = key.partition(".")
+            if not leaf:
+                if section not in ("name", "method"):
+                    raise TilefillError(f"unknown setting {key!r}")
+                top[section] = value
+            elif section not in _SECTIONS:
+                raise TilefillError(f"unknown config section {section!r}; valid: {', '.join(_SECTIONS)}")
+            else:
+                cls = _SECTIONS[section]
+                sections.setdefault(section, {})[leaf] = _coerce(cls, leaf, value)
+        changes = {name: replace(getattr(self, name), **values) for name, values in sections.items()}
+        return replace(self, **top, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -155,18 +171,6 @@ def _coerce(cls, key: str, value: Any) -> Any:
     if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def _set_dotted(cfg: Config, key: str, value: Any) -> Config:
-    section, _, leaf = key.partition(".")
-    if not leaf:
-        if section not in ("name", "method"):
-            raise TilefillError(f"unknown setting {key!r}")
-        return replace(cfg, **{section: value})
-    if section not in _SECTIONS:
-        raise TilefillError(f"unknown config section {section!r}; valid: {', '.join(_SECTIONS)}")
-    sub = getattr(cfg, section)
-    return replace(cfg, **{section: replace(sub, **{leaf: _coerce(type(sub), leaf, value)})})
 
 
 def presets_dir() -> Path:
@@ -203,7 +207,8 @@ def _read_yaml(name_or_path: str | Path) -> tuple[str, dict]:
     return name, data
 
 
-def load_config(name_or_path: str | Path = "paper", overrides: Mapping[str, Any] | None = None) -> Config:
+def load_config(name_or_path: str | Path = "paper", overrides: Mapping[str, Any] | None = None, *,
+                _seen: tuple[str, ...] = ()) -> Config:
     """Build a :class:`Config` from a preset name or a YAML file, then apply dotted overrides.
 
     A YAML file may start from another preset with ``base: NAME`` and change only some keys.
@@ -214,8 +219,13 @@ def load_config(name_or_path: str | Path = "paper", overrides: Mapping[str, Any]
     (128, 128, 128, 128, 128)
     """
     name, data = _read_yaml(name_or_path)
+    ident = str(Path(name_or_path).resolve()) if Path(name_or_path).is_file() else str(name_or_path)
+    if ident in _seen:
+        raise TilefillError(f"config {name_or_path} is its own base (base: chain {' -> '.join(_seen + (ident,))})")
     base = data.pop("base", None)
-    cfg = load_config(base) if base else Config()
+    if base and Path(name_or_path).is_file() and not Path(base).is_absolute() and (Path(name_or_path).parent / base).is_file():
+        base = Path(name_or_path).parent / base  # a base file next to the config that names it
+    cfg = load_config(base, _seen=_seen + (ident,)) if base else Config()
     flat: dict[str, Any] = {"name": data.pop("name", name)}
     if "method" in data:
         flat["method"] = data.pop("method")

@@ -110,9 +110,9 @@ def _fit_one(image: np.ndarray, known: np.ndarray, net_cfg: NetworkConfig, fit: 
     torch.manual_seed(seed)  # weight initialisation
     net = SkipNet(bands, bands, net_cfg).to(device)
     z = (torch.rand((1, bands, height, width), generator=gen) * fit.input_scale).to(device)
-    target = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
+    # unknown pixels never reach the loss, whatever they hold (even NaN)
+    target = torch.from_numpy(np.where(known, image, 0).astype(np.float32))[None].to(device)
     mask = torch.from_numpy(np.ascontiguousarray(known, dtype=np.float32))[None].to(device)
-    target = target * mask  # unknown pixels never reach the loss
     opt = torch.optim.Adam(net.parameters(), lr=fit.learning_rate)
     noise = torch.empty_like(z)
     loss = torch.zeros(())
@@ -148,12 +148,12 @@ def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: F
     --------
     >>> import numpy as np
     >>> from tilefill._config import NetworkConfig, FitConfig
-    >>> img = np.random.default_rng(0).random((2, 32, 32), dtype=np.float32)
+    >>> img = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
     >>> known = np.ones_like(img, dtype=bool)
     >>> net = NetworkConfig(channels_down=(4,) * 5, channels_up=(4,) * 5, channels_skip=(2,) * 5)
     >>> res = fit_dip(img, known, net, FitConfig(iterations=2), seed=1)
     >>> res.prediction.shape
-    (2, 32, 32)
+    (2, 64, 64)
     """
     if image.ndim != 3 or image.shape != known.shape:
         raise ValueError("image and known must both be (bands, H, W)")

@@ -70,7 +70,7 @@ def fill_tile(store_path: str, index: int) -> TileResult:
     y, x, side = tile.y, tile.x, tile.size
     image, known = store.read_window(y, x, side)
     # the band with the fewest known pixels decides: every band needs something to fit
-    while known.mean(axis=(1, 2)).min() < cfg.fit.min_known_fraction and factor < cfg.fit.max_context:
+    while known.mean(axis=(1, 2)).min() < cfg.fit.min_known_fraction and factor * 2 <= cfg.fit.max_context:
         factor *= 2
         y, x, side = grid.context_window(tile, factor)
         image, known = store.read_window(y, x, side)

@@ -79,7 +79,7 @@ class TileGrid:
     --------
     >>> grid = TileGrid(height=600, width=500, size=256, overlap=32)
     >>> grid.shape, len(grid)
-    ((3, 2), 6)
+    ((3, 3), 9)
     >>> [t.y for t in grid if t.col == 0]
     [0, 224, 344]
     """

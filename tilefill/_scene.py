@@ -186,10 +186,11 @@ def _geotiff_bands(path: Path, bands: list[int] | None):
         if bad:
             raise TilefillError(f"{path.name} has bands 1-{ds.count}; cannot select {bad}")
         dtypes = {ds.dtypes[i - 1] for i in indexes}
-        nodatas = {ds.nodatavals[i - 1] for i in indexes}
+        # NaN != NaN: compare nodata values by their text so NaN matches NaN
+        nodatas = {repr(ds.nodatavals[i - 1]): ds.nodatavals[i - 1] for i in indexes}
         names = [ds.descriptions[i - 1] or f"band_{i}" for i in indexes]
         info = dict(height=ds.height, width=ds.width, dtype=dtypes.pop() if len(dtypes) == 1 else None,
-                    nodata=next(iter(nodatas)) if len(nodatas) == 1 else "mixed", crs=ds.crs,
+                    nodata=next(iter(nodatas.values())) if len(nodatas) == 1 else "mixed", crs=ds.crs,
                     transform=ds.transform, tags=ds.tags(), band_tags=[ds.tags(i) for i in indexes])
     if info["dtype"] is None:
         raise TilefillError(f"{path.name}: the selected bands have different data types")

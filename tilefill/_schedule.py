@@ -86,13 +86,13 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, check_
                 "env": {"CUDA_VISIBLE_DEVICES": dev, "TILEFILL_THREADS": "1"}}}
             for dev in _visible_gpus(gpus)
         }
-        cluster = SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+        cluster = SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
                               **quiet)
         desc = f"{gpus} GPU worker(s)"
     else:
         n = workers or default_workers()
         threads = max(1, (os.cpu_count() or 1) // n)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                env={"TILEFILL_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}, **quiet)
         desc = f"{n} CPU worker(s) x {threads} thread(s)"
     client = Client(cluster)

@@ -99,7 +99,8 @@ class TileStore:
         self.group["tile_info"][index] = [float(info.get(k, np.nan)) for k in TILE_INFO_FIELDS]
 
     def tile_done(self, index: int) -> bool:
-        return bool(np.isfinite(self.group["tile_info"][index, 0]))
+        # seconds is written for every finished tile; final_loss is NaN for the classical fills
+        return bool(np.isfinite(self.group["tile_info"][index, TILE_INFO_FIELDS.index("seconds")]))
 
     def read_tile(self, index: int) -> np.ndarray:
         return np.asarray(self.group["tiles"][index])

@@ -1,0 +1,198 @@
+"""Config: the shipped presets, dotted overrides, ``base:`` inheritance in user YAML, and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tilefill import Config, TilefillError, load_config
+from tilefill._config import NetworkConfig, preset_names, presets_dir
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_presets_are_shipped():
+    names = preset_names()
+    assert {"paper", "fast"} <= set(names)
+    assert (presets_dir() / "paper.yaml").is_file()
+
+
+def test_paper_preset_matches_the_anchors():
+    cfg = load_config("paper")
+    net, fit = cfg.network, cfg.fit
+    assert cfg.name == "paper" and cfg.method == "dip"
+    # 128 channels down/up/skip at each of 5 levels; kernels 3 (down/up) and 1 (skip)
+    assert net.channels_down == net.channels_up == net.channels_skip == (128,) * 5
+    assert net.levels == 5
+    assert (net.kernel_down, net.kernel_up, net.kernel_skip) == (3, 3, 1)
+    assert net.upsample == "nearest"
+    assert net.leaky_slope == 0.2
+    # Adam lr 0.01, 1500 iterations, z ~ U(0, 0.1), sigma_p = 0.1, all bands in one network
+    assert fit.learning_rate == 0.01
+    assert fit.iterations == 1500
+    assert fit.input_scale == 0.1
+    assert fit.input_noise == 0.1
+    assert fit.per_band is False
+    assert cfg.tiles.size % 32 == 0 and cfg.tiles.overlap % 32 == 0
+
+
+def test_paper_preset_equals_the_dataclass_defaults():
+    # The YAML and the code must not drift apart.
+    assert load_config("paper") == Config()
+
+
+def test_fast_preset_inherits_from_paper():
+    fast, paper = load_config("fast"), load_config("paper")
+    assert fast.name == "fast"
+    assert fast.network.channels_down == fast.network.channels_up == fast.network.channels_skip == (32,) * 5
+    assert fast.fit.iterations < paper.fit.iterations
+    # everything fast does not set comes from paper
+    assert fast.fit.learning_rate == paper.fit.learning_rate
+    assert fast.fit.input_noise == paper.fit.input_noise
+    assert (fast.network.kernel_down, fast.network.kernel_skip) == (paper.network.kernel_down, paper.network.kernel_skip)
+    assert fast.tiles == paper.tiles and fast.output == paper.output
+
+
+def test_dotted_overrides():
+    base = load_config("paper")
+    cfg = base.override({
+        "fit.iterations": 7.0,  # a whole float becomes an int
+        "tiles.size": 64, "tiles.overlap": 32,
+        "network.channels_down": [8] * 5, "network.channels_up": [8] * 5, "network.channels_skip": [4] * 5,
+        "method": "gdal", "output.cog": True,
+        "fit.seed": None,  # None means "not given"
+    })
+    assert cfg.fit.iterations == 7 and isinstance(cfg.fit.iterations, int)
+    assert (cfg.tiles.size, cfg.tiles.overlap) == (64, 32)
+    assert cfg.network.channels_down == (8,) * 5 and isinstance(cfg.network.channels_down, tuple)
+    assert cfg.network.channels_skip == (4,) * 5
+    assert cfg.method == "gdal" and cfg.output.cog is True
+    assert cfg.fit.seed == base.fit.seed
+    # the original is untouched (frozen dataclasses, copies)
+    assert base == load_config("paper")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.fit.iterations = 3  # type: ignore[misc]
+
+
+def test_overrides_argument_of_load_config_wins_over_the_file():
+    cfg = load_config("fast", {"fit.iterations": 11, "fit.learning_rate": 0.002})
+    assert cfg.fit.iterations == 11 and cfg.fit.learning_rate == 0.002
+    assert cfg.network.channels_down == (32,) * 5
+
+
+def test_config_survives_a_dict_round_trip():
+    from tilefill._store import _flatten
+
+    cfg = load_config("fast", {"tiles.size": 128, "fit.per_band": True, "method": "gdal"})
+    again = load_config("paper").override(_flatten(cfg.to_dict()))
+    assert again == cfg
+
+
+def test_user_yaml_with_base(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: fast\nfit:\n  iterations: 12\n  seed: 3\ntiles:\n  size: 128\n  overlap: 64\n")
+    cfg = load_config(path)
+    assert cfg.name == "mine"  # the file's stem when it names nothing
+    assert cfg.fit.iterations == 12 and cfg.fit.seed == 3
+    assert (cfg.tiles.size, cfg.tiles.overlap) == (128, 64)
+    # inherited from fast, and through fast from paper
+    assert cfg.network.channels_down == (32,) * 5
+    assert cfg.fit.learning_rate == 0.01 and cfg.network.kernel_skip == 1
+    # overrides go on top of the file
+    assert load_config(str(path), {"fit.iterations": 5}).fit.iterations == 5
+
+
+def test_user_yaml_chain_and_explicit_name(tmp_path):
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("base: paper\nfit:\n  iterations: 40\n  learning_rate: 0.005\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {parent}\nname: my-run\nmethod: gdal\nfit:\n  iterations: 20\n")
+    cfg = load_config(child)
+    assert cfg.name == "my-run" and cfg.method == "gdal"
+    assert cfg.fit.iterations == 20  # the child wins
+    assert cfg.fit.learning_rate == 0.005  # from the parent
+    assert cfg.network.channels_down == (128,) * 5  # from paper
+
+
+def test_user_yaml_without_base_starts_from_the_defaults(tmp_path):
+    path = tmp_path / "plain.yml"
+    path.write_text("fit:\n  iterations: 9\n")
+    cfg = load_config(path)
+    assert cfg.fit.iterations == 9
+    assert cfg.network == NetworkConfig()
+
+
+def _yaml(tmp_path, text):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text, match", [
+    ("fit:\n  iterationz: 3\n", "unknown setting 'iterationz'"),
+    ("model:\n  depth: 3\n", "unknown config section 'model'"),
+    ("fit: [unclosed\n", "not valid YAML"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("fit: 3\n", "must be a mapping"),
+    ("tiles:\n  size: 100\n", "not a multiple of 32"),
+    ("tiles:\n  overlap: 16\n", "not a multiple of 32"),
+    ("tiles:\n  size: 64\n  overlap: 64\n", "smaller than the tile size"),
+    ("tiles:\n  size: 64\n  overlap: 96\n", "smaller than the tile size"),
+    ("fit:\n  keep_known: yes please\n", "true or false"),
+    ("fit:\n  iterations: 0\n", "at least 1"),
+    ("fit:\n  learning_rate: -0.1\n", "positive"),
+    ("fit:\n  device: tpu\n", "device"),
+    ("network:\n  upsample: bicubic\n", "upsample"),
+    ("output:\n  blocksize: 100\n", "multiple of 16"),
+    ("base: no-such-preset\n", "no preset named"),
+])
+def test_bad_yaml_files_raise_tilefill_errors(tmp_path, text, match):
+    with pytest.raises(TilefillError, match=match):
+        load_config(_yaml(tmp_path, text))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"fit.iterationz": 3}, "unknown setting"),
+    ({"bogus": 1}, "unknown setting"),
+    ({"model.depth": 3}, "unknown config section"),
+    ({"tiles.size": 96 + 8}, "multiple of 32"),
+    ({"tiles.overlap": 48}, "multiple of 32"),
+    ({"tiles.size": 64, "tiles.overlap": 64}, "smaller than the tile size"),
+    ({"tiles.size": 0}, "at least 64"),
+    ({"fit.iterations": "ten"}, "invalid config"),
+])
+def test_bad_overrides_raise_tilefill_errors(overrides, match):
+    with pytest.raises(TilefillError, match=match):
+        load_config("fast", overrides)
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(TilefillError, match="no preset named 'turbo'.*paper"):
+        load_config("turbo")
+    with pytest.raises(TilefillError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(TilefillError, match="config file not found"):
+        load_config(tmp_path)  # a folder is not a config file
+
+
+def test_network_with_four_levels_can_be_configured(tmp_path):
+    path = _yaml(tmp_path, "base: fast\nnetwork:\n  channels_down: [8, 8, 8, 8]\n  channels_up: [8, 8, 8, 8]\n"
+                           "  channels_skip: [4, 4, 4, 4]\n")
+    cfg = load_config(path)
+    assert cfg.network.levels == 4
+
+
+def test_override_order_does_not_matter():
+    base = load_config("paper", {"tiles.size": 256, "tiles.overlap": 64})
+    assert base.override({"tiles.overlap": 32, "tiles.size": 64}).tiles.size == 64  # this order works
+    cfg = base.override({"tiles.size": 64, "tiles.overlap": 32})  # this one raises
+    assert (cfg.tiles.size, cfg.tiles.overlap) == (64, 32)
+
+
+def test_base_cycle_is_a_tilefill_error(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"base: {b}\n")
+    b.write_text(f"base: {a}\n")
+    with pytest.raises(TilefillError, match="base"):
+        load_config(a)

@@ -1,0 +1,205 @@
+"""The DIP skip network and one fit: size, structure, shapes, reproducibility, the masked loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tilefill._config import FitConfig, NetworkConfig
+from tilefill._dip import SkipNet, fit_dip, pick_device
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny networks run fastest on one thread, and two threads fighting another busy process for two cores
+    # can be ~50x slower (OpenMP spin-waits).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _image(bands=3, size=64):
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = [0.5 + 0.25 * np.sin(2 * np.pi * xx + b) * np.cos(np.pi * yy + 0.3 * b) for b in range(bands)]
+    return np.stack(out).astype(np.float32)
+
+
+def _known(bands=3, size=64):
+    known = np.ones((bands, size, size), dtype=bool)
+    r = np.arange(size)[:, None]
+    c = np.arange(size)[None, :]
+    known[:, (r - c // 12) % 16 < 4] = False  # tilted stripes
+    return known
+
+
+def _fit(iterations=3, **kw):
+    return FitConfig(iterations=iterations, device="cpu", **kw)
+
+
+def test_paper_network_has_2966916_parameters():
+    net = SkipNet(4, 4, NetworkConfig())
+    assert sum(p.numel() for p in net.parameters()) == 2_966_916
+
+
+def test_paper_network_structure():
+    net = SkipNet(4, 4, NetworkConfig())
+    mods = list(net.modules())
+    convs = [m for m in mods if isinstance(m, nn.Conv2d)]
+    # reflection padding, never zero padding inside the convs
+    assert any(isinstance(m, nn.ReflectionPad2d) for m in mods)
+    assert all(c.padding == (0, 0) for c in convs)
+    assert not any(isinstance(m, nn.ZeroPad2d) for m in mods)
+    # 5 levels: 5 stride-2 convs down, 5 nearest upsamples x2
+    assert sum(c.stride == (2, 2) for c in convs) == 5
+    ups = [m for m in mods if isinstance(m, nn.Upsample)]
+    assert len(ups) == 5 and all(u.mode == "nearest" and u.scale_factor == 2 for u in ups)
+    # LeakyReLU(0.2) everywhere, BatchNorm throughout
+    acts = [m for m in mods if isinstance(m, nn.LeakyReLU)]
+    assert acts and all(a.negative_slope == 0.2 for a in acts)
+    assert not any(isinstance(m, (nn.ReLU, nn.Tanh)) for m in mods)
+    bns = [m for m in mods if isinstance(m, nn.BatchNorm2d)]
+    # per level: skip BN, 2 deeper BNs, BN after concat, 2 BNs after the up convs
+    assert len(bns) == 5 * 6
+    # kernels: 3 down/up, 1 skip and the 1x1 convs
+    assert {c.kernel_size for c in convs} == {(3, 3), (1, 1)}
+    # the output: a 1x1 conv to the bands, then a sigmoid
+    head = list(net.head.modules())
+    assert isinstance(head[-1], nn.Sigmoid)
+    last_conv = [m for m in head if isinstance(m, nn.Conv2d)][-1]
+    assert last_conv.out_channels == 4 and last_conv.kernel_size == (1, 1)
+    assert isinstance(mods[-1], nn.Sigmoid)
+
+
+def test_channels_and_kernels_follow_the_config():
+    cfg = NetworkConfig(channels_down=(8, 8, 16, 16, 16), channels_up=(8, 8, 16, 16, 16), channels_skip=(4,) * 5,
+                        upsample="bilinear", leaky_slope=0.1)
+    net = SkipNet(2, 2, cfg)
+    mods = list(net.modules())
+    assert {u.mode for u in mods if isinstance(u, nn.Upsample)} == {"bilinear"}
+    assert {a.negative_slope for a in mods if isinstance(a, nn.LeakyReLU)} == {0.1}
+    stride2 = [m for m in mods if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+    assert [c.out_channels for c in stride2] == [8, 8, 16, 16, 16]
+    assert net(torch.rand(1, 2, 64, 64)).shape == (1, 2, 64, 64)
+
+
+@pytest.mark.parametrize("side", [64, 96, 128])
+@pytest.mark.parametrize("bands", [1, 4])
+def test_output_shape_equals_input(tiny_network, side, bands):
+    net = SkipNet(bands, bands, tiny_network)
+    with torch.no_grad():
+        out = net(torch.rand(1, bands, side, side) * 0.1)
+    assert out.shape == (1, bands, side, side)
+    assert float(out.min()) > 0 and float(out.max()) < 1  # sigmoid output
+
+
+def test_rectangular_windows_work(tiny_network):
+    with torch.no_grad():
+        assert SkipNet(3, 3, tiny_network)(torch.rand(1, 3, 64, 160)).shape == (1, 3, 64, 160)
+
+
+def test_a_32_px_tile_is_refused_up_front(tiny_network):
+    """Five stride-2 levels leave a 32 px window 1 x 1, where BatchNorm and reflection padding fail."""
+    from tilefill import TilefillError, load_config
+
+    with pytest.raises(TilefillError, match="at least 64"):
+        load_config("paper", {"tiles.overlap": 0, "tiles.size": 32})
+    img = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
+    res = fit_dip(img, np.ones_like(img, dtype=bool), tiny_network, _fit(2), seed=1)  # the smallest that fits
+    assert res.prediction.shape == (2, 64, 64)
+
+
+def test_fit_returns_a_prediction_in_unit_range(tiny_network):
+    img, known = _image(), _known()
+    res = fit_dip(img, known, tiny_network, _fit(4), seed=0)
+    assert res.prediction.shape == img.shape and res.prediction.dtype == np.float32
+    assert res.prediction.min() >= 0 and res.prediction.max() <= 1
+    assert res.iterations == 4 and res.device == "cpu" and res.seconds > 0
+    assert np.isfinite(res.final_loss) and res.final_loss > 0
+
+
+def test_fit_is_reproducible_for_a_seed(tiny_network):
+    img, known = _image(), _known()
+    a = fit_dip(img, known, tiny_network, _fit(3), seed=5)
+    b = fit_dip(img, known, tiny_network, _fit(3), seed=5)
+    c = fit_dip(img, known, tiny_network, _fit(3), seed=6)
+    np.testing.assert_array_equal(a.prediction, b.prediction)
+    assert a.final_loss == b.final_loss
+    assert np.abs(a.prediction - c.prediction).max() > 1e-3
+    # the global torch RNG state left behind does not leak into the next fit
+    torch.manual_seed(123)
+    torch.rand(10)
+    np.testing.assert_array_equal(fit_dip(img, known, tiny_network, _fit(3), seed=5).prediction, a.prediction)
+
+
+def test_loss_goes_down_with_iterations(tiny_network):
+    img, known = _image(), _known()
+
+    def known_mse(res):
+        return float(np.mean((res.prediction - img)[known] ** 2))
+
+    short = fit_dip(img, known, tiny_network, _fit(1), seed=0)
+    long = fit_dip(img, known, tiny_network, _fit(40), seed=0)
+    assert long.final_loss < 0.9 * short.final_loss
+    assert known_mse(long) < 0.9 * known_mse(short)
+
+
+def test_only_known_pixels_enter_the_loss(tiny_network):
+    img, known = _image(), _known()
+    other = img.copy()
+    other[~known] = np.random.default_rng(1).random(int((~known).sum())).astype(np.float32)  # new gap values
+    a = fit_dip(img, known, tiny_network, _fit(3), seed=2)
+    b = fit_dip(other, known, tiny_network, _fit(3), seed=2)
+    np.testing.assert_array_equal(a.prediction, b.prediction)
+    assert a.final_loss == b.final_loss
+    # whereas a change in a known pixel does change the fit
+    moved = img.copy()
+    moved[known] += 0.05
+    c = fit_dip(moved, known, tiny_network, _fit(3), seed=2)
+    assert not np.array_equal(a.prediction, c.prediction)
+
+
+def test_nan_in_gap_pixels_does_not_poison_the_fit(tiny_network):
+    img, known = _image(), _known()
+    img[~known] = np.nan
+    res = fit_dip(img, known, tiny_network, _fit(2), seed=0)
+    assert np.isfinite(res.final_loss)
+    assert np.isfinite(res.prediction).all()
+
+
+def test_per_band_fits_each_band_separately(tiny_network):
+    img, known = _image(bands=2, size=64), _known(bands=2, size=64)
+    known[1, :, :8] = False  # the bands need not share their gaps
+    res = fit_dip(img, known, tiny_network, _fit(3, per_band=True), seed=3)
+    assert res.prediction.shape == img.shape and res.prediction.dtype == np.float32
+    assert res.prediction.min() >= 0 and res.prediction.max() <= 1
+    assert np.isfinite(res.final_loss)
+    again = fit_dip(img, known, tiny_network, _fit(3, per_band=True), seed=3)
+    np.testing.assert_array_equal(res.prediction, again.prediction)
+    composite = fit_dip(img, known, tiny_network, _fit(3, per_band=False), seed=3)
+    assert not np.array_equal(res.prediction, composite.prediction)
+    # band 0 of a per-band fit does not depend on band 1 at all
+    other = img.copy()
+    other[1] = 1 - other[1]
+    changed = fit_dip(other, known, tiny_network, _fit(3, per_band=True), seed=3)
+    np.testing.assert_array_equal(changed.prediction[0], res.prediction[0])
+    assert not np.array_equal(changed.prediction[1], res.prediction[1])
+
+
+def test_no_input_noise_and_bad_shapes(tiny_network):
+    img, known = _image(bands=1, size=64), _known(bands=1, size=64)
+    a = fit_dip(img, known, tiny_network, _fit(2, input_noise=0.0), seed=0)
+    assert np.isfinite(a.prediction).all()
+    with pytest.raises(ValueError):
+        fit_dip(img, known[:, :16], tiny_network, _fit(2))
+    with pytest.raises(ValueError):
+        fit_dip(img[0], known[0], tiny_network, _fit(2))
+
+
+def test_pick_device_on_cpu():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

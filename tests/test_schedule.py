@@ -1,0 +1,303 @@
+"""Schedule: progress lines, the in-process path, tile tasks, a real LocalCluster, and GPU worker pinning.
+
+Clusters are slow to start, so only two are started: one CPU ``LocalCluster`` in this process, and one
+``gpus=2`` cluster (with ``check_cuda=False``, so it runs on this CPU machine) in a fresh Python process,
+where "the client never imports torch" can be checked without other tests having imported it already.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tilefill import TileGrid, TilefillError
+from tilefill import _schedule
+from tilefill._fill import TileResult, fill_tile
+from tilefill._scene import open_scene
+from tilefill._schedule import Cluster, Progress, TileRun, _visible_gpus, default_workers, run_tiles, start_cluster
+from tilefill._store import TileStore, build_store
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _store(tmp_path, synth, config, *, name="scene", size=128, block=None):
+    """A 2-band uint16 scene with stripes (and optionally a square gap block), built into a tile store."""
+    values = synth.to_range(synth.smooth_field(2, size, size), "uint16")
+    gap = synth.stripe_mask(size, size, period=16, width_px=3) & (np.arange(size)[:, None] < 56)
+    if block is not None:
+        y0, y1, x0, x1 = block
+        gap[y0:y1, x0:x1] = True
+    values[:, gap] = 0
+    path = synth.write_geotiff(tmp_path / f"{name}.tif", values, nodata=0)
+    with open_scene(path) as scene:
+        info = scene.info
+        grid = TileGrid(info.height, info.width, config.tiles.size, config.tiles.overlap, info.affine)
+        return build_store(scene, grid, config, tmp_path / f"{name}.zarr", footprint="full")
+
+
+@pytest.fixture
+def gdal_config(tiny_config):
+    return tiny_config.override({"method": "gdal"})
+
+
+@pytest.fixture
+def dip_config(tiny_config):
+    return tiny_config.override({"fit.iterations": 2})
+
+
+# --- Progress ------------------------------------------------------------------------------------------
+
+def test_progress_prints_a_line_per_tile_when_few():
+    stream = io.StringIO()
+    bar = Progress(3, stream=stream)
+    for _ in range(3):
+        bar.update()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" [")[0] for line in lines] == ["tiles 1/3", "tiles 2/3", "tiles 3/3"]
+    assert lines[-1].startswith("tiles 3/3 [100%] elapsed 0:00")
+    assert all("ETA" in line for line in lines)
+
+
+def test_progress_prints_every_5_percent_when_many():
+    stream = io.StringIO()
+    bar = Progress(200, stream=stream, label="tiles")
+    for _ in range(200):
+        bar.update()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 20
+    assert lines[0].startswith("tiles 10/200 [5%]") and lines[-1].startswith("tiles 200/200 [100%]")
+
+
+def test_progress_on_a_tty_rewrites_one_line():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    bar = Progress(4, stream=stream)
+    for _ in range(4):
+        bar.update()
+    text = stream.getvalue()
+    assert text.count("\r") == 4 and text.endswith("\n") and text.count("\n") == 1
+    assert "tiles 4/4 [100%]" in text
+
+
+def test_progress_time_format():
+    assert Progress._fmt(5) == "0:05" and Progress._fmt(125) == "2:05" and Progress._fmt(3725) == "1:02:05"
+
+
+# --- cluster arguments -----------------------------------------------------------------------------------
+
+def test_default_workers_is_between_1_and_8():
+    assert 1 <= default_workers() <= 8
+    assert default_workers() <= (os.cpu_count() or 1)
+
+
+def test_visible_gpus(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _visible_gpus(2) == ["0", "1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5,7")
+    assert _visible_gpus(2) == ["3", "5"]  # a SLURM-style allocation is respected
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    with pytest.raises(TilefillError, match="lists only 1 device"):
+        _visible_gpus(2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"workers": 2, "gpus": 1}, "either --workers or --gpus"),
+    ({"workers": -1}, "0 or more"),
+    ({"gpus": 0}, "1 or more"),
+])
+def test_start_cluster_argument_errors(kwargs, match):
+    with pytest.raises(TilefillError, match=match):
+        with start_cluster(**kwargs):
+            pass
+
+
+def test_cluster_resources():
+    assert Cluster(None).resources is None
+    assert Cluster(object(), gpu=True).resources == {"GPU": 1}
+
+
+# --- in process --------------------------------------------------------------------------------------------
+
+def test_workers_0_runs_tiles_in_process(tmp_path, synth, gdal_config):
+    store = _store(tmp_path, synth, gdal_config)
+    todo = store.tiles_to_fit
+    assert 1 < len(todo) < len(store.grid)
+    seen = []
+    with start_cluster(workers=0) as cluster:
+        assert cluster.client is None and cluster.description == "in-process" and not cluster.gpu
+        run = run_tiles(cluster, str(store.path), todo, on_done=seen.append)
+    assert isinstance(run, TileRun) and run.failures == {}
+    assert [r.index for r in run.results] == todo
+    assert all(isinstance(r, TileResult) and r.status == "filled" and r.window == 64 for r in run.results)
+    assert all(r.worker.endswith(f":{os.getpid()}") for r in run.results)  # this process did the work
+    assert seen == run.results
+    reopened = TileStore.open(store.path)
+    for i in range(len(store.grid)):
+        assert np.isfinite(reopened.read_tile(i)).all() == (i in todo)
+
+
+def test_a_failing_tile_is_reported_and_the_others_finish(tmp_path, synth, gdal_config, monkeypatch):
+    store = _store(tmp_path, synth, gdal_config)
+    todo = store.tiles_to_fit
+    real = _schedule.fill_tile
+
+    def flaky(path, index):
+        if index == todo[1]:
+            raise MemoryError("tile too big")
+        return real(path, index)
+
+    monkeypatch.setattr(_schedule, "fill_tile", flaky)
+    seen = []
+    run = run_tiles(Cluster(None), str(store.path), todo + [9999], on_done=seen.append)
+    assert set(run.failures) == {todo[1], 9999}
+    assert run.failures[todo[1]] == "MemoryError: tile too big"
+    assert run.failures[9999].startswith("IndexError")  # an index outside the grid
+    assert sorted(r.index for r in run.results) == sorted(set(todo) - {todo[1]})
+    assert len(seen) == len(todo) + 1 and seen.count(None) == 2
+
+
+# --- the tile task ------------------------------------------------------------------------------------------
+
+def test_a_tile_inside_a_wide_gap_is_fitted_on_a_wider_window(tmp_path, synth, gdal_config):
+    # tile (64, 64) of a 192 px scene lies entirely in a 96 px gap block: no known pixel in it
+    store = _store(tmp_path, synth, gdal_config, size=192, block=(48, 144, 48, 144))
+    tile = next(t for t in store.grid if (t.y, t.x) == (64, 64))
+    _, known = store.read_window(tile.y, tile.x, tile.size)
+    assert not known.any()
+    result = fill_tile(str(store.path), tile.index)
+    assert result.status == "filled" and result.window == 128
+    pred = TileStore.open(store.path).read_tile(tile.index)
+    assert pred.shape == (2, 64, 64) and np.isfinite(pred).all()
+    info = np.asarray(store.group["tile_info"][tile.index])
+    assert info[3] == 128  # the window side is recorded
+
+
+def test_a_tile_without_known_context_is_not_fitted(tmp_path, synth, gdal_config):
+    cfg = gdal_config.override({"fit.max_context": 1})
+    store = _store(tmp_path, synth, cfg, size=192, block=(48, 144, 48, 144))
+    tile = next(t for t in store.grid if (t.y, t.x) == (64, 64))
+    result = fill_tile(str(store.path), tile.index)
+    assert result.status == "no-context" and result.window == 64
+    assert np.isnan(store.read_tile(tile.index)).all()
+
+
+def test_context_never_exceeds_max_context(tmp_path, synth, gdal_config):
+    cfg = gdal_config.override({"fit.max_context": 3})
+    store = _store(tmp_path, synth, cfg, size=320, block=(20, 300, 20, 300))
+    tile = next(t for t in store.grid if (t.y, t.x) == (128, 128))
+    result = fill_tile(str(store.path), tile.index)
+    assert result.window <= 3 * tile.size
+
+
+def test_dip_tile_is_reproducible(tmp_path, synth, dip_config, monkeypatch):
+    monkeypatch.setenv("TILEFILL_THREADS", "1")
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        store = _store(tmp_path, synth, dip_config)
+        i = store.tiles_to_fit[0]
+        r1 = fill_tile(str(store.path), i)
+        first = store.read_tile(i)
+        r2 = fill_tile(str(store.path), i)
+        assert r1.status == r2.status == "filled" and r1.iterations == 2 and r1.device == "cpu"
+        np.testing.assert_array_equal(store.read_tile(i), first)
+        assert r1.final_loss == r2.final_loss and np.isfinite(r1.final_loss)
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- a real LocalCluster ------------------------------------------------------------------------------------
+
+def test_local_cluster_runs_tiles_and_collects_failures(tmp_path, synth, dip_config):
+    store = _store(tmp_path, synth, dip_config)
+    todo = store.tiles_to_fit[:4]
+    seen = []
+    with start_cluster(workers=2) as cluster:
+        assert cluster.client is not None and not cluster.gpu and cluster.resources is None
+        assert cluster.description.startswith("2 CPU worker(s)")
+        assert len(cluster.client.scheduler_info()["workers"]) == 2
+        envs = cluster.client.run(lambda: (os.environ.get("TILEFILL_THREADS"), os.environ.get("OMP_NUM_THREADS")))
+        assert all(e[0] == e[1] and int(e[0]) >= 1 for e in envs.values())
+        run = run_tiles(cluster, str(store.path), todo + [len(store.grid) + 5], on_done=seen.append)
+        client = cluster.client
+    assert client.status in ("closed", "closing")  # the context manager shut it down
+    assert list(run.failures) == [len(store.grid) + 5] and "IndexError" in run.failures[len(store.grid) + 5]
+    assert sorted(r.index for r in run.results) == sorted(todo)
+    for r in run.results:
+        assert r.status == "filled" and r.iterations == 2 and r.device == "cpu"
+        assert not r.worker.endswith(f":{os.getpid()}")  # done in a worker process
+    assert len(seen) == len(todo) + 1 and seen.count(None) == 1
+    reopened = TileStore.open(store.path)
+    for i in todo:
+        assert reopened.tile_done(i) and np.isfinite(reopened.read_tile(i)).all()
+
+
+GPU_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+
+    def main():
+        store_path, indices = sys.argv[1], json.loads(sys.argv[2])
+        from tilefill import TilefillError
+        from tilefill._schedule import run_tiles, start_cluster
+
+        out = {"torch_after_import": "torch" in sys.modules}
+        with start_cluster(gpus=2, check_cuda=False) as cluster:
+            client = cluster.client
+            out["gpu"], out["resources"], out["description"] = cluster.gpu, cluster.resources, cluster.description
+            out["visible"] = sorted(client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES")).values())
+            out["threads"] = sorted(client.run(lambda: os.environ.get("TILEFILL_THREADS")).values())
+            out["worker_resources"] = [w.get("resources") for w in client.scheduler_info()["workers"].values()]
+            run = run_tiles(cluster, store_path, indices)
+            out["results"] = sorted((r.index, r.status, r.device) for r in run.results)
+            out["failures"] = {str(k): v for k, v in run.failures.items()}
+            out["workers_torch"] = sorted(client.run(lambda: "torch" in sys.modules).values())
+            out["client_torch_in_run"] = "torch" in sys.modules
+        out["client_torch_after"] = "torch" in sys.modules
+        try:  # with the CUDA check on, a CPU-only worker is refused
+            with start_cluster(gpus=1):
+                out["check_cuda"] = "no error"
+        except TilefillError as exc:
+            out["check_cuda"] = str(exc)
+        out["client_torch_end"] = "torch" in sys.modules
+        print("RESULT " + json.dumps(out))
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def test_gpu_workers_are_pinned_and_the_client_never_imports_torch(tmp_path, synth, dip_config):
+    store = _store(tmp_path, synth, dip_config)
+    todo = store.tiles_to_fit[:2]
+    script = tmp_path / "gpu_cluster.py"
+    script.write_text(GPU_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    proc = subprocess.run([sys.executable, str(script), str(store.path), json.dumps(todo)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    out = json.loads(line[len("RESULT "):])
+    assert out["gpu"] is True and out["resources"] == {"GPU": 1}
+    assert out["description"] == "2 GPU worker(s)"
+    # one worker per GPU, each with its own device
+    assert out["visible"] == ["0", "1"]
+    assert out["threads"] == ["1", "1"]
+    assert out["worker_resources"] == [{"GPU": 1}, {"GPU": 1}]
+    # tile tasks ask for GPU=1 and still run (on CPU here)
+    assert out["results"] == [[i, "filled", "cpu"] for i in sorted(todo)] and out["failures"] == {}
+    # the workers imported torch to fit; the client never did (so it cannot have made a CUDA context)
+    assert True in out["workers_torch"]
+    assert not out["torch_after_import"] and not out["client_torch_in_run"] and not out["client_torch_after"]
+    assert "sees no CUDA device" in out["check_cuda"]
+    assert not out["client_torch_end"]
