@@ -61,8 +61,28 @@ class FitConfig:
     min_known_fraction: float = 0.05
     max_context: int = 4  # widest window, in tile sides
     device: str = "auto"  # auto | cpu | cuda
+    # Beyond the paper (measured in benchmarks/quality.py; all off in the paper preset):
+    ensemble: int = 1  # networks fitted per tile with different seeds; their outputs are averaged
+    ema: float = 0.0  # decay of an exponential average of the outputs over iterations (0 = last output)
+    input: str = "noise"  # noise: z ~ U(0, input_scale) per band | meshgrid: x, y coordinates
+    validation: float = 0.0  # share of known pixels hidden in stripes to score the fit (0 = none)
+    check_every: int = 50  # iterations between validation checks
+    patience: int = 0  # stop after this many checks without a better validation score (0 = never)
+    classical_blend: float = 0.0  # weight of GDAL FillNodata averaged into the prediction
 
     def __post_init__(self):
+        if self.ensemble < 1:
+            raise TilefillError(f"fit.ensemble must be at least 1, not {self.ensemble}")
+        if not 0 <= self.ema < 1:
+            raise TilefillError("fit.ema must be in [0, 1)")
+        if self.input not in ("noise", "meshgrid"):
+            raise TilefillError(f"fit.input must be noise or meshgrid, not {self.input!r}")
+        if not 0 <= self.validation < 0.5:
+            raise TilefillError("fit.validation must be in [0, 0.5)")
+        if not 0 <= self.classical_blend <= 1:
+            raise TilefillError("fit.classical_blend must be in [0, 1]")
+        if self.check_every < 1 or self.patience < 0:
+            raise TilefillError("fit.check_every must be at least 1 and fit.patience at least 0")
         if self.iterations < 1:
             raise TilefillError(f"iterations must be at least 1, not {self.iterations}")
         if self.learning_rate <= 0:
@@ -73,6 +93,23 @@ class FitConfig:
             raise TilefillError("fit.max_context must be at least 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise TilefillError(f"fit.device must be auto, cpu or cuda, not {self.device!r}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the fits run on the device: numerics and batching (speed, not method)."""
+
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; the loss stays fp32)
+    tf32: bool = True  # TF32 matmuls/convs on Ampere+ GPUs
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the network
+    batch_tiles: int = 1  # tiles fitted at once on one device (independent networks, grouped convs)
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise TilefillError(f"engine.precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        if self.batch_tiles < 1:
+            raise TilefillError("engine.batch_tiles must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -124,6 +161,7 @@ class Config:
     method: str = "dip"
     network: NetworkConfig = field(default_factory=NetworkConfig)
     fit: FitConfig = field(default_factory=FitConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     tiles: TileConfig = field(default_factory=TileConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -155,7 +193,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"network": NetworkConfig, "fit": FitConfig, "tiles": TileConfig, "output": OutputConfig}
+_SECTIONS = {"network": NetworkConfig, "fit": FitConfig, "engine": EngineConfig, "tiles": TileConfig,
+             "output": OutputConfig}
 
 
 def _coerce(cls, key: str, value: Any) -> Any:

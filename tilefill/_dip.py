@@ -1,73 +1,88 @@
-"""The fill: Deep Image Prior (Ulyanov et al. 2018) as the paper configures it.
+"""The fill: Deep Image Prior (Ulyanov et al. 2018) as the paper configures it, and its engine.
 
 A fresh "skip" hourglass network maps a fixed noise image z to the tile; its weights are
 fitted to the tile's known pixels only, and its output supplies the missing ones. Nothing is
 learned from other images: the network's structure is the prior.
+
+The engine fits K independent networks at once as one module whose convolutions are grouped
+(``groups=K``) and whose BatchNorm channels belong to one network each: the K networks share
+no weight, no statistic and no gradient, yet run as one kernel per layer, which is what fills
+a GPU. K counts ensemble members, bands fitted one at a time, and tiles batched together;
+with K = 1 it is the paper's plain loop. Each network is initialised, fed z and noise from its
+own seed, so a network fitted in a batch matches the same network fitted alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from tilefill._config import FitConfig, NetworkConfig
+from tilefill._config import EngineConfig, FitConfig, NetworkConfig
 
 
-def _conv(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
+def _conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv with reflection padding, as the public DIP code builds it (no zero border)."""
     pad = (kernel - 1) // 2
     layers: list[nn.Module] = [nn.ReflectionPad2d(pad)] if pad else []
-    layers.append(nn.Conv2d(cin, cout, kernel, stride=stride, padding=0, bias=True))
+    layers.append(nn.Conv2d(cin * groups, cout * groups, kernel, stride=stride, padding=0, bias=True, groups=groups))
     return nn.Sequential(*layers)
 
 
-def _bn_act(channels: int, slope: float) -> list[nn.Module]:
-    return [nn.BatchNorm2d(channels), nn.LeakyReLU(slope, inplace=True)]
+def _bn_act(channels: int, slope: float, groups: int) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels * groups), nn.LeakyReLU(slope, inplace=True)]
+
+
+def _group_cat(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
+    """Concatenate channels network by network, so each group of channels stays one network's."""
+    if groups == 1:
+        return torch.cat([a, b], dim=1)
+    n, _, h, w = a.shape
+    return torch.cat([a.view(n, groups, -1, h, w), b.view(n, groups, -1, h, w)], dim=2).view(n, -1, h, w)
 
 
 class _Level(nn.Module):
     """One level of the hourglass: concat(skip branch, deeper branch) -> conv stack."""
 
-    def __init__(self, cin: int, level: int, cfg: NetworkConfig):
+    def __init__(self, cin: int, level: int, cfg: NetworkConfig, groups: int):
         super().__init__()
         down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
-        slope = cfg.leaky_slope
+        slope, g = cfg.leaky_slope, groups
         last = level == cfg.levels - 1
-        self.skip = (
-            nn.Sequential(_conv(cin, skip, cfg.kernel_skip), *_bn_act(skip, slope)) if skip else None
-        )
+        self.groups = groups
+        self.skip = nn.Sequential(_conv(cin, skip, cfg.kernel_skip, groups=g), *_bn_act(skip, slope, g)) if skip else None
         deeper: list[nn.Module] = [
-            _conv(cin, down, cfg.kernel_down, stride=2),
-            *_bn_act(down, slope),
-            _conv(down, down, cfg.kernel_down),
-            *_bn_act(down, slope),
+            _conv(cin, down, cfg.kernel_down, stride=2, groups=g),
+            *_bn_act(down, slope, g),
+            _conv(down, down, cfg.kernel_down, groups=g),
+            *_bn_act(down, slope, g),
         ]
         if not last:
-            deeper.append(_Level(down, level + 1, cfg))
+            deeper.append(_Level(down, level + 1, cfg, groups))
         deeper.append(nn.Upsample(scale_factor=2, mode=cfg.upsample))
         self.deeper = nn.Sequential(*deeper)
         k = down if last else cfg.channels_up[level + 1]
         self.after = nn.Sequential(
-            nn.BatchNorm2d(skip + k),
-            _conv(skip + k, up, cfg.kernel_up),
-            *_bn_act(up, slope),
-            _conv(up, up, 1),
-            *_bn_act(up, slope),
+            nn.BatchNorm2d((skip + k) * g),
+            _conv(skip + k, up, cfg.kernel_up, groups=g),
+            *_bn_act(up, slope, g),
+            _conv(up, up, 1, groups=g),
+            *_bn_act(up, slope, g),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         deep = self.deeper(x)
         if self.skip is not None:
-            deep = torch.cat([self.skip(x), deep], dim=1)
+            deep = _group_cat(self.skip(x), deep, self.groups)
         return self.after(deep)
 
 
 class SkipNet(nn.Module):
-    """The DIP skip network: ``bands`` channels in, ``bands`` channels out, sigmoid output.
+    """The DIP skip network: ``cin`` channels in, ``cout`` out, sigmoid output; ``groups`` nets side by side.
 
     Examples
     --------
@@ -77,13 +92,58 @@ class SkipNet(nn.Module):
     2966916
     """
 
-    def __init__(self, cin: int, cout: int, cfg: NetworkConfig):
+    def __init__(self, cin: int, cout: int, cfg: NetworkConfig, groups: int = 1):
         super().__init__()
-        self.body = _Level(cin, 0, cfg)
-        self.head = nn.Sequential(_conv(cfg.channels_up[0], cout, 1), nn.Sigmoid())
+        self.groups = groups
+        self.body = _Level(cin, 0, cfg, groups)
+        self.head = nn.Sequential(_conv(cfg.channels_up[0], cout, 1, groups=groups), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+    @classmethod
+    def stacked(cls, cin: int, cout: int, cfg: NetworkConfig, seeds: list[int]) -> "SkipNet":
+        """K networks in one grouped module, each initialised exactly as ``SkipNet`` is under its seed."""
+        singles = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            singles.append(cls(cin, cout, cfg))
+        if len(seeds) == 1:
+            return singles[0]
+        net = cls(cin, cout, cfg, groups=len(seeds))
+        with torch.no_grad():
+            # every parameter and BN buffer stacks along dim 0, network after network
+            for mine, theirs in zip(net.state_dict().values(), zip(*(s.state_dict().values() for s in singles))):
+                if mine.ndim:
+                    mine.copy_(torch.cat(theirs, 0))
+        return net
+
+
+def flops_per_iteration(cin: int, cout: int, cfg: NetworkConfig, height: int, width: int) -> float:
+    """FLOPs of one training iteration (forward + backward = 3x the forward's 2*MACs) of one network."""
+    macs = 0
+
+    def hook(mod, inp, out):
+        nonlocal macs
+        k = mod.kernel_size[0] * mod.kernel_size[1] * mod.in_channels // mod.groups
+        macs += out.numel() * k
+
+    net = SkipNet(cin, cout, cfg)
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        net(torch.zeros(1, cin, height, width))
+    for h in handles:
+        h.remove()
+    return 3 * 2 * float(macs)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One network's job: a window (channels, H, W) in [0, 1], its known pixels, its seed."""
+
+    image: np.ndarray
+    known: np.ndarray
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +155,9 @@ class DipResult:
     iterations: int
     seconds: float
     device: str
+    # RMSE on known pixels hidden from the fit (fit.validation > 0), per band, in [0, 1] units:
+    # an estimate of the gap RMSE made without ground truth; NaN when not measured
+    validation_rmse: tuple[float, ...] = field(default=())
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -103,35 +166,139 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def _fit_one(image: np.ndarray, known: np.ndarray, net_cfg: NetworkConfig, fit: FitConfig, seed: int,
-             device: torch.device) -> tuple[np.ndarray, float]:
-    bands, height, width = image.shape
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    torch.manual_seed(seed)  # weight initialisation
-    net = SkipNet(bands, bands, net_cfg).to(device)
-    z = (torch.rand((1, bands, height, width), generator=gen) * fit.input_scale).to(device)
+def _holdout(known: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Known pixels hidden from the fit in stripe-shaped blocks, like the gaps they stand in for."""
+    from tilefill._gaps import stripe_mask_with_fraction
+
+    stripes = stripe_mask_with_fraction(known.shape[1:], share, seed=seed, period=17.0)
+    return known & stripes[None]
+
+
+def _input(channels: int, height: int, width: int, fit: FitConfig, gen: torch.Generator) -> torch.Tensor:
+    if fit.input == "meshgrid":
+        ys, xs = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+        grid = torch.stack([xs, ys])  # the paper's appendix: a 2-channel meshgrid, repeated to fill the channels
+        return grid[torch.arange(channels) % 2][None]
+    return torch.rand((1, channels, height, width), generator=gen) * fit.input_scale
+
+
+def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig, *,
+                 engine: EngineConfig | None = None, device: str | torch.device | None = None) -> list[DipResult]:
+    """Fit one DIP network per problem, all at once (grouped convolutions); same-sized windows only.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tilefill._config import NetworkConfig, FitConfig
+    >>> img = np.random.default_rng(0).random((2, 64, 64), dtype=np.float32)
+    >>> net = NetworkConfig(channels_down=(4,) * 5, channels_up=(4,) * 5, channels_skip=(2,) * 5)
+    >>> probs = [Problem(img, np.ones_like(img, dtype=bool), seed) for seed in (1, 2)]
+    >>> [r.prediction.shape for r in fit_problems(probs, net, FitConfig(iterations=2))]
+    [(2, 64, 64), (2, 64, 64)]
+    """
+    engine = engine or EngineConfig()
+    dev = device if isinstance(device, torch.device) else pick_device(device or fit.device)
+    shapes = {p.image.shape for p in problems}
+    if len(shapes) != 1:
+        raise ValueError(f"problems fitted together must share one shape, got {sorted(shapes)}")
+    c, h, w = shapes.pop()
+    k = len(problems)
+    start = time.perf_counter()
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = engine.tf32
+        torch.backends.cudnn.allow_tf32 = engine.tf32
+        torch.backends.cudnn.benchmark = True
+
+    gens = [torch.Generator(device="cpu").manual_seed(p.seed) for p in problems]
+    net = SkipNet.stacked(c, c, network, [p.seed for p in problems]).to(dev)
+    z = torch.cat([_input(c, h, w, fit, g) for g in gens], dim=1).to(dev)
+    # per-network noise streams, so a batched network sees what it would see alone
+    noise_gens = [torch.Generator(device=dev).manual_seed(p.seed + 1) for p in problems] if fit.input_noise else []
+    held = [(_holdout(p.known, fit.validation, p.seed + 2) if fit.validation else np.zeros_like(p.known))
+            for p in problems]
+    train = np.concatenate([p.known & ~hd for p, hd in zip(problems, held)])
     # unknown pixels never reach the loss, whatever they hold (even NaN)
-    target = torch.from_numpy(np.where(known, image, 0).astype(np.float32))[None].to(device)
-    mask = torch.from_numpy(np.ascontiguousarray(known, dtype=np.float32))[None].to(device)
+    target = torch.from_numpy(np.concatenate([np.where(p.known, p.image, 0) for p in problems]).astype(np.float32))
+    target, mask = target[None].to(dev), torch.from_numpy(train.astype(np.float32))[None].to(dev)
+    held_t = torch.from_numpy(np.concatenate(held).astype(np.float32))[None].to(dev) if fit.validation else None
+    if engine.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        z = z.contiguous(memory_format=torch.channels_last)
+    model = torch.compile(net) if engine.compile else net
     opt = torch.optim.Adam(net.parameters(), lr=fit.learning_rate)
-    noise = torch.empty_like(z)
-    loss = torch.zeros(())
-    for _ in range(fit.iterations):
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(engine.precision)
+    scaler = torch.amp.GradScaler(dev.type, enabled=engine.precision == "fp16")
+
+    def forward(x):
+        ctx = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        with ctx:
+            return model(x).float()
+
+    ema = None
+    # per network: best validation RMSE (mean over its bands), that RMSE per band, its output then
+    best_score = torch.full((k,), float("inf"), device=dev)
+    best_rmse = torch.full((k, c), float("nan"), device=dev)
+    best_out = None
+    stale = torch.zeros(k, dtype=torch.long, device=dev)
+    losses = torch.zeros(k)
+    done = 0
+    for it in range(fit.iterations):
         opt.zero_grad(set_to_none=True)
-        x = z + noise.normal_(0.0, fit.input_noise) if fit.input_noise else z
-        out = net(x)
-        # mean over every element, as the public DIP code does: mse(out * mask, img * mask)
-        loss = torch.mean((out * mask - target) ** 2)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():  # the final output comes from z alone; BN stays in training mode
-        out = net(z)
-    return out[0].float().cpu().numpy(), float(loss.detach().cpu())
+        if fit.input_noise:
+            noise = torch.cat([torch.randn((1, c, h, w), generator=g, device=dev) for g in noise_gens], dim=1)
+            x = z + noise * fit.input_noise
+        else:
+            x = z
+        out = forward(x)
+        # each network's own mean over its elements (the public DIP code's mse(out * mask, img * mask));
+        # summing them keeps every network's gradient its own
+        per_net = ((out * mask - target * mask) ** 2).view(k, -1).mean(dim=1)
+        scaler.scale(per_net.sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses = per_net.detach()
+        done = it + 1
+        if fit.ema:
+            ema = out.detach() if ema is None else ema.mul_(fit.ema).add_(out.detach(), alpha=1 - fit.ema)
+        if held_t is not None and (done % fit.check_every == 0 or done == fit.iterations):
+            current = ema if ema is not None else out.detach()
+            err = ((current - target) ** 2 * held_t).view(k, c, -1).sum(-1) / held_t.view(k, c, -1).sum(-1).clamp(min=1)
+            rmse = err.sqrt()
+            score = rmse.mean(dim=1)
+            better = score < best_score
+            best_score = torch.where(better, score, best_score)
+            best_rmse[better] = rmse[better]
+            if best_out is None:
+                best_out = current.clone()
+            else:  # each network keeps its own best output
+                sel = better.repeat_interleave(c).view(1, k * c, 1, 1)
+                best_out = torch.where(sel, current, best_out)
+            stale = torch.where(better, torch.zeros_like(stale), stale + 1)
+            if fit.patience and bool((stale >= fit.patience).all()):
+                break
+    with torch.no_grad():
+        if best_out is not None:
+            final = best_out  # the output that predicted the hidden pixels best
+        elif ema is not None:
+            final = ema
+        else:
+            final = forward(z)  # the paper: output from z alone, BatchNorm still in training mode
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    final = final[0].cpu().numpy().reshape(k, c, h, w).astype(np.float32)
+    seconds = time.perf_counter() - start
+    losses = losses.cpu().numpy()
+    val = best_rmse.cpu().numpy()
+    return [DipResult(final[i], float(losses[i]), done, seconds, str(dev), tuple(float(v) for v in val[i]))
+            for i in range(k)]
 
 
 def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: FitConfig, *, seed: int = 0,
-            device: str | torch.device | None = None) -> DipResult:
-    """Fit a fresh DIP network to the known pixels of one window and return its prediction.
+            device: str | torch.device | None = None, engine: EngineConfig | None = None) -> DipResult:
+    """Fit DIP to the known pixels of one window and return its prediction.
+
+    All bands in one network (the paper's composite), or one network per band with
+    ``fit.per_band``; ``fit.ensemble`` networks with different seeds are averaged.
 
     Parameters
     ----------
@@ -157,14 +324,35 @@ def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: F
     """
     if image.ndim != 3 or image.shape != known.shape:
         raise ValueError("image and known must both be (bands, H, W)")
-    dev = device if isinstance(device, torch.device) else pick_device(device or fit.device)
-    start = time.perf_counter()
-    if fit.per_band:
-        parts = [_fit_one(image[b:b + 1], known[b:b + 1], network, fit, seed + 7919 * b, dev) for b in range(image.shape[0])]
-        prediction = np.concatenate([p for p, _ in parts])
-        loss = float(np.mean([l for _, l in parts]))
-    else:
-        prediction, loss = _fit_one(image, known, network, fit, seed, dev)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return DipResult(prediction.astype(np.float32), loss, fit.iterations, time.perf_counter() - start, str(dev))
+    return fit_windows([(image, known, seed)], network, fit, engine=engine, device=device)[0]
+
+
+def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: NetworkConfig, fit: FitConfig, *,
+                engine: EngineConfig | None = None, device: str | torch.device | None = None) -> list[DipResult]:
+    """Fit several same-sized windows ``(image, known, seed)`` together; one result per window.
+
+    Each window becomes ``ensemble`` problems (x bands, with ``per_band``), all fitted in one
+    grouped network; a window's members are averaged back into its prediction.
+    """
+    bands = windows[0][0].shape[0]
+    split = range(bands) if fit.per_band else [slice(None)]
+    problems = []
+    for image, known, seed in windows:
+        for m in range(fit.ensemble):
+            for j, b in enumerate(split):
+                sl = slice(b, b + 1) if fit.per_band else b
+                problems.append(Problem(image[sl], known[sl], seed + 7919 * j + 104_729 * m))
+    results = fit_problems(problems, network, fit, engine=engine, device=device)
+    per_window = len(split) * fit.ensemble
+    out = []
+    for i in range(len(windows)):
+        rs = results[i * per_window:(i + 1) * per_window]
+        members = [np.concatenate([r.prediction for r in rs[m * len(split):(m + 1) * len(split)]])
+                   for m in range(fit.ensemble)]
+        vals = [np.concatenate([r.validation_rmse for r in rs[m * len(split):(m + 1) * len(split)]])
+                for m in range(fit.ensemble)]
+        # the ensemble's validation error is not the members' mean; report the members' mean as an upper bound
+        out.append(DipResult(np.mean(members, axis=0).astype(np.float32), float(np.mean([r.final_loss for r in rs])),
+                             rs[0].iterations, rs[0].seconds, rs[0].device,
+                             tuple(float(v) for v in np.mean(vals, axis=0))))
+    return out

