@@ -16,6 +16,7 @@ from tilefill._gaps import slc_off_mask
 from tilefill.cli import main
 
 TINY = str(Path(__file__).with_name("tiny.yaml"))
+TINY_RECIPE = str(Path(__file__).with_name("tiny_recipe.yaml"))  # tiny network, the default preset's recipe
 SIZE = 160  # 4 x 4 tiles of 64 px with 32 px overlap
 
 
@@ -53,7 +54,7 @@ def landsat_case(tmp_path_factory):
 @pytest.fixture(scope="module")
 def filled(landsat_case):
     out = landsat_case["dir"] / "restored.tif"
-    res = CliRunner().invoke(main, [str(landsat_case["path"]), "-o", str(out), "--config", TINY, "--workers", "2",
+    res = CliRunner().invoke(main, [str(landsat_case["path"]), "-o", str(out), "--config", TINY_RECIPE, "--workers", "2",
                                     "--iterations", "150", "--seed", "1"])
     assert res.exit_code == 0, res.output
     with rasterio.open(out) as ds:
@@ -102,10 +103,10 @@ def test_filled_pixels_follow_the_real_image(landsat_case, filled):
     from tilefill._metrics import band_scores
 
     # a tiny network and 150 iterations: not a quality claim (benchmarks/ makes those; GDAL
-    # FillNodata scores r2 0.18-0.20 on these pixels), but a misplaced, constant or noise fill
-    # scores r2 <= 0 here
+    # FillNodata scores r2 0.18-0.20 on these pixels, this recipe 0.33-0.34 in-process), but a
+    # misplaced, constant or noise fill scores r2 <= 0 here
     for s in band_scores(truth, out, gaps):
-        assert s["r2"] > 0.1, s
+        assert s["r2"] > 0.15, s
 
 
 def test_error_next_to_tile_seams_is_no_larger_than_away_from_them(landsat_case, filled):

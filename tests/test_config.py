@@ -51,7 +51,17 @@ def test_fast_preset_inherits_from_paper():
     assert fast.fit.learning_rate == paper.fit.learning_rate
     assert fast.fit.input_noise == paper.fit.input_noise
     assert (fast.network.kernel_down, fast.network.kernel_skip) == (paper.network.kernel_down, paper.network.kernel_skip)
-    assert fast.tiles == paper.tiles and fast.output == paper.output
+    assert fast.output == paper.output and fast.tiles.overlap == paper.tiles.overlap
+    assert fast.tiles.size == 128  # converges in far fewer iterations than 256 px (benchmarks/quality.py)
+
+
+def test_default_preset_is_the_paper_plus_the_measured_recipe():
+    default, paper = load_config("default"), load_config("paper")
+    assert default.network == paper.network and default.tiles == paper.tiles
+    assert default.fit.iterations == paper.fit.iterations and default.fit.learning_rate == paper.fit.learning_rate
+    assert default.fit.ema == 0.99 and default.fit.classical_blend == 0.5 and default.fit.validation == 0.05
+    # the paper preset stays the paper's method
+    assert paper.fit.ema == 0 and paper.fit.classical_blend == 0 and paper.fit.validation == 0
 
 
 def test_dotted_overrides():

@@ -216,11 +216,12 @@ def test_window_reads_and_tile_writes(built):
     i = store.tiles_to_fit[0]
     assert not store.tile_done(i) and np.isnan(store.read_tile(i)).all()
     pred = np.random.default_rng(0).random((3, 64, 64)).astype(np.float64)
-    store.write_tile(i, pred, {"final_loss": 0.01, "seconds": 1.5, "iterations": 3, "window": 64})
+    store.write_tile(i, pred, {"final_loss": 0.01, "seconds": 1.5, "iterations": 3, "window": 64,
+                               "estimated_rmse": 0.02})
     reopened = TileStore.open(store.path)
     assert reopened.tile_done(i)
     np.testing.assert_array_equal(reopened.read_tile(i), pred.astype(np.float32))
-    np.testing.assert_array_equal(np.asarray(reopened.group["tile_info"][i]), [0.01, 1.5, 3, 64])
+    np.testing.assert_array_equal(np.asarray(reopened.group["tile_info"][i]), [0.01, 1.5, 3, 64, 0.02])
     others = [j for j in range(len(grid)) if j != i]
     assert not any(reopened.tile_done(j) for j in others)
 

@@ -69,6 +69,7 @@ class FitConfig:
     check_every: int = 50  # iterations between validation checks
     patience: int = 0  # stop after this many checks without a better validation score (0 = never)
     classical_blend: float = 0.0  # weight of GDAL FillNodata averaged into the prediction
+    blend_auto: bool = False  # with validation: pick each band's GDAL weight on the hidden pixels
 
     def __post_init__(self):
         if self.ensemble < 1:
@@ -81,6 +82,8 @@ class FitConfig:
             raise TilefillError("fit.validation must be in [0, 0.5)")
         if not 0 <= self.classical_blend <= 1:
             raise TilefillError("fit.classical_blend must be in [0, 1]")
+        if self.blend_auto and not self.validation:
+            raise TilefillError("fit.blend_auto needs fit.validation > 0 (the hidden pixels choose the weight)")
         if self.check_every < 1 or self.patience < 0:
             raise TilefillError("fit.check_every must be at least 1 and fit.patience at least 0")
         if self.iterations < 1:

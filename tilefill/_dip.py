@@ -139,11 +139,16 @@ def flops_per_iteration(cin: int, cout: int, cfg: NetworkConfig, height: int, wi
 
 @dataclass(frozen=True)
 class Problem:
-    """One network's job: a window (channels, H, W) in [0, 1], its known pixels, its seed."""
+    """One network's job: a window (channels, H, W) in [0, 1], its known pixels, its seed.
+
+    ``holdout``: known pixels kept out of the loss to score the fit; by default drawn from
+    ``fit.validation`` and the seed.
+    """
 
     image: np.ndarray
     known: np.ndarray
     seed: int
+    holdout: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -166,12 +171,33 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def _holdout(known: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """Known pixels hidden from the fit in stripe-shaped blocks, like the gaps they stand in for."""
+def holdout_mask(known: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Known pixels hidden from the fit to score it: gap-shaped, about ``share`` of the known pixels.
+
+    The window's own gaps, moved half a scan period down, make the hidden shapes: stripes as wide
+    as the real ones, so that the error there speaks for the error in the real gaps (thin hidden
+    lines would flatter every smooth interpolator). Random 32 px cells of them are kept, to hide
+    about ``share``. A window without gaps hides tilted stripes ~8 px wide instead.
+    """
     from tilefill._gaps import stripe_mask_with_fraction
 
-    stripes = stripe_mask_with_fraction(known.shape[1:], share, seed=seed, period=17.0)
-    return known & stripes[None]
+    bands, h, w = known.shape
+    gaps = ~known.all(axis=0)
+    shapes = np.zeros_like(gaps)
+    for shift in (16, 8, 24, 5):  # half an SLC scan period first; others where gaps repeat on it
+        shapes = np.roll(gaps, shift, axis=0) & ~gaps
+        if shapes.sum() >= 0.02 * h * w:
+            break
+    else:
+        shapes = stripe_mask_with_fraction((h, w), 0.25, seed=seed) & ~gaps
+    candidates = shapes.sum()
+    if not candidates:
+        return np.zeros_like(known)
+    p = min(1.0, share * known.all(axis=0).sum() / candidates)
+    rng = np.random.default_rng(seed)
+    cells = rng.random((-(-h // 32), -(-w // 32))) < p
+    keep = np.kron(cells, np.ones((32, 32), dtype=bool))[:h, :w]
+    return known & (shapes & keep)[None]
 
 
 def _input(channels: int, height: int, width: int, fit: FitConfig, gen: torch.Generator) -> torch.Tensor:
@@ -214,13 +240,14 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
     z = torch.cat([_input(c, h, w, fit, g) for g in gens], dim=1).to(dev)
     # per-network noise streams, so a batched network sees what it would see alone
     noise_gens = [torch.Generator(device=dev).manual_seed(p.seed + 1) for p in problems] if fit.input_noise else []
-    held = [(_holdout(p.known, fit.validation, p.seed + 2) if fit.validation else np.zeros_like(p.known))
+    held = [p.holdout if p.holdout is not None else
+            holdout_mask(p.known, fit.validation, p.seed + 2) if fit.validation else np.zeros_like(p.known)
             for p in problems]
     train = np.concatenate([p.known & ~hd for p, hd in zip(problems, held)])
     # unknown pixels never reach the loss, whatever they hold (even NaN)
     target = torch.from_numpy(np.concatenate([np.where(p.known, p.image, 0) for p in problems]).astype(np.float32))
     target, mask = target[None].to(dev), torch.from_numpy(train.astype(np.float32))[None].to(dev)
-    held_t = torch.from_numpy(np.concatenate(held).astype(np.float32))[None].to(dev) if fit.validation else None
+    held_t = torch.from_numpy(np.concatenate(held).astype(np.float32))[None].to(dev) if any(h.any() for h in held) else None
     if engine.channels_last:
         net = net.to(memory_format=torch.channels_last)
         z = z.contiguous(memory_format=torch.channels_last)
@@ -258,9 +285,10 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
         scaler.update()
         losses = per_net.detach()
         done = it + 1
-        if fit.ema:
-            ema = out.detach() if ema is None else ema.mul_(fit.ema).add_(out.detach(), alpha=1 - fit.ema)
-        if held_t is not None and (done % fit.check_every == 0 or done == fit.iterations):
+        if fit.ema and it >= fit.iterations // 2:  # average the second half: the first outputs are far off
+            ema = out.detach().clone() if ema is None else ema.mul_(fit.ema).add_(out.detach(), alpha=1 - fit.ema)
+        if held_t is not None and (done % fit.check_every == 0 or done == fit.iterations) and (
+                ema is not None or not fit.ema):
             current = ema if ema is not None else out.detach()
             err = ((current - target) ** 2 * held_t).view(k, c, -1).sum(-1) / held_t.view(k, c, -1).sum(-1).clamp(min=1)
             rmse = err.sqrt()
@@ -294,7 +322,8 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
 
 
 def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: FitConfig, *, seed: int = 0,
-            device: str | torch.device | None = None, engine: EngineConfig | None = None) -> DipResult:
+            device: str | torch.device | None = None, engine: EngineConfig | None = None,
+            holdout: np.ndarray | None = None) -> DipResult:
     """Fit DIP to the known pixels of one window and return its prediction.
 
     All bands in one network (the paper's composite), or one network per band with
@@ -324,11 +353,13 @@ def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: F
     """
     if image.ndim != 3 or image.shape != known.shape:
         raise ValueError("image and known must both be (bands, H, W)")
-    return fit_windows([(image, known, seed)], network, fit, engine=engine, device=device)[0]
+    return fit_windows([(image, known, seed)], network, fit, engine=engine, device=device,
+                       holdouts=None if holdout is None else [holdout])[0]
 
 
 def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: NetworkConfig, fit: FitConfig, *,
-                engine: EngineConfig | None = None, device: str | torch.device | None = None) -> list[DipResult]:
+                engine: EngineConfig | None = None, device: str | torch.device | None = None,
+                holdouts: list[np.ndarray] | None = None) -> list[DipResult]:
     """Fit several same-sized windows ``(image, known, seed)`` together; one result per window.
 
     Each window becomes ``ensemble`` problems (x bands, with ``per_band``), all fitted in one
@@ -337,11 +368,13 @@ def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: Netw
     bands = windows[0][0].shape[0]
     split = range(bands) if fit.per_band else [slice(None)]
     problems = []
-    for image, known, seed in windows:
+    for w, (image, known, seed) in enumerate(windows):
+        hold = holdouts[w] if holdouts is not None else None
         for m in range(fit.ensemble):
             for j, b in enumerate(split):
                 sl = slice(b, b + 1) if fit.per_band else b
-                problems.append(Problem(image[sl], known[sl], seed + 7919 * j + 104_729 * m))
+                problems.append(Problem(image[sl], known[sl], seed + 7919 * j + 104_729 * m,
+                                        None if hold is None else hold[sl]))
     results = fit_problems(problems, network, fit, engine=engine, device=device)
     per_window = len(split) * fit.ensemble
     out = []

@@ -33,6 +33,14 @@ class TileResult:
     window: int = 0  # side of the window that was fitted
     device: str = ""
     worker: str = ""
+    # the self-validation's gap RMSE estimate, in the band scaling's [0, 1] units (NaN: not measured)
+    estimated_rmse: float = float("nan")
+
+    @classmethod
+    def from_info(cls, index: int, status: str, info: dict, worker: str = "") -> "TileResult":
+        """A result rebuilt from the store's ``tile_info`` of a tile finished earlier."""
+        return cls(index, status, info["final_loss"], int(info["iterations"]), info["seconds"], int(info["window"]),
+                   worker=worker, estimated_rmse=info.get("estimated_rmse", float("nan")))
 
 
 def _set_threads() -> None:
@@ -43,27 +51,49 @@ def _set_threads() -> None:
         torch.set_num_threads(int(threads))
 
 
+BLEND_WEIGHTS = np.linspace(0.0, 1.0, 11)
+
+
 def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: int) -> tuple[np.ndarray, dict]:
     """Fill one window with ``method``; returns the prediction (bands, H, W) and fit statistics.
 
-    With ``fit.classical_blend = w`` a DIP prediction is averaged with GDAL FillNodata's,
-    ``(1 - w) * dip + w * gdal``: the two err in different places, so their mean errs less.
+    DIP and GDAL FillNodata err in different places, so their weighted mean errs less than
+    either: ``fit.classical_blend = w`` gives ``(1 - w) * dip + w * gdal``. With
+    ``fit.validation`` a share of the known pixels is hidden from both fills in stripes; their
+    error there estimates the gap error without ground truth (``estimated_rmse``) and, with
+    ``fit.blend_auto``, picks each band's weight.
     """
     from tilefill._classical import fill_classical
 
     if method != "dip":
         return fill_classical(method, image, known), {"final_loss": float("nan"), "iterations": 0, "device": "cpu"}
-    from tilefill._dip import fit_dip
+    from tilefill._dip import fit_dip, holdout_mask
 
     _set_threads()
-    res = fit_dip(image, known, config.network, config.fit, seed=seed, engine=config.engine)
-    prediction = res.prediction
-    w = config.fit.classical_blend
-    if w:
-        prediction = ((1 - w) * prediction + w * fill_classical("gdal", image, known)).astype(np.float32)
-    val = [v for v in res.validation_rmse if np.isfinite(v)]
+    fit = config.fit
+    hidden = holdout_mask(known, fit.validation, seed + 2) if fit.validation else None
+    res = fit_dip(image, known, config.network, fit, seed=seed, engine=config.engine, holdout=hidden)
+    dip = res.prediction
+    bands = image.shape[0]
+    weights = np.full(bands, fit.classical_blend)
+    estimated = np.asarray(res.validation_rmse, dtype=np.float64)
+    if hidden is not None and hidden.any() and (fit.classical_blend or fit.blend_auto):
+        # GDAL must not see the hidden pixels either, or its score there would be a lie
+        gdal_val = fill_classical("gdal", image, known & ~hidden)
+        errs = np.array([[np.sqrt(np.mean(((1 - w) * dip[b] + w * gdal_val[b] - image[b])[hidden[b]] ** 2))
+                          if hidden[b].any() else np.nan for b in range(bands)] for w in BLEND_WEIGHTS])
+        if fit.blend_auto:
+            best = np.nanargmin(np.where(np.isnan(errs), np.inf, errs), axis=0)
+            weights = BLEND_WEIGHTS[best]
+        estimated = np.array([errs[np.argmin(np.abs(BLEND_WEIGHTS - weights[b])), b] for b in range(bands)])
+    prediction = dip
+    if weights.any():
+        gdal = fill_classical("gdal", image, known)
+        prediction = ((1 - weights[:, None, None]) * dip + weights[:, None, None] * gdal).astype(np.float32)
+    finite = estimated[np.isfinite(estimated)] if estimated.size else estimated
     return prediction, {"final_loss": res.final_loss, "iterations": res.iterations, "device": res.device,
-                        "estimated_rmse": float(np.mean(val)) if val else float("nan")}
+                        "estimated_rmse": float(finite.mean()) if finite.size else float("nan"),
+                        "blend_weights": weights.tolist()}
 
 
 def fill_tile(store_path: str, index: int) -> TileResult:
@@ -96,4 +126,5 @@ def fill_tile(store_path: str, index: int) -> TileResult:
     prediction[~known.any(axis=(1, 2))] = np.nan  # a band with nothing known in reach: no prediction
     seconds = time.perf_counter() - start
     store.write_tile(index, prediction, {**stats, "seconds": seconds, "window": side})
-    return TileResult(index, "filled", stats["final_loss"], stats["iterations"], seconds, side, stats["device"], worker)
+    return TileResult(index, "filled", stats["final_loss"], stats["iterations"], seconds, side, stats["device"], worker,
+                      stats.get("estimated_rmse", float("nan")))

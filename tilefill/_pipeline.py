@@ -1,28 +1,52 @@
-"""The whole job: read and mask -> tile store -> fill on Dask -> blend and write."""
+"""The whole job: read and mask -> tile store -> fill on Dask -> blend and write.
+
+Resuming. Every run has a key (``tilefill._runkey``: the input's content, the parameters,
+tilefill's version) that the tile store keeps. The store stays until the output is written: a
+run that fails or is interrupted leaves it, and running the same command again picks it up,
+skips the tiles it already holds and fits only the others; the scene it writes equals the one
+an uninterrupted run writes (fits are seeded per tile). A store of another key is refused.
+
+Failures. Tiles that keep failing do not stop the others, which are kept in the store. No
+output is written then; ``OUT.failed.json`` beside it names each failed tile with its cause
+(:func:`failure_path`), and is removed by the next run that succeeds.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tilefill import TilefillError
+from tilefill import TilefillError, __version__
 from tilefill._blend import check_output_path, write_output
 from tilefill._config import Config, load_config
+from tilefill._fill import TileResult
 from tilefill._grid import TileGrid
+from tilefill._runkey import RunKey, run_key
 from tilefill._scene import open_scene
-from tilefill._schedule import Progress, run_tiles, start_cluster
-from tilefill._store import build_store
+from tilefill._schedule import LazyCluster, Progress, run_tiles
+from tilefill._store import build_store, resumable_store
 
 log = logging.getLogger("tilefill")
+
+FAILED_SUFFIX = ".failed.json"
 
 
 @dataclass(frozen=True)
 class FillReport:
-    """What a run did, for people (``str(report)``) and programs (the fields)."""
+    """What a run did, for people (``str(report)``) and programs (the fields).
+
+    ``tiles`` holds a :class:`~tilefill._fill.TileResult` per tile this run fitted, and one with
+    status ``"skipped"`` per tile an earlier run of the same key had finished. A failed run
+    (``failures``: tile -> cause) wrote no output.
+    """
 
     output: Path
     tiles_total: int
@@ -35,19 +59,102 @@ class FillReport:
     cluster: str
     workdir: Path | None
     tile_seconds: list[float] = field(default_factory=list, repr=False)
+    tiles_skipped: int = 0
+    run_key: RunKey | None = field(default=None, repr=False)  # str() gives its short form
+    scene: str = ""
+    tiles: tuple[TileResult, ...] = field(default=(), repr=False)
+    failures: dict[int, str] = field(default_factory=dict, repr=False)
+    retried: dict[int, int] = field(default_factory=dict, repr=False)  # tile -> extra tries
+    stages: dict[str, float] = field(default_factory=dict)  # seconds: prepare (read, tile into Zarr), fill, write
+
+    @property
+    def estimated_rmse(self) -> float:
+        """Mean self-validation estimate of the gap RMSE over the fitted tiles ([0, 1] band units; NaN: none)."""
+        est = [t.estimated_rmse for t in self.tiles if math.isfinite(t.estimated_rmse)]
+        return sum(est) / len(est) if est else float("nan")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def tiles_retried(self) -> int:
+        return len(self.retried)
+
+    @property
+    def message(self) -> str:
+        """One line: what failed (empty when the run succeeded)."""
+        if self.ok:
+            return ""
+        first = "; ".join(f"tile {i}: {why}" for i, why in sorted(self.failures.items())[:3])
+        to_fit = len(self.failures) + self.tiles_fitted + self.tiles_without_context + self.tiles_skipped
+        return (f"{len(self.failures)} of {to_fit} tiles failed ({first}); no output written, see "
+                f"{failure_path(self.output)}; finished tiles are kept for the next run")
 
     def __str__(self) -> str:
-        lines = [
-            f"wrote {self.output}",
-            f"tiles: {self.tiles_total} in the grid, {self.tiles_fitted} fitted, "
-            f"{self.tiles_total - self.tiles_fitted - self.tiles_without_context} without gaps (not fitted)"
-            + (f", {self.tiles_without_context} with no known pixel in reach" if self.tiles_without_context else ""),
-            f"gap band-pixels: {self.gap_pixels} found, {self.filled_pixels} filled, {self.unfilled_pixels} left nodata",
-            f"time: {self.seconds:.1f} s on {self.cluster}",
-        ]
+        lines = [f"wrote {self.output}" if self.ok else f"FAILED: {self.message}",
+                 f"tiles: {self.tiles_total} in the grid, {self.tiles_fitted} fitted, "
+                 f"{self.tiles_total - self.tiles_fitted - self.tiles_without_context - self.tiles_skipped - len(self.failures)}"
+                 " without gaps (not fitted)"
+                 + (f", {self.tiles_skipped} done by an earlier run (skipped)" if self.tiles_skipped else "")
+                 + (f", {self.tiles_without_context} with no known pixel in reach" if self.tiles_without_context else "")
+                 + (f", {len(self.failures)} failed" if self.failures else "")]
+        if self.retried:
+            lines.append(f"retried: {self.tiles_retried} tile(s) ran again after their worker died or they raised")
+        if self.ok:
+            lines.append(f"gap band-pixels: {self.gap_pixels} found, {self.filled_pixels} filled, "
+                         f"{self.unfilled_pixels} left nodata")
+        if math.isfinite(self.estimated_rmse):
+            lines.append(f"estimated gap RMSE (self-validation, 0-1 band scale): {self.estimated_rmse:.4f} "
+                         "mean over tiles")
+        lines.append(f"time: {self.seconds:.1f} s on {self.cluster}"
+                     + ("; " + ", ".join(f"stage {k}: {v:.1f} s" for k, v in self.stages.items()) if self.stages else ""))
         if self.workdir:
             lines.append(f"work store kept at {self.workdir}")
         return "\n".join(lines)
+
+
+class FillFailed(TilefillError):
+    """Tiles kept failing: no output was written. ``report`` says what did finish and what failed."""
+
+    def __init__(self, report: FillReport):
+        super().__init__(report.message)
+        self.report = report
+
+
+def failure_path(output: str | Path) -> Path:
+    """Where a failed run's report goes: ``OUT.failed.json`` beside the output it did not write."""
+    output = Path(output)
+    return output.with_name(output.name + FAILED_SUFFIX)
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: NaN and infinities become null, paths and other objects their text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write a JSON file atomically: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_failure(output: Path, scene: str | Path, error: str, **details) -> Path:
+    """Write ``OUT.failed.json``: the scene, the error in one line, and any details (failed tiles ...)."""
+    path = failure_path(output)
+    write_json(path, {"status": "failed", "scene": str(scene), "output": str(output), "error": error,
+                      "tilefill": __version__, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      **details})
+    return path
 
 
 def resolve_config(config: str | Path | Config = "paper", overrides: Mapping[str, Any] | None = None) -> Config:
@@ -77,6 +184,9 @@ def fill_scene(
     footprint: str = "hull",
     overwrite: bool = False,
     progress: bool = True,
+    scheduler: str | None = None,
+    scheduler_file: str | Path | None = None,
+    restart: bool = False,
 ) -> FillReport:
     """Restore the gaps of a scene and write it as a georeferenced GeoTIFF.
 
@@ -96,15 +206,27 @@ def fill_scene(
         Shortcuts for the most used settings; ``overrides`` takes any dotted key.
     workers, gpus : int, optional
         CPU worker processes (0 = in this process), or one worker per GPU.
+    scheduler, scheduler_file : str or Path, optional
+        An existing Dask cluster instead (``tcp://host:8786``, or the file ``dask scheduler
+        --scheduler-file`` writes); its workers must see the work store.
     workdir : str or Path, optional
         Folder for the Zarr tile store (kept after the run). Default: a hidden folder beside
-        the output, removed after a successful run.
+        the output, removed after a successful run and kept otherwise, so that running the same
+        command again resumes it.
     footprint : {"hull", "full"}
         How the scene's footprint is found (see ``tilefill._scene``).
+    restart : bool
+        Discard the work store instead of resuming it (needed when it holds another run).
 
     Returns
     -------
     FillReport
+
+    Raises
+    ------
+    TilefillError
+        Bad input, in one line; :class:`FillFailed` when tiles kept failing (no output is
+        written, ``OUT.failed.json`` is).
 
     Examples
     --------
@@ -115,7 +237,22 @@ def fill_scene(
     start = time.perf_counter()
     shortcuts = {"fit.iterations": iterations, "tiles.size": tile_size, "tiles.overlap": overlap, "fit.seed": seed,
                  "fit.keep_known": keep_known, "fit.per_band": per_band, "method": method, "output.cog": cog}
-    cfg = resolve_config(config, {**shortcuts, **(overrides or {})})
+    cfg = checked_config(config, {**shortcuts, **(overrides or {})})
+    out = check_output_path(output, overwrite)
+    keep_store = workdir is not None
+    store_path = (Path(workdir) / "tiles.zarr") if keep_store else default_store(out)
+    with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file) as clusters:
+        report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
+                          bands=bands, footprint=footprint, restart=restart, overwrite=overwrite, progress=progress,
+                          start=start)
+    if not report.ok:
+        raise FillFailed(report)
+    return report
+
+
+def checked_config(config: str | Path | Config, overrides: Mapping[str, Any] | None) -> Config:
+    """The run's config, with its method checked to be known and installed."""
+    cfg = resolve_config(config, overrides)
     from tilefill._fill import METHODS
 
     if cfg.method not in METHODS:
@@ -124,41 +261,90 @@ def fill_scene(
         from tilefill._classical import check_available
 
         check_available(cfg.method)
-    out = check_output_path(output, overwrite)
-    keep_store = workdir is not None
-    store_path = (Path(workdir) / "tiles.zarr") if keep_store else out.with_name(f".{out.name}.tilefill.zarr")
+    return cfg
+
+
+def default_store(out: Path) -> Path:
+    """The work store when no --workdir is given: a hidden folder beside the output."""
+    return out.with_name(f".{out.name}.tilefill.zarr")
+
+
+def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *, store_path: Path, keep_store: bool,
+             mask: str | Path | None = None, bands: Sequence[int] | str | None = None, footprint: str = "hull",
+             restart: bool = False, overwrite: bool = False, progress: bool = True,
+             start: float | None = None) -> FillReport:
+    """One scene on a cluster that may serve many (``tilefill batch``): resume or build, fit, write.
+
+    Returns the report also when tiles failed (then no output is written and ``OUT.failed.json``
+    is); :func:`fill_scene` raises :class:`FillFailed` for it. The work store is removed after
+    success unless ``keep_store``.
+
+    Examples
+    --------
+    >>> with LazyCluster(workers=2) as clusters:  # doctest: +SKIP
+    ...     report = run_fill("a.tif", Path("out/a.tif"), load_config("fast"), clusters,
+    ...                       store_path=Path("out/.a.tif.tilefill.zarr"), keep_store=False)
+    """
+    start = time.perf_counter() if start is None else start
+    out = check_output_path(out, overwrite)
+    # absolute: workers of an existing cluster have working directories of their own
+    store_path = Path(os.path.abspath(store_path))
     with open_scene(scene, bands=bands, mask=mask) as src:
         info = src.info
         grid = TileGrid(info.height, info.width, cfg.tiles.size, cfg.tiles.overlap, info.affine)
         log.info("scene %d x %d px, %d band(s) %s, %s; %d tiles of %d px", info.width, info.height, info.count,
                  ",".join(info.band_names), info.dtype, len(grid), grid.size)
-        store = build_store(src, grid, cfg, store_path, footprint=footprint)
+        key = run_key(src, cfg, grid, footprint=footprint)
+        store = resumable_store(store_path, key.digest, restart=restart)
+        if store is None:
+            store = build_store(src, grid, cfg, store_path, footprint=footprint, run_key=key.digest)
         to_fit = store.tiles_to_fit
+        done = store.tiles_done(to_fit)
+        skipped = tuple(_skipped_result(store, i) for i in done)
+        todo = sorted(set(to_fit) - set(done))
+        if done:
+            log.info("resuming run %s: %d of %d tiles are already done in %s and are skipped", key, len(done),
+                     len(to_fit), store_path)
         gap_pixels = store.meta["gap_pixels"]
-        results, cluster_desc = [], "no cluster (nothing to fit)"
+        stages = {"prepare": time.perf_counter() - start}
+        run = None
         if not gap_pixels and cfg.fit.keep_known:
             log.info("no gap pixel in the scene: writing an unchanged copy")
-        elif to_fit:
-            log.info("%d gap band-pixels; fitting %d of %d tiles with %s (%s preset)", gap_pixels, len(to_fit),
+        elif todo:
+            log.info("%d gap band-pixels; fitting %d of %d tiles with %s (%s preset)", gap_pixels, len(todo),
                      len(grid), cfg.method, cfg.name)
-            with start_cluster(workers=workers, gpus=gpus) as cluster:
-                cluster_desc = cluster.description
-                bar = Progress(len(to_fit)) if progress else None
-                run = run_tiles(cluster, str(store_path), to_fit, on_done=(lambda _r: bar.update()) if bar else None)
-            if run.failures:
-                first = sorted(run.failures.items())[:3]
-                detail = "; ".join(f"tile {i}: {why}" for i, why in first)
-                raise TilefillError(
-                    f"{len(run.failures)} of {len(to_fit)} tiles failed ({detail}); no output written, "
-                    f"finished tiles kept in {store_path}")
-            results = run.results
+            cluster = clusters.get()
+            cluster.check_sees(store_path)
+            bar = Progress(len(todo)) if progress else None
+            run = run_tiles(cluster, str(store_path), todo, on_done=(lambda _r: bar.update()) if bar else None)
+        results = run.results if run else []
+        stages["fill"] = time.perf_counter() - start - stages["prepare"]
+        cluster_desc = clusters.started.description if clusters.started else "no cluster (nothing to fit)"
+        common = dict(
+            output=out, tiles_total=len(grid), tiles_fitted=sum(r.status == "filled" for r in results),
+            tiles_without_context=sum(r.status == "no-context" for r in results), gap_pixels=gap_pixels,
+            cluster=cluster_desc, workdir=store_path if keep_store else None,
+            tile_seconds=[r.seconds for r in results], tiles_skipped=len(done), run_key=key, scene=str(scene),
+            tiles=skipped + tuple(results), failures=dict(run.failures) if run else {},
+            retried=dict(run.retried) if run else {}, stages=stages)
+        if run and run.failures:
+            failed = FillReport(**common, filled_pixels=0, unfilled_pixels=0, seconds=time.perf_counter() - start)
+            write_failure(out, scene, failed.message, run_key=key.digest, work_store=str(store_path),
+                          failed_tiles=[{"tile": i, "cause": why} for i, why in sorted(run.failures.items())],
+                          tiles={"in_grid": len(grid), "to_fit": len(to_fit), "skipped": len(done),
+                                 "fitted": failed.tiles_fitted + failed.tiles_without_context,
+                                 "failed": len(run.failures)},
+                          retried={str(i): n for i, n in sorted(run.retried.items())},
+                          resume="fix the cause and run the same command again: finished tiles are kept and skipped")
+            return failed
         stats = write_output(store, src, out, cog=cfg.output.cog, overwrite=overwrite)
+        stages["write"] = time.perf_counter() - start - stages["prepare"] - stages["fill"]
+    failure_path(out).unlink(missing_ok=True)  # an earlier failure of this output is settled
     if not keep_store:
         shutil.rmtree(store_path, ignore_errors=True)
-    return FillReport(
-        output=out, tiles_total=len(grid), tiles_fitted=sum(r.status == "filled" for r in results),
-        tiles_without_context=sum(r.status == "no-context" for r in results), gap_pixels=gap_pixels,
-        filled_pixels=stats.filled_pixels, unfilled_pixels=stats.unfilled_pixels,
-        seconds=time.perf_counter() - start, cluster=cluster_desc, workdir=store_path if keep_store else None,
-        tile_seconds=[r.seconds for r in results],
-    )
+    return FillReport(**common, filled_pixels=stats.filled_pixels, unfilled_pixels=stats.unfilled_pixels,
+                      seconds=time.perf_counter() - start)
+
+
+def _skipped_result(store, index: int) -> TileResult:
+    return TileResult.from_info(index, "skipped", store.tile_info(index))

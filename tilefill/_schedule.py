@@ -1,24 +1,38 @@
-"""Schedule: one Dask future per tile, on a local cluster (CPU or one worker per GPU) or in-process.
+"""Schedule: one Dask future per tile, on a local cluster (CPU or one worker per GPU), an existing
+Dask cluster, or in-process.
 
 The client never imports torch or touches CUDA: only the workers do, after each has been
 started with its own ``CUDA_VISIBLE_DEVICES``, so every worker owns one GPU (a CUDA context
 made in the client first would pin them all to GPU 0). GPU workers advertise the resource
-``GPU=1`` and tile tasks ask for it. Tiles are submitted as plain futures, not as a dask.array
-graph, because graph optimisation can drop resource annotations.
+``GPU=1`` and tile tasks ask for it: on a cluster tilefill did not start, as soon as one worker
+advertises it. Tiles are submitted as plain futures, not as a dask.array graph, because graph
+optimisation can drop resource annotations.
+
+Faults: a worker that dies mid-tile takes its tiles with it, and Dask's scheduler runs them
+again on another worker (up to ``distributed.scheduler.allowed-failures`` deaths per tile,
+then the tile fails with ``KilledWorker``); a tile that raises is tried once more, then fails.
+Either way the other tiles go on. A tile task first checks the store, so a tile that a lost
+worker had already finished is not fitted twice.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from tilefill import TilefillError
 from tilefill._fill import TileResult, fill_tile
+
+CONNECT_TIMEOUT = 10.0  # seconds to wait for an existing scheduler to answer
+WORKER_TIMEOUT = 60.0  # seconds to wait for a connected cluster's first worker (batch systems start them late)
+RETRIES = 1  # extra tries for a tile that raised (a worker that died is Dask's allowed-failures business)
 
 
 def default_workers() -> int:
@@ -55,24 +69,137 @@ class Cluster:
     def resources(self) -> dict | None:
         return {"GPU": 1} if self.gpu else None
 
+    def check_sees(self, path: str | Path) -> None:
+        """Refuse a cluster whose workers cannot see the work store (it must be on a shared filesystem)."""
+        if self.client is None:
+            return
+        seen = self.client.run(os.path.isdir, str(path))
+        blind = sorted(addr for addr, ok in seen.items() if not ok)
+        if blind:
+            raise TilefillError(
+                f"{len(blind)} of {len(seen)} Dask worker(s) cannot see the work store {path} (e.g. {blind[0]}); "
+                "put --workdir (or the output) on a filesystem every worker shares")
+
+
+def _probe(address: str) -> None:
+    """Fail fast, in one line, unless a Dask scheduler answers at ``address``.
+
+    A refused TCP connection fails at once, an unreachable host after CONNECT_TIMEOUT, and a
+    service that is not a Dask scheduler on its reply. Asked over a bare comm rather than with a
+    ``distributed.Client``, because a Client whose first connection failed hangs the
+    interpreter's exit while it tries to close itself.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(address)
+        host, port = parse_host_port(loc)
+    except ValueError as exc:
+        raise TilefillError(f"{address!r} is not a Dask scheduler address ({exc}); e.g. tcp://head-node:8786") from None
+    try:
+        if scheme == "tcp":  # Dask's connect retries a refused port until its timeout
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise TilefillError(f"no Dask scheduler answers at {address} ({why}; waited up to {CONNECT_TIMEOUT:g} s)") from None
+
+    async def identity():
+        comm = await connect(address, timeout=CONNECT_TIMEOUT)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await asyncio.wait_for(comm.read(), CONNECT_TIMEOUT)
+        finally:
+            comm.abort()
+
+    try:  # in a thread of its own: the caller may already run an event loop (a notebook)
+        with ThreadPoolExecutor(1) as pool:
+            ident = pool.submit(asyncio.run, identity()).result()
+    except (OSError, TimeoutError) as exc:
+        raise TilefillError(f"no Dask scheduler answers at {address} ({str(exc)[:160]})") from None
+    except Exception:  # noqa: BLE001 - whatever a foreign service sends back
+        ident = None
+    if not isinstance(ident, dict) or ident.get("type") != "Scheduler":
+        raise TilefillError(f"something answers at {address}, but not a Dask scheduler")
+
+
+def _connect(scheduler: str | None, scheduler_file: str | Path | None):
+    """A client of an existing cluster, or one clear line when it does not answer within CONNECT_TIMEOUT."""
+    import json
+
+    from distributed import Client
+
+    if scheduler_file is not None:
+        try:
+            scheduler = json.loads(Path(scheduler_file).read_text())["address"]
+        except FileNotFoundError:
+            raise TilefillError(f"scheduler file {scheduler_file} not found (dask scheduler --scheduler-file writes it)") from None
+        except (OSError, ValueError, KeyError, TypeError):
+            raise TilefillError(f"{scheduler_file} is not a Dask scheduler file (JSON with an \"address\")") from None
+    _probe(scheduler)
+    try:
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise TilefillError(f"the Dask scheduler at {scheduler} does not answer ({str(exc)[:160]})") from None
+    try:
+        client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
+    except TimeoutError:
+        client.close()
+        raise TilefillError(f"the Dask cluster at {scheduler} has no worker after {WORKER_TIMEOUT:g} s; start some "
+                            "(dask worker ADDRESS --nthreads 1)") from None
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
+    n_gpu = sum(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
+    desc = f"Dask cluster at {client.scheduler.address}: {len(workers)} worker(s)" + (
+        f", {n_gpu} with a GPU (tiles run there only)" if gpu else "")
+    return client, gpu, desc
+
+
+def check_cluster_args(*, workers: int | None = None, gpus: int | None = None, scheduler: str | None = None,
+                       scheduler_file: str | Path | None = None) -> bool:
+    """Refuse contradictory cluster options; True when they name an existing cluster."""
+    if scheduler is not None and scheduler_file is not None:
+        raise TilefillError("give either --scheduler or --scheduler-file, not both")
+    external = scheduler is not None or scheduler_file is not None
+    if external and (workers is not None or gpus is not None):
+        raise TilefillError("--workers and --gpus start a local cluster; an existing one (--scheduler) brings its own")
+    if workers is not None and gpus is not None:
+        raise TilefillError("give either --workers or --gpus, not both")
+    if workers is not None and workers < 0 or gpus is not None and gpus < 1:
+        raise TilefillError("--workers must be 0 or more and --gpus 1 or more")
+    return external
+
 
 @contextmanager
-def start_cluster(*, workers: int | None = None, gpus: int | None = None, check_cuda: bool = True) -> Iterator[Cluster]:
-    """Start a local Dask cluster for one run and close it afterwards (also on Ctrl-C).
+def start_cluster(*, workers: int | None = None, gpus: int | None = None, scheduler: str | None = None,
+                  scheduler_file: str | Path | None = None, check_cuda: bool = True) -> Iterator[Cluster]:
+    """Start a local Dask cluster for one run and close it afterwards (also on Ctrl-C), or connect to one.
 
     ``gpus=N``: one worker process per GPU, each pinned with its own ``CUDA_VISIBLE_DEVICES``.
-    ``workers=N``: N single-threaded CPU worker processes sharing the cores. ``workers=0``: no
-    cluster, tiles run one after another in this process (debugging, notebooks).
+    ``workers=N``: N single-threaded CPU worker processes sharing the cores (a ``TILEFILL_THREADS``
+    in the environment sets each one's torch threads). ``workers=0``: no cluster, tiles run one
+    after another in this process (debugging, notebooks). ``scheduler="tcp://host:8786"`` or
+    ``scheduler_file``: an existing cluster, left running afterwards; tiles ask for ``GPU=1`` if
+    any of its workers advertises it.
 
     Examples
     --------
     >>> with start_cluster(workers=2) as cluster:  # doctest: +SKIP
     ...     results = run_tiles(cluster, "work/tiles.zarr", [0, 1, 2])
+    >>> with start_cluster(scheduler="tcp://head:8786") as cluster:  # doctest: +SKIP
+    ...     cluster.description
+    'Dask cluster at tcp://10.0.0.5:8786: 8 worker(s), 8 with a GPU (tiles run there only)'
     """
-    if workers is not None and gpus is not None:
-        raise TilefillError("give either --workers or --gpus, not both")
-    if workers is not None and workers < 0 or gpus is not None and gpus < 1:
-        raise TilefillError("--workers must be 0 or more and --gpus 1 or more")
+    if check_cluster_args(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file):
+        client, gpu, desc = _connect(scheduler, scheduler_file)
+        try:
+            yield Cluster(client, gpu=gpu, description=desc)
+        finally:
+            client.close()
+        return
     if gpus is None and workers == 0:
         yield Cluster(None)
         return
@@ -91,7 +218,7 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, check_
         desc = f"{gpus} GPU worker(s)"
     else:
         n = workers or default_workers()
-        threads = max(1, (os.cpu_count() or 1) // n)
+        threads = int(os.environ.get("TILEFILL_THREADS") or max(1, (os.cpu_count() or 1) // n))
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                env={"TILEFILL_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}, **quiet)
         desc = f"{n} CPU worker(s) x {threads} thread(s)"
@@ -107,6 +234,44 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, check_
     finally:
         client.close()
         cluster.close()
+
+
+class LazyCluster:
+    """One cluster for many scenes, started when a scene first has tiles to fit.
+
+    A local cluster is started on first use (a run with nothing to fit starts none); an
+    existing one is connected to at once, so a scheduler that does not answer fails the run
+    before any work. Use it as a context manager; it closes what it started.
+
+    Examples
+    --------
+    >>> with LazyCluster(workers=2) as clusters:  # doctest: +SKIP
+    ...     run_tiles(clusters.get(), "a/tiles.zarr", [0, 1])
+    ...     run_tiles(clusters.get(), "b/tiles.zarr", [3])   # the same workers
+    """
+
+    def __init__(self, **kwargs):
+        self._external = check_cluster_args(**{k: v for k, v in kwargs.items() if k != "check_cuda"})
+        self._kwargs = kwargs
+        self._stack = ExitStack()
+        self._cluster: Cluster | None = None
+
+    def __enter__(self) -> "LazyCluster":
+        if self._external:
+            self.get()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @property
+    def started(self) -> Cluster | None:
+        return self._cluster
+
+    def get(self) -> Cluster:
+        if self._cluster is None:
+            self._cluster = self._stack.enter_context(start_cluster(**self._kwargs))
+        return self._cluster
 
 
 class Progress:
@@ -139,41 +304,96 @@ class Progress:
 
 @dataclass
 class TileRun:
-    """Results of a batch of tile tasks: what finished and what failed (with its cause)."""
+    """Results of a batch of tile tasks: what finished, what failed (with its cause), what ran again.
+
+    ``retried`` maps a tile to its extra tries: after its worker died, or after it raised.
+    """
 
     results: list[TileResult] = field(default_factory=list)
     failures: dict[int, str] = field(default_factory=dict)
+    retried: dict[int, int] = field(default_factory=dict)
+
+
+def _run_tile(store_path: str, index: int) -> TileResult:
+    """The tile task: skip a tile already in the store (a lost worker may have finished it), else fill it."""
+    from tilefill._store import TileStore
+
+    store = TileStore.open(store_path)
+    if 0 <= index < len(store.grid) and store.tile_done(index):
+        return TileResult.from_info(index, "filled", store.tile_info(index), f"{socket.gethostname()}:{os.getpid()}")
+    return fill_tile(store_path, index)
+
+
+def _cause(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_tiles(cluster: Cluster, store_path: str, indices: Sequence[int], *,
-              on_done: Callable[[TileResult | None], None] | None = None) -> TileRun:
-    """Fill the given tiles: one future per tile; every tile is tried even if some fail."""
+              on_done: Callable[[TileResult | None], None] | None = None, retries: int = RETRIES) -> TileRun:
+    """Fill the given tiles: one future per tile; every tile is tried even if some fail.
+
+    A tile that raises is tried ``retries`` more times; one whose worker dies is rescheduled by
+    Dask. ``on_done`` is called once per tile with its result, or None if it failed.
+
+    Examples
+    --------
+    >>> with start_cluster(workers=2) as cluster:  # doctest: +SKIP
+    ...     run = run_tiles(cluster, "work/tiles.zarr", [0, 1, 2])
+    >>> run.failures, run.retried  # doctest: +SKIP
+    ({}, {})
+    """
     run = TileRun()
     if cluster.client is None:
         for i in indices:
-            try:
-                run.results.append(fill_tile(store_path, i))
-            except Exception as exc:  # noqa: BLE001 - a tile's failure is reported, the rest go on
-                run.failures[i] = f"{type(exc).__name__}: {exc}"
+            for attempt in range(retries + 1):
+                try:
+                    run.results.append(fill_tile(store_path, i))
+                    run.failures.pop(i, None)
+                    break
+                except Exception as exc:  # noqa: BLE001 - a tile's failure is reported, the rest go on
+                    run.failures[i] = _cause(exc)
+                    if attempt < retries:
+                        run.retried[i] = attempt + 1
             if on_done:
-                on_done(run.results[-1] if run.results and run.results[-1].index == i else None)
+                on_done(run.results[-1] if i not in run.failures else None)
         return run
     from distributed import as_completed
 
     client = cluster.client
-    futures = {client.submit(fill_tile, store_path, i, key=f"tilefill-tile-{i}-{os.path.basename(store_path)}-{time.time_ns()}",
-                             resources=cluster.resources, pure=False): i for i in indices}
+    # a fresh key per submission: a rerun after a crash must not attach to the old run's tasks
+    tag = f"{os.path.basename(store_path)}-{time.time_ns()}"
+    futures = {client.submit(_run_tile, store_path, i, key=f"tilefill-tile-{i}-{tag}", resources=cluster.resources,
+                             retries=retries, pure=False): i for i in indices}
     try:
-        for fut in as_completed(list(futures)):
+        for fut in as_completed(list(futures), loop=client.loop):
             i = futures[fut]
             if fut.status == "finished":
                 run.results.append(fut.result())
             else:
-                exc = fut.exception()
-                run.failures[i] = f"{type(exc).__name__}: {exc}"
+                run.failures[i] = _cause(fut.exception())
             if on_done:
                 on_done(run.results[-1] if i not in run.failures else None)
+        run.retried = _extra_tries(client, futures, retries)
     except BaseException:  # Ctrl-C: stop the remaining tiles before the cluster closes
         client.cancel(list(futures), force=True)
         raise
     return run
+
+
+def _extra_tries(client, futures: dict, retries: int) -> dict[int, int]:
+    """Extra tries per tile, from the scheduler: worker deaths while it ran, plus retries after it raised."""
+    keys = {f.key: i for f, i in futures.items()}
+
+    def count(dask_scheduler=None, keys=()):  # nested: pickled by value, the scheduler needs no tilefill
+        out = {}
+        for k in keys:
+            ts = dask_scheduler.tasks.get(k)
+            if ts is not None:
+                out[k] = ts.suspicious + max(0, retries - ts.retries)
+        return out
+
+    try:
+        tries = client.run_on_scheduler(count, keys=list(keys))
+    except Exception:  # noqa: BLE001 - a figure for the report, never a reason to fail the run
+        return {}
+    return {keys[k]: n for k, n in tries.items() if n}

@@ -6,12 +6,18 @@ Layout of ``<workdir>/tiles.zarr``::
     gaps       bool    (bands, H, W)  True = gap to fill (inside the footprint, no data or flagged)
     footprint  bool    (H, W)         the scene's footprint (see tilefill._scene)
     tiles      float32 (n_tiles, bands, T, T)  one chunk per tile: the fill's prediction in [0, 1]
-    tile_info  float64 (n_tiles, 4)   one chunk per tile: final loss, seconds, iterations, window side
+    tile_info  float64 (n_tiles, 5)   one chunk per tile: final loss, seconds, iterations, window side,
+                                      estimated gap RMSE (self-validation, [0, 1] units; NaN: none)
 
 Attributes (``attrs["tilefill"]``) hold the scene's georeferencing (CRS WKT, transform), band
-names, dtype and nodata, the grid, the full config and the per-band scaling, so a run can be
-inspected, and picked up, from the store alone. Workers write disjoint chunks only, which
-Zarr makes safe across processes.
+names, dtype and nodata, the grid, the full config, the per-band scaling and the run key (see
+``tilefill._runkey``), so a run can be inspected, and picked up, from the store alone. Workers
+write disjoint chunks only, and Zarr writes each chunk to a temporary file renamed into place,
+so a worker killed mid-write leaves the old chunk or the new one, never half of one. A tile is
+done once its ``tile_info`` chunk exists; it is written after the prediction.
+
+A store being built holds ``{"building": true, "run_key": ...}`` only: it is ours (it may be
+replaced), but it has nothing to resume.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from tilefill._grid import TileGrid
 from tilefill._scene import Scene, SceneInfo, footprint_extents, footprint_window
 
 STRIP = 512  # rows read from the input at a time, and the row chunk of the scene arrays
-TILE_INFO_FIELDS = ("final_loss", "seconds", "iterations", "window")
+TILE_INFO_FIELDS = ("final_loss", "seconds", "iterations", "window", "estimated_rmse")
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,8 @@ class TileStore:
             raise TilefillError(f"no tile store at {path}") from None
         if "tilefill" not in group.attrs:
             raise TilefillError(f"{path} is a Zarr store but not a tilefill tile store")
+        if group.attrs["tilefill"].get("building"):
+            raise TilefillError(f"tile store {path} was never finished (its build was interrupted)")
         return cls(group, path)
 
     @property
@@ -98,9 +106,22 @@ class TileStore:
         self.group["tiles"][index] = prediction.astype(np.float32)
         self.group["tile_info"][index] = [float(info.get(k, np.nan)) for k in TILE_INFO_FIELDS]
 
+    @property
+    def run_key(self) -> str | None:
+        return self.meta.get("run_key")
+
+    def tile_info(self, index: int) -> dict:
+        """A finished tile's statistics (``TILE_INFO_FIELDS``); NaN where not recorded."""
+        return dict(zip(TILE_INFO_FIELDS, np.asarray(self.group["tile_info"][index]).tolist()))
+
     def tile_done(self, index: int) -> bool:
         # seconds is written for every finished tile; final_loss is NaN for the classical fills
         return bool(np.isfinite(self.group["tile_info"][index, TILE_INFO_FIELDS.index("seconds")]))
+
+    def tiles_done(self, indices) -> list[int]:
+        """Those of ``indices`` already done, read in one pass over the small ``tile_info`` array."""
+        seconds = np.asarray(self.group["tile_info"][:, TILE_INFO_FIELDS.index("seconds")])
+        return [i for i in indices if np.isfinite(seconds[i])]
 
     def read_tile(self, index: int) -> np.ndarray:
         return np.asarray(self.group["tiles"][index])
@@ -117,23 +138,59 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _create_or_replace(path: Path) -> zarr.Group:
+def _read_meta(path: Path) -> dict | None:
+    """``attrs["tilefill"]`` of the store at ``path``; None if there is none or it is not ours."""
+    try:
+        return json.loads((path / "zarr.json").read_text()).get("attributes", {})["tilefill"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def resumable_store(path: str | Path, run_key: str, *, restart: bool = False) -> TileStore | None:
+    """The store at ``path`` if it holds this run's finished tiles; None if there is nothing to resume.
+
+    A complete store made under another key is refused: its tiles belong to another input or
+    other parameters, and mixing them would write a scene neither run asked for. ``restart``
+    discards whatever is there (:func:`build_store` replaces it).
+
+    Examples
+    --------
+    >>> store = resumable_store("work/tiles.zarr", str(key))  # doctest: +SKIP
+    >>> store.tiles_done(store.tiles_to_fit)  # doctest: +SKIP
+    """
+    path = Path(path)
+    meta = _read_meta(path)
+    if restart or meta is None or meta.get("building"):
+        return None
+    if meta.get("run_key") != run_key:
+        old = (meta.get("run_key") or "none")[:16]
+        raise TilefillError(
+            f"work store {path} holds another run (key {old}, this run {run_key[:16]}: the input or the parameters "
+            "changed); pass --restart (or delete it) to start over, or choose another --workdir")
+    return TileStore.open(path, mode="r+")
+
+
+def _create_or_replace(path: Path, run_key: str | None) -> zarr.Group:
     if path.exists():
         # Only ever delete what is recognisably our own store, never a user's folder.
-        if not (path / "zarr.json").is_file() or "tilefill" not in json.loads((path / "zarr.json").read_text()).get(
-                "attributes", {}):
+        if _read_meta(path) is None:
             raise TilefillError(f"work store {path} exists and is not a tilefill store; choose another --workdir")
         shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return zarr.open_group(str(path), mode="w")
+    group = zarr.open_group(str(path), mode="w")
+    # ours from the first byte: an interrupted build can be recognised and replaced
+    group.attrs["tilefill"] = {"version": __version__, "building": True, "run_key": run_key}
+    return group
 
 
-def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, *, footprint: str = "hull") -> TileStore:
+def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, *, footprint: str = "hull",
+                run_key: str | None = None) -> TileStore:
     """Read the scene in strips, find gaps and footprint, and write the tile store.
 
     Two passes over the input, each holding one strip of ``STRIP`` rows: the first finds each
     band's range over its known pixels and each row's data extent (for the footprint hull),
-    the second writes the scaled scene and the masks.
+    the second writes the scaled scene and the masks. ``run_key`` (see ``tilefill._runkey``)
+    is kept in the attributes, for :func:`resumable_store`.
 
     Examples
     --------
@@ -176,7 +233,7 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
         left, right = footprint_extents(first, last)
 
     path = Path(path)
-    group = _create_or_replace(path)
+    group = _create_or_replace(path, run_key)
     chunk = (bands, STRIP, STRIP)
     scene_arr = group.create_array("scene", shape=(bands, height, width), chunks=chunk, dtype="float32", fill_value=0.0)
     gaps_arr = group.create_array("gaps", shape=(bands, height, width), chunks=chunk, dtype="bool", fill_value=False)
@@ -214,6 +271,7 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
 
     group.attrs["tilefill"] = {
         "version": __version__,
+        "run_key": run_key,
         "scene": scene.info.to_attrs(),
         "grid": {"size": grid.size, "overlap": grid.overlap, "shape": list(grid.shape)},
         "config": config.to_dict(),

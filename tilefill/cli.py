@@ -1,7 +1,8 @@
-"""The ``tilefill`` command: a thin Click layer over :func:`tilefill.fill_scene`.
+"""The ``tilefill`` command: a thin Click layer over :func:`tilefill.fill_scene` and :func:`tilefill.fill_batch`.
 
-``tilefill SCENE -o OUT [options]`` fills a scene (it is ``tilefill fill``); other commands
-(``demo``, ``simulate``) sit beside it. Options shared by commands are defined once below.
+``tilefill SCENE -o OUT [options]`` fills a scene (it is ``tilefill fill``); ``tilefill batch``
+fills an archive; other commands (``demo``) sit beside them. Options shared by commands are
+defined once below.
 """
 
 from __future__ import annotations
@@ -58,6 +59,27 @@ def fill_options(config_default: str = "paper") -> list:
     ]
 
 
+def scene_options() -> list:
+    """How a scene is read: shared by ``fill`` and ``batch``."""
+    return [
+    click.option("--bands", default=None, help="Bands to restore, e.g. 1,2,3,4 (default: all)."),
+    click.option("--footprint", type=click.Choice(["hull", "full"]), default="hull", show_default=True,
+                 help="Scene footprint: convex hull of the data pixels, or the whole raster."),
+    ]
+
+
+def run_options() -> list:
+    """Where tiles run and whether earlier work is resumed: shared by ``fill`` and ``batch``."""
+    return [
+    click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                 help="Run on this existing Dask cluster instead of starting one."),
+    click.option("--scheduler-file", type=click.Path(path_type=Path), default=None,
+                 help="Run on the Dask cluster whose scheduler wrote this file (dask scheduler --scheduler-file)."),
+    click.option("--restart", is_flag=True,
+                 help="Discard the work store of an earlier, unfinished run instead of resuming it."),
+    ]
+
+
 def apply(options):
     def deco(f):
         for opt in reversed(options):
@@ -83,7 +105,8 @@ def _run(fn, *args, **kwargs):
     except TilefillError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        click.echo("interrupted: workers stopped, no output written", err=True)
+        click.echo("interrupted: workers stopped, no output written; finished tiles are kept, "
+                   "run the same command again to resume", err=True)
         sys.exit(130)
 
 
@@ -104,25 +127,65 @@ def main():
 @click.argument("scene", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Restored GeoTIFF to write.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Gap mask raster, nonzero = gap.")
-@click.option("--bands", default=None, help="Bands to restore, e.g. 1,2,3,4 (default: all).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="Keep the Zarr tile store in this folder (default: temporary, beside the output).")
-@click.option("--footprint", type=click.Choice(["hull", "full"]), default="hull", show_default=True,
-              help="Scene footprint: convex hull of the data pixels, or the whole raster.")
+              help="Keep the Zarr tile store in this folder (default: hidden, beside the output; removed after success).")
+@apply(scene_options())
 @apply(fill_options())
-def fill_cmd(scene, output, mask, bands, workdir, footprint, config, workers, gpus, overwrite, quiet, **kw):
-    """Fill the gaps of SCENE (a GeoTIFF or a Landsat product folder) and write OUTPUT."""
+@apply(run_options())
+def fill_cmd(scene, output, mask, bands, workdir, footprint, config, workers, gpus, overwrite, quiet, scheduler,
+             scheduler_file, restart, **kw):
+    """Fill the gaps of SCENE (a GeoTIFF or a Landsat product folder) and write OUTPUT.
+
+    A run that fails or is interrupted keeps its finished tiles: the same command resumes it.
+    """
     from tilefill._pipeline import fill_scene
 
     _setup_logging(quiet)
     report = _run(fill_scene, scene, output, mask=mask, bands=bands, config=config, overrides=_config_overrides(**kw),
                   workers=workers, gpus=gpus, workdir=workdir, footprint=footprint, overwrite=overwrite,
-                  progress=not quiet)
+                  progress=not quiet, scheduler=scheduler, scheduler_file=scheduler_file, restart=restart)
     if not quiet:
         click.echo(str(report), err=True)
     if report.unfilled_pixels:
         click.echo(f"warning: {report.unfilled_pixels} gap band-pixels had no known pixel in reach and stay nodata",
                    err=True)
+
+
+@main.command("batch")
+@click.argument("sources", nargs=-1)
+@click.option("--output-dir", type=click.Path(path_type=Path), required=True,
+              help="Root of the output tree; it mirrors the input tree.")
+@click.option("--manifest", type=click.Path(path_type=Path), default=None,
+              help="A file naming one scene (GeoTIFF or Landsat folder) per line.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path), default=None,
+              help="Append a JSON-lines record per tile, per scene and a summary to this file.")
+@click.option("--input-root", type=click.Path(path_type=Path), default=None,
+              help="The folder the output tree mirrors (default: the sources' common folder).")
+@apply(scene_options())
+@apply(fill_options())
+@apply(run_options())
+def batch_cmd(sources, output_dir, manifest, log_path, input_root, bands, footprint, config, workers, gpus, overwrite,
+              quiet, scheduler, scheduler_file, restart, **kw):
+    """Fill every scene of SOURCES (globs, GeoTIFFs, folders searched for GeoTIFFs and Landsat folders).
+
+    \b
+    tilefill batch 'archive/**/*.tif' --output-dir restored/ --config fast --log nightly.jsonl
+    tilefill batch archive/ --output-dir restored/ --scheduler tcp://head:8786
+    tilefill batch --manifest tonight.txt --output-dir restored/
+
+    Scenes already done are skipped, one scene's failure never stops the others, and two
+    batches may run at once on one archive. Exit status 1 if any scene failed.
+    """
+    from tilefill._batch import fill_batch
+
+    _setup_logging(quiet)
+    report = _run(fill_batch, list(sources), output_dir, manifest=manifest, log=log_path, input_root=input_root,
+                  bands=bands, footprint=footprint, config=config, overrides=_config_overrides(**kw), workers=workers,
+                  gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file, restart=restart, overwrite=overwrite,
+                  progress=not quiet)
+    click.echo(str(report), err=True)
+    if report.failed:
+        sys.exit(1)
 
 
 @main.command("demo")

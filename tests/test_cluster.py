@@ -1,0 +1,282 @@
+"""An existing Dask cluster: real ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1.
+
+One cluster (a scheduler, three single-threaded workers with one torch thread each) serves the
+module: a clean run through ``--scheduler``; a run whose worker is killed with SIGKILL mid-tile;
+a run whose ``tilefill`` process is killed with SIGKILL, then run again; a batch. Outputs must
+equal the clean run's pixel for pixel. A second, smaller cluster checks GPU resources. Every
+process is started in its own session and killed in a finalizer, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from tilefill import TilefillError
+from tilefill import _schedule
+from tilefill._pipeline import default_store
+from tilefill._schedule import run_tiles, start_cluster
+from tilefill.cli import main
+
+pytestmark = pytest.mark.timeout(180)
+
+TINY = str(Path(__file__).with_name("tiny.yaml"))
+SIZE = 160  # 4 x 4 tiles of 64 px
+FILL = ["--config", TINY, "--iterations", "40", "--seed", "3"]
+WORKER_ENV = {"TILEFILL_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+class DaskProcesses:
+    """A scheduler and workers as real processes, each in its own session (killed as a group)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.file = folder / "scheduler.json"
+        self.procs: list[subprocess.Popen] = []
+        self.client = None
+
+    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **WORKER_ENV}, start_new_session=True, cwd=self.folder)
+        self.procs.append(proc)
+        return proc
+
+    def start(self, workers: list[list[str]]) -> "DaskProcesses":
+        from distributed import Client
+
+        self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                     str(self.file), "--idle-timeout", "600"], "scheduler")
+        deadline = time.monotonic() + 60
+        while not self.file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.file.is_file(), (self.folder / "scheduler.log").read_text()
+        for i, extra in enumerate(workers):
+            self._spawn(["worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--no-dashboard",
+                         "--host", "127.0.0.1", "--name", f"w{i}", "--death-timeout", "60", *extra], f"worker{i}")
+        self.client = Client(scheduler_file=str(self.file), set_as_default=False, timeout=30)
+        self.client.wait_for_workers(len(workers), timeout=90)
+        return self
+
+    @property
+    def address(self) -> str:
+        return json.loads(self.file.read_text())["address"]
+
+    def worker_pids(self) -> dict[str, int]:
+        return self.client.run(os.getpid)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    procs = DaskProcesses(tmp_path_factory.mktemp("dask"))
+    try:
+        yield procs.start([[], [], []])
+    finally:
+        procs.close()
+
+
+def _scene(path: Path, shift: int = 0) -> Path:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    values = np.stack([1000 + 300 * np.sin(xx / (9.0 + b) + shift) + 200 * np.cos(yy / 13.0) for b in range(2)])
+    values = values.astype(np.uint16)
+    values[:, (yy + xx // 8 + shift) % 24 < 4] = 0
+    with rasterio.open(path, "w", driver="GTiff", dtype="uint16", count=2, height=SIZE, width=SIZE, nodata=0,
+                       crs="EPSG:32633", transform=rasterio.Affine(30, 0, 500000, 0, -30, 4200000)) as ds:
+        ds.write(values)
+    return path
+
+
+def _read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return _scene(tmp_path_factory.mktemp("scene") / "scene.tif")
+
+
+@pytest.fixture(scope="module")
+def clean(cluster, scene, tmp_path_factory):
+    """The scene filled by an uninterrupted run on the cluster, through --scheduler."""
+    out = tmp_path_factory.mktemp("clean") / "clean.tif"
+    res = CliRunner().invoke(main, [str(scene), "-o", str(out), *FILL, "--scheduler", cluster.address])
+    assert res.exit_code == 0, res.output
+    assert f"Dask cluster at {cluster.address}: 3 worker(s)" in res.output and "16 fitted" in res.output
+    return _read(out)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tilefill.cli", *args]
+
+
+def _wait_for_tiles(proc: subprocess.Popen, n: int, total: int = 16) -> list[str]:
+    """Read the progress lines of a running ``tilefill`` until n tiles are done."""
+    lines, done, deadline = [], 0, time.monotonic() + 90
+    while done < n and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        m = re.match(rf"tiles (\d+)/{total}", line)
+        done = int(m[1]) if m else done
+    assert done >= n, "".join(lines)
+    return lines
+
+
+# --- connecting --------------------------------------------------------------------------------------------
+
+def test_a_scheduler_that_does_not_answer_fails_fast_in_one_line(tmp_path, scene):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    out = tmp_path / "o.tif"
+    for args, expect in [
+        (["--scheduler", f"tcp://127.0.0.1:{port}"], f"no Dask scheduler answers at tcp://127.0.0.1:{port}"),
+        (["--scheduler", "head-node"], "not a Dask scheduler address"),
+        (["--scheduler-file", str(tmp_path / "none.json")], "not found"),
+        (["--scheduler", f"tcp://127.0.0.1:{port}", "--workers", "2"], "an existing one (--scheduler) brings its own"),
+    ]:
+        start = time.monotonic()
+        res = CliRunner().invoke(main, [str(scene), "-o", str(out), *FILL, *args])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+        assert res.output.strip().splitlines()[-1].startswith("Error: ") and expect in res.output, res.output
+        assert time.monotonic() - start < 5
+    assert not out.exists() and not default_store(out).exists()
+
+
+def test_workers_that_cannot_see_the_work_store_are_named(tmp_path):
+    class Client:  # two workers: this machine, and one that mounts another filesystem
+        def run(self, fn, path):
+            return {"tcp://10.0.0.7:4000": fn(path.replace(str(tmp_path), "/elsewhere")),
+                    "tcp://10.0.0.8:4000": fn(path)}
+
+    cluster = _schedule.Cluster(Client())
+    with pytest.raises(TilefillError, match=r"1 of 2 Dask worker\(s\) cannot see the work store .* tcp://10.0.0.7"):
+        cluster.check_sees(tmp_path)
+    cluster.check_sees("/")  # every worker sees /
+    _schedule.Cluster(None).check_sees("/nowhere")  # in-process: nothing to check
+
+
+def test_gpu_workers_advertise_gpu_and_tiles_go_only_to_them(tmp_path, scene):
+    procs = DaskProcesses(tmp_path)
+    try:
+        procs.start([["--resources", "GPU=1"], []])
+        gpu_pid = next(pid for addr, pid in procs.worker_pids().items()
+                       if procs.client.scheduler_info()["workers"][addr]["resources"].get("GPU"))
+        from tilefill import load_config
+        from tilefill._grid import TileGrid
+        from tilefill._scene import open_scene
+        from tilefill._store import build_store
+
+        cfg = load_config(TINY, {"method": "gdal"})
+        with open_scene(scene) as src:
+            store = build_store(src, TileGrid(SIZE, SIZE, 64, 32), cfg, tmp_path / "tiles.zarr")
+        with start_cluster(scheduler_file=procs.file) as cluster:
+            assert cluster.gpu and cluster.resources == {"GPU": 1}
+            assert cluster.description.endswith("2 worker(s), 1 with a GPU (tiles run there only)")
+            run = run_tiles(cluster, str(store.path), store.tiles_to_fit)
+        assert not run.failures and len(run.results) == 16
+        assert {int(r.worker.rsplit(":", 1)[1]) for r in run.results} == {gpu_pid}
+        assert procs.client.scheduler_info()["workers"], "an existing cluster is left running"
+    finally:
+        procs.close()
+
+
+# --- faults ------------------------------------------------------------------------------------------------
+
+def test_a_worker_killed_mid_tile_costs_a_retry_not_the_scene(cluster, scene, clean, tmp_path):
+    out = tmp_path / "out.tif"
+    proc = subprocess.Popen(_cli(str(scene), "-o", str(out), *FILL, "--scheduler-file", str(cluster.file)),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        _wait_for_tiles(proc, 2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # a worker busy with a tile right now
+            busy = [a for a, keys in cluster.client.processing().items()
+                    if any(str(k).startswith("tilefill-tile-") for k in keys)]
+            if busy:
+                break
+            time.sleep(0.05)
+        assert busy
+        victim = cluster.worker_pids()[busy[0]]
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    retried = int(re.search(r"retried: (\d+) tile\(s\) ran again", err)[1])
+    assert retried >= 1 and "16 fitted" in err
+    np.testing.assert_array_equal(_read(out), clean)
+    cluster.client.wait_for_workers(3, timeout=60)  # the nanny restarts the worker it lost
+    assert victim not in cluster.worker_pids().values()
+    print(f"\nworker pid {victim} killed mid-tile: {retried} tile(s) retried, the scene completed and equals the clean run")
+
+
+def test_the_cli_killed_mid_run_then_run_again_skips_what_was_done(cluster, scene, clean, tmp_path):
+    out = tmp_path / "out.tif"
+    # a relative output: the workers, started elsewhere, must still find the work store
+    cmd = _cli(str(scene), "-o", "out.tif", *FILL, "--scheduler", cluster.address)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    try:
+        _wait_for_tiles(proc, 5)
+        proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: a power cut for the client
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert not out.exists() and default_store(out).is_dir()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    skipped = int(re.search(r"resuming run \w+: (\d+) of 16 tiles are already done", again.stderr)[1])
+    fitted = int(re.search(r"(\d+) fitted", again.stderr)[1])
+    assert 5 <= skipped < 16 and skipped + fitted == 16
+    np.testing.assert_array_equal(_read(out), clean)
+    assert not default_store(out).exists()
+    print(f"\ntilefill killed (SIGKILL) after 5+ of 16 tiles: the rerun skipped {skipped}, fitted {fitted}")
+
+
+# --- a batch on the cluster ----------------------------------------------------------------------------------
+
+def test_a_batch_runs_every_scene_on_the_one_cluster(cluster, tmp_path):
+    for i in range(4):
+        _scene((tmp_path / "archive" / f"s{i // 2}").mkdir(parents=True, exist_ok=True) or
+               tmp_path / "archive" / f"s{i // 2}" / f"scene{i}.tif", shift=i)
+    log = tmp_path / "batch.jsonl"
+    start = time.monotonic()
+    res = CliRunner().invoke(main, ["batch", str(tmp_path / "archive"), "--output-dir", str(tmp_path / "out"),
+                                    "--config", TINY, "--iterations", "10", "--scheduler", cluster.address,
+                                    "--log", str(log)])
+    wall = time.monotonic() - start
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    tiles = [r for r in records if r["type"] == "tile"]
+    assert len(tiles) == 4 * 16 and {r["status"] for r in tiles} == {"filled"}
+    assert {int(r["worker"].rsplit(":", 1)[1]) for r in tiles} <= set(cluster.worker_pids().values())
+    summary = records[-1]
+    assert summary["type"] == "summary" and summary["done"] == 4 and summary["failed"] == 0
+    assert summary["cluster"].startswith(f"Dask cluster at {cluster.address}")
+    for i in range(4):
+        assert (tmp_path / "out" / f"s{i // 2}" / f"scene{i}.tif.done.json").is_file()
+    print(f"\nbatch of 4 scenes ({SIZE} x {SIZE} px, 16 tiles of 10 iterations each) on 3 workers: {wall:.1f} s wall")

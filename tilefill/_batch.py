@@ -1,0 +1,645 @@
+"""Archives: fill many scenes on one Dask cluster, nightly, safely twice at once.
+
+Scenes come from globs, directory trees (GeoTIFFs; a folder holding ``*_B<n>.TIF`` files is a
+Landsat product folder, one scene) and manifest files (one path per line; ``#`` comments and
+blank lines ignored; relative paths are relative to the manifest). The output tree mirrors the
+input below the common root of the sources (``input_root`` pins it): ``archive/2010/a.tif`` ->
+``OUT/2010/a.tif``, a Landsat folder ``archive/LE07_.../`` -> ``OUT/LE07_....tif``.
+
+Beside each output the batch keeps (hidden ones are transient):
+
+    a.tif                  the restored scene
+    a.tif.done.json        its record: SHA-256 and size of a.tif, the run key, the tiles
+    a.tif.failed.json      instead of both, when the scene failed (the error, failed tiles)
+    .a.tif.claim           while a batch works on the scene (host, pid, start)
+    .a.tif.tilefill.zarr/  the work store, until the record is written (a rerun resumes it)
+
+A scene is done when its output is present with the recorded size and the record's run key
+still holds: the same parameters, and input files of the recorded size and modification time
+(else their content is hashed again: a touched file with the same bytes stays done). Done
+scenes are skipped; any other output there is stale and is removed before the scene is redone,
+so nothing left in the tree claims a success it did not have.
+
+Claims make concurrent batches safe: a scene is worked on only by the batch that created its
+claim file (``O_CREAT | O_EXCL``, atomic even over NFS v3+). A live batch refreshes its claim's
+modification time every ``claim_ttl / 4`` seconds; a claim whose process is gone (same host)
+or that has not been refreshed for ``claim_ttl`` seconds is stale and is taken over.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from tilefill import TilefillError, __version__
+from tilefill._config import Config
+from tilefill._grid import TileGrid
+from tilefill._pipeline import (FillReport, checked_config, default_store, json_safe, run_fill, write_failure,
+                                write_json)
+from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_files
+from tilefill._scene import _BAND_FILE, open_scene
+from tilefill._schedule import LazyCluster
+
+logger = logging.getLogger("tilefill")
+
+DONE_SUFFIX = ".done.json"
+CLAIM_TTL = 600.0  # seconds without a heartbeat after which another host's claim is stale
+_MAGIC = set("*?[")
+
+
+# --- what to fill ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchScene:
+    """One scene of a batch: its input (a file or a Landsat folder), its output, and where it was named."""
+
+    path: Path
+    output: Path
+    origin: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A source that yields no scene to fill: a failure (missing, unreadable ...) or a note (duplicate)."""
+
+    source: str
+    message: str
+    failure: bool = True
+
+
+def _is_landsat_folder(folder: Path) -> bool:
+    return any(_BAND_FILE.match(f.name) and f.is_file() for f in folder.iterdir())
+
+
+def _is_geotiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _walk(folder: Path, skip: Path) -> Iterator[Path]:
+    """Scenes in a directory tree: Landsat product folders whole, other GeoTIFFs one by one."""
+    if _is_landsat_folder(folder):
+        yield folder
+        return
+    for entry in sorted(folder.iterdir()):
+        # hidden entries are work stores, claims and partial files (ours) or not meant to be read
+        if entry.name.startswith(".") or entry.resolve() == skip:
+            continue
+        if entry.is_dir():
+            yield from _walk(entry, skip)
+        elif _is_geotiff(entry):
+            yield entry
+
+
+def _glob_anchor(pattern: str) -> Path:
+    """The folder a glob searches below: its leading components without wildcards."""
+    parts = []
+    for part in Path(pattern).parts:
+        if _MAGIC & set(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _readable(path: Path) -> bool:
+    return os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0))
+
+
+def _expand(path: Path, named: str, skip: Path) -> tuple[list[tuple[Path, str]], Path, list[Problem]]:
+    """(scenes with where they were named, the anchor of the mirror, problems) for one named path."""
+    if not path.exists():
+        return [], path.parent, [Problem(named, f"{named}: {path} not found")]
+    if not _readable(path):
+        return [], path.parent, [Problem(named, f"{named}: {path} is not readable (permissions)")]
+    if path.is_dir() and not _is_landsat_folder(path):
+        found = [(p, named) for p in _walk(path, skip)]
+        return found, path, [] if found else [Problem(named, f"{named}: no GeoTIFF or Landsat folder in {path}")]
+    return [(path, named)], path.parent, []
+
+
+def _manifest_entries(manifest: Path) -> list[tuple[Path, str]]:
+    if not manifest.is_file():
+        raise TilefillError(f"manifest {manifest} not found")
+    try:
+        text = manifest.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TilefillError(f"manifest {manifest} cannot be read ({exc.__class__.__name__}): one path per line") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            out.append((p if p.is_absolute() else manifest.parent / p, f"{manifest.name} line {n}"))
+    return out
+
+
+def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manifest: str | Path | None = None,
+                input_root: str | Path | None = None) -> tuple[list[BatchScene], list[Problem]]:
+    """The scenes named by globs, paths and a manifest, each with its output; and what could not be used.
+
+    Examples
+    --------
+    >>> scenes, problems = find_scenes(["archive/**/*.tif"], "restored/")  # doctest: +SKIP
+    >>> scenes[0].path, scenes[0].output  # doctest: +SKIP
+    (PosixPath('/data/archive/2010/a.tif'), PosixPath('/data/restored/2010/a.tif'))
+    """
+    out_root = Path(output_dir).resolve()
+    named: list[tuple[Path, str]] = []
+    anchors: list[Path] = []
+    problems: list[Problem] = []
+    for src in map(str, sources):
+        if _MAGIC & set(src):
+            matches = sorted(glob.glob(src, recursive=True))
+            anchors.append(_glob_anchor(src).resolve())
+            if not matches:
+                problems.append(Problem(src, f"{src}: no file matches"))
+            for m in matches:
+                found, _, probs = _expand(Path(m), src, out_root)
+                named += found
+                problems += probs
+        else:
+            found, anchor, probs = _expand(Path(src), src, out_root)
+            named += found
+            anchors.append(anchor.resolve())
+            problems += probs
+    if manifest is not None:
+        for path, where in _manifest_entries(Path(manifest)):
+            found, anchor, probs = _expand(path, where, out_root)
+            named += found
+            anchors.append(anchor.resolve())
+            problems += probs
+    if not named:
+        return [], problems
+    root = Path(input_root).resolve() if input_root else Path(os.path.commonpath([str(a) for a in anchors]))
+    scenes: list[BatchScene] = []
+    first: dict[Path, str] = {}
+    outputs: dict[Path, Path] = {}
+    for path, where in named:
+        real = path.resolve()
+        if real in first:
+            problems.append(Problem(where, f"{where}: {path} is named again (first by {first[real]}): filled once",
+                                    failure=False))
+            continue
+        first[real] = where
+        try:
+            rel = real.relative_to(root)
+        except ValueError:
+            problems.append(Problem(where, f"{where}: {path} lies outside the input root {root}"))
+            continue
+        out = out_root / (rel.with_name(rel.name + ".tif") if real.is_dir() else rel)
+        if out == real:
+            problems.append(Problem(where, f"{where}: the output would replace the input {path}; choose another "
+                                           "--output-dir"))
+        elif out in outputs:
+            problems.append(Problem(where, f"{where}: {path} and {outputs[out]} would both write {out}"))
+        else:
+            outputs[out] = real
+            scenes.append(BatchScene(real, out, where))
+    return scenes, problems
+
+
+def check_output_root(output_dir: str | Path) -> Path:
+    """Create the output root if needed; refuse one that cannot be written, before any work."""
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise TilefillError(f"output root {root} is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TilefillError(f"output root {root} cannot be created ({exc.strerror or exc})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise TilefillError(f"output root {root} is not writable")
+    return root
+
+
+# --- done records -----------------------------------------------------------------------------------------
+
+def done_path(output: Path) -> Path:
+    return output.with_name(output.name + DONE_SUFFIX)
+
+
+def _is_done(scene: BatchScene, cfg: Config, bands, footprint: str) -> bool:
+    """Whether the scene's output is there as recorded and the recorded run key still holds.
+
+    Reads no pixel when the parameters and the input files' sizes and times are unchanged; an
+    input touched or moved since is hashed again, and its record refreshed if the content matches.
+    """
+    try:
+        record = json.loads(done_path(scene.output).read_text())
+        recorded = RunKey.from_dict(record["run_key"])
+        if not (scene.output.is_file() and scene.output.stat().st_size == record["size"]):
+            return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    with open_scene(scene.path, bands=bands) as src:
+        grid = TileGrid(src.info.height, src.info.width, cfg.tiles.size, cfg.tiles.overlap, src.info.affine)
+        if params_digest(src, cfg, grid, footprint) != recorded.params:
+            return False
+        if [f.path for f in recorded.files] == scene_files(src) and all(f.unchanged() for f in recorded.files):
+            return True
+        key = run_key(src, cfg, grid, footprint=footprint)
+    if key.digest != recorded.digest:
+        return False
+    write_json(done_path(scene.output), {**record, "run_key": key.to_dict()})
+    return True
+
+
+def _write_done(scene: BatchScene, report: FillReport) -> None:
+    """Record a scene as done: its output's checksum and size, and the key it was filled under."""
+    if not all(f.unchanged() for f in report.run_key.files):
+        raise TilefillError(f"{scene.path} changed while it was being filled; the next run fills it again")
+    write_json(done_path(scene.output), {
+        "status": "done", "scene": str(scene.path), "output": str(scene.output),
+        "sha256": file_digest(scene.output, "sha256"), "size": scene.output.stat().st_size,
+        "run_key": report.run_key.to_dict(), "tilefill": __version__, "time": _now(),
+        "tiles_fitted": report.tiles_fitted, "tiles_skipped": report.tiles_skipped, "seconds": round(report.seconds, 3)})
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --- claims -----------------------------------------------------------------------------------------------
+
+def claim_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.claim")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class Claim:
+    """This batch's exclusive right to work on one scene, as a file created with ``O_EXCL``.
+
+    Examples
+    --------
+    >>> claim = Claim.acquire(Path("restored/a.tif"))  # doctest: +SKIP
+    >>> if claim:  # None: another live batch works on it
+    ...     with claim:
+    ...         ...
+    """
+
+    def __init__(self, path: Path, ttl: float):
+        self.path, self.ttl = path, ttl
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+
+    @classmethod
+    def acquire(cls, output: Path, ttl: float = CLAIM_TTL) -> "Claim | None":
+        path = claim_path(output)
+        for _ in range(2):  # a stale claim is broken once, then ours is created
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not cls._break_if_stale(path, ttl):
+                    return None
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": _now()}, f)
+            claim = cls(path, ttl)
+            claim._beat.start()
+            return claim
+        return None
+
+    @staticmethod
+    def holder(path: Path) -> str:
+        try:
+            c = json.loads(path.read_text())
+            return f"pid {c['pid']} on {c['host']} since {c['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another batch"
+
+    @staticmethod
+    def _stale(path: Path, text: str, ttl: float) -> bool:
+        try:
+            age = time.time() - path.stat().st_mtime
+            c = json.loads(text)
+        except FileNotFoundError:
+            return False
+        except (ValueError, TypeError):  # a claim being written: stale only if it stays unreadable
+            return age > ttl
+        if c.get("host") == socket.gethostname() and not _pid_alive(int(c.get("pid", -1))):
+            return True
+        return age > ttl
+
+    @classmethod
+    def _break_if_stale(cls, path: Path, ttl: float) -> bool:
+        """Remove a stale claim; False if it is live. One breaker at a time, under a second O_EXCL file."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return True
+        if not cls._stale(path, text, ttl):
+            return False
+        lock = path.with_name(path.name + ".break")
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:  # a breaker that died holding the lock must not block the scene forever
+                if time.time() - lock.stat().st_mtime > 60:
+                    lock.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+            return False
+        try:
+            # still the claim judged stale, not one a faster breaker has made since
+            if path.exists() and path.read_text() == text:
+                logger.warning("taking over a stale claim on %s (%s)", path.name, cls.holder(path))
+                path.unlink()
+            return True
+        finally:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# --- the log ----------------------------------------------------------------------------------------------
+
+TILE_FIELDS = ("scene", "tile", "worker", "device", "iterations", "final_loss", "seconds", "status")
+
+
+class JsonLines:
+    """Append-only JSON-lines log; one ``write`` per record, so concurrent batches interleave whole lines."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError as exc:
+                raise TilefillError(f"log file {path} cannot be written ({exc.strerror or exc})") from None
+
+    def write(self, record: dict) -> None:
+        if self.path is None:
+            return
+        line = json.dumps(json_safe({"time": _now(), **record})) + "\n"
+        with self._lock:
+            os.write(self._fd, line.encode())
+
+    def close(self) -> None:
+        if self.path is not None:
+            os.close(self._fd)
+
+
+def _tile_records(scene: str, report: FillReport) -> Iterator[dict]:
+    for r in report.tiles:
+        yield {"type": "tile", "scene": scene, "tile": r.index, "worker": r.worker or None, "device": r.device or None,
+               "iterations": r.iterations, "final_loss": r.final_loss, "seconds": round(r.seconds, 3),
+               "status": r.status, "window": r.window, "tries": 1 + report.retried.get(r.index, 0)}
+    for i, why in sorted(report.failures.items()):
+        yield {"type": "tile", "scene": scene, "tile": i, "worker": None, "device": None, "iterations": None,
+               "final_loss": None, "seconds": None, "status": "failed", "error": why,
+               "tries": 1 + report.retried.get(i, 0)}
+
+
+# --- the batch --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SceneOutcome:
+    """What became of one scene: ``done`` (filled now), ``skipped`` (done before), ``claimed`` (another
+    batch works on it), ``failed``, or ``duplicate`` (named twice, filled once)."""
+
+    scene: str
+    output: Path | None
+    status: str
+    seconds: float = 0.0
+    error: str = ""
+    tiles_fitted: int = 0
+    tiles_skipped: int = 0
+    tiles_retried: int = 0
+    tiles_failed: int = 0
+
+    def record(self) -> dict:
+        return {"type": "scene", "scene": self.scene, "tile": None, "worker": None, "device": None,
+                "iterations": None, "final_loss": None, "seconds": round(self.seconds, 3), "status": self.status,
+                "output": self.output, "error": self.error or None, "tiles_fitted": self.tiles_fitted,
+                "tiles_skipped": self.tiles_skipped, "tiles_retried": self.tiles_retried,
+                "tiles_failed": self.tiles_failed}
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """A batch's outcome per scene, for people (``str(report)``) and programs."""
+
+    scenes: tuple[SceneOutcome, ...]
+    seconds: float
+    cluster: str
+    log: Path | None = None
+
+    def _with(self, status: str) -> list[SceneOutcome]:
+        return [s for s in self.scenes if s.status == status]
+
+    @property
+    def done(self) -> list[SceneOutcome]:
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list[SceneOutcome]:
+        return self._with("skipped")
+
+    @property
+    def claimed(self) -> list[SceneOutcome]:
+        return self._with("claimed")
+
+    @property
+    def failed(self) -> list[SceneOutcome]:
+        return self._with("failed")
+
+    def summary(self) -> dict:
+        count = {s: len(self._with(s)) for s in ("done", "skipped", "claimed", "failed", "duplicate")}
+        return {"type": "summary", "scenes": len(self.scenes) - count["duplicate"], **count,
+                **{f"tiles_{k}": sum(getattr(s, f"tiles_{k}") for s in self.scenes)
+                   for k in ("fitted", "skipped", "retried", "failed")},
+                "seconds": round(self.seconds, 3), "cluster": self.cluster}
+
+    def __str__(self) -> str:
+        s = self.summary()
+        lines = [f"batch: {s['scenes']} scene(s): {s['done']} filled, {s['skipped']} already done (skipped), "
+                 f"{s['claimed']} claimed by another batch, {s['failed']} failed",
+                 f"tiles: {s['tiles_fitted']} fitted, {s['tiles_skipped']} resumed from earlier runs, "
+                 f"{s['tiles_retried']} retried, {s['tiles_failed']} failed",
+                 f"time: {self.seconds:.1f} s on {self.cluster}"]
+        lines += [f"failed: {o.error}" for o in self.failed]
+        if self.log:
+            lines.append(f"log: {self.log}")
+        return "\n".join(lines)
+
+
+def fill_batch(
+    sources: Sequence[str | Path],
+    output_dir: str | Path,
+    *,
+    manifest: str | Path | None = None,
+    log: str | Path | None = None,
+    input_root: str | Path | None = None,
+    config: str | Path | Config = "paper",
+    overrides: Mapping[str, Any] | None = None,
+    bands: Sequence[int] | str | None = None,
+    footprint: str = "hull",
+    workers: int | None = None,
+    gpus: int | None = None,
+    scheduler: str | None = None,
+    scheduler_file: str | Path | None = None,
+    restart: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    claim_ttl: float = CLAIM_TTL,
+) -> BatchReport:
+    """Fill every scene that ``sources`` and ``manifest`` name, on one Dask cluster, into a mirrored tree.
+
+    Parameters
+    ----------
+    sources : list of str or Path
+        Globs (``"archive/**/*.tif"``), GeoTIFFs, Landsat folders, or folders searched for both.
+    output_dir : str or Path
+        Root of the output tree (created if missing).
+    manifest : str or Path, optional
+        A file naming one scene per line.
+    log : str or Path, optional
+        JSON-lines file to append a record per tile, per scene and a summary to.
+    input_root : str or Path, optional
+        The folder the output tree mirrors (default: the common folder of the sources).
+    config, overrides, bands, footprint, workers, gpus, scheduler, scheduler_file, restart
+        As for :func:`~tilefill.fill_scene`, for every scene.
+    overwrite : bool
+        Fill scenes again even when they are done.
+    claim_ttl : float
+        Seconds after which another host's unrefreshed claim is taken as stale.
+
+    Returns
+    -------
+    BatchReport
+        ``report.failed`` is empty when every scene is done (or done by another batch).
+
+    Examples
+    --------
+    >>> from tilefill import fill_batch
+    >>> report = fill_batch(["archive/"], "restored/", config="fast", log="nightly.jsonl")  # doctest: +SKIP
+    >>> print(report)  # doctest: +SKIP
+    batch: 12 scene(s): 3 filled, 9 already done (skipped), 0 claimed by another batch, 0 failed
+    """
+    start = time.perf_counter()
+    if not sources and manifest is None:
+        raise TilefillError("name the scenes: SOURCES (globs, files, folders) or --manifest FILE")
+    cfg = checked_config(config, overrides)
+    check_output_root(output_dir)
+    scenes, problems = find_scenes(sources, output_dir, manifest=manifest, input_root=input_root)
+    if not scenes and not any(p.failure for p in problems):
+        raise TilefillError("no scene found in the sources")
+    jlog = JsonLines(Path(log) if log else None)
+    outcomes: list[SceneOutcome] = []
+    try:
+        with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file) as clusters:
+            for p in problems:
+                if p.failure:
+                    logger.warning("%s", p.message)
+                else:
+                    logger.info("%s", p.message)
+                outcomes.append(SceneOutcome(p.source, None, "failed" if p.failure else "duplicate", error=p.message))
+                jlog.write(outcomes[-1].record())
+            for k, scene in enumerate(scenes, start=1):
+                logger.info("[%d/%d] %s", k, len(scenes), scene.path)
+                outcome, report = _fill_one(scene, cfg, clusters, bands=bands, footprint=footprint, restart=restart,
+                                            overwrite=overwrite, progress=progress, claim_ttl=claim_ttl)
+                outcomes.append(outcome)
+                for rec in (_tile_records(str(scene.path), report) if report else ()):
+                    jlog.write(rec)
+                jlog.write(outcome.record())
+                logger.info("[%d/%d] %s: %s in %.1f s%s", k, len(scenes), scene.path.name, outcome.status,
+                         outcome.seconds, f" ({outcome.error})" if outcome.error else "")
+            cluster = clusters.started.description if clusters.started else "no cluster (nothing to fit)"
+        report = BatchReport(tuple(outcomes), time.perf_counter() - start, cluster, Path(log) if log else None)
+        jlog.write(report.summary())
+    except TilefillError as exc:  # e.g. a scheduler that does not answer: the log says why nothing ran
+        jlog.write({"type": "summary", "status": "error", "error": str(exc)})
+        raise
+    finally:
+        jlog.close()
+    return report
+
+
+def _fill_one(scene: BatchScene, cfg: Config, clusters: LazyCluster, *, bands, footprint: str, restart: bool,
+              overwrite: bool, progress: bool, claim_ttl: float) -> tuple[SceneOutcome, FillReport | None]:
+    """One scene, under its claim; every error becomes a failed outcome and ``OUT.failed.json``."""
+    start = time.perf_counter()
+    name, out = str(scene.path), scene.output
+
+    def outcome(status: str, error: str = "", report: FillReport | None = None) -> tuple[SceneOutcome, FillReport | None]:
+        counts = dict(tiles_fitted=report.tiles_fitted, tiles_skipped=report.tiles_skipped,
+                      tiles_retried=report.tiles_retried, tiles_failed=len(report.failures)) if report else {}
+        return SceneOutcome(name, out, status, time.perf_counter() - start, error, **counts), report
+
+    def done() -> bool:
+        return not overwrite and _is_done(scene, cfg, bands, footprint)
+
+    try:
+        if done():  # the nightly common case: no claim, no cluster
+            return outcome("skipped")
+    except Exception:  # noqa: BLE001 - a scene that cannot be read is reported under its claim, below
+        pass
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        claim = Claim.acquire(out, claim_ttl)
+    except OSError as exc:
+        return outcome("failed", f"{scene.path}: cannot write beside {out} ({exc.strerror or exc})")
+    if claim is None:
+        return outcome("claimed", f"claimed by {Claim.holder(claim_path(out))}")
+    with claim:
+        try:
+            if done():  # another batch may have finished it between our look and our claim
+                return outcome("skipped")
+            for stale in (done_path(out), out):  # the record first: an output without one claims nothing
+                stale.unlink(missing_ok=True)
+            store = default_store(out)
+            report = run_fill(scene.path, out, cfg, clusters, store_path=store, keep_store=True, bands=bands,
+                              footprint=footprint, restart=restart, overwrite=True, progress=False, start=start)
+            if not report.ok:  # run_fill wrote OUT.failed.json and kept the store
+                return outcome("failed", f"{scene.path}: {report.message}", report)
+            _write_done(scene, report)
+            shutil.rmtree(store, ignore_errors=True)  # only now: a crash before the record resumes from it
+            return outcome("done", report=report)
+        except TilefillError as exc:
+            error = str(exc) if str(scene.path) in str(exc) else f"{scene.path}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one scene's failure never stops the others
+            error = f"{scene.path}: {type(exc).__name__}: {exc}"
+        if not done_path(out).exists():
+            out.unlink(missing_ok=True)  # e.g. written, then its input changed: not a success
+        try:
+            write_failure(out, scene.path, error)
+        except OSError:
+            pass  # the outcome and the log still say it
+        return outcome("failed", error)

@@ -1,0 +1,127 @@
+"""The run key: one hash of everything that decides a run's tile predictions.
+
+A key covers the input's content (every band file and gap-mask file, read in 1 MiB chunks
+through BLAKE2b, so a file rewritten in place under the same name is caught), the parameters
+(the config less its ``output`` section and ``name``, which change how the GeoTIFF is written
+but no tile; the selected bands; the footprint mode; the grid) and tilefill's version. The
+tile store keeps the key in its attributes: a store is resumed only by a run with the same
+key, and a store of another key is refused rather than mixed.
+
+Hashing reads the whole input once. ``tilefill batch`` avoids that for scenes already done
+by also keeping each file's size and modification time (:class:`InputFile`): when they and
+the parameters are unchanged, the recorded key stands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tilefill import __version__
+from tilefill._config import Config
+from tilefill._grid import TileGrid
+from tilefill._scene import Scene
+
+CHUNK = 1 << 20
+_VSIGZIP = "/vsigzip/"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file: where it is, its size and modification time, and the hash of its content."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    digest: str
+
+    def unchanged(self) -> bool:
+        """Whether the file still has the recorded size and modification time (cheap, no read)."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (self.size, self.mtime_ns)
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """A run's key (``digest``), the hash of its parameters alone (``params``) and its input files.
+
+    Examples
+    --------
+    >>> from tilefill._scene import open_scene
+    >>> with open_scene("scene.tif") as scene:  # doctest: +SKIP
+    ...     key = run_key(scene, load_config("fast"), grid, footprint="hull")
+    >>> str(key)  # doctest: +SKIP
+    '3f0c9a51d2e87b64'
+    """
+
+    digest: str
+    params: str
+    files: tuple[InputFile, ...]
+
+    def __str__(self) -> str:
+        return self.digest[:16]
+
+    def to_dict(self) -> dict:
+        return {"digest": self.digest, "params": self.params,
+                "files": [vars(f) for f in self.files]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunKey":
+        return cls(d["digest"], d["params"], tuple(InputFile(**f) for f in d["files"]))
+
+
+def _hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def file_digest(path: str | Path, algorithm: str = "blake2b") -> str:
+    """Hash of a file's content, streamed in 1 MiB chunks: BLAKE2b (160 bit), or any ``hashlib`` name."""
+    h = hashlib.blake2b(digest_size=20) if algorithm == "blake2b" else hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def scene_files(scene: Scene) -> list[str]:
+    """The files a scene is read from: its band files, then its gap-mask files, each once, in order."""
+    # Scene keeps its gap-mask sources private; a public accessor would belong in _scene.py
+    paths = [b.path for b in scene.bands] + [f.path for f in scene._flags]
+    plain = [p[len(_VSIGZIP):] if p.startswith(_VSIGZIP) else p for p in paths]
+    return list(dict.fromkeys(str(Path(p).resolve()) for p in plain))
+
+
+def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str) -> dict:
+    """The parameters a key covers, as plain JSON-able values."""
+    cfg = config.to_dict()
+    cfg.pop("output")  # decides how the GeoTIFF is written, which every run redoes; never a tile
+    cfg.pop("name")
+    return {
+        "tilefill": __version__,
+        "config": cfg,
+        "bands": [[b.index, b.name] for b in scene.bands],
+        "footprint": footprint,
+        "grid": {"height": grid.height, "width": grid.width, "size": grid.size, "overlap": grid.overlap},
+    }
+
+
+def params_digest(scene: Scene, config: Config, grid: TileGrid, footprint: str) -> str:
+    return _hash(json.dumps(run_parameters(scene, config, grid, footprint), sort_keys=True).encode())
+
+
+def run_key(scene: Scene, config: Config, grid: TileGrid, *, footprint: str) -> RunKey:
+    """Hash the scene's files and the parameters into the run's key (reads every input byte once)."""
+    params = params_digest(scene, config, grid, footprint)
+    files = []
+    for path in scene_files(scene):
+        st = os.stat(path)
+        files.append(InputFile(path, st.st_size, st.st_mtime_ns, file_digest(path)))
+    # positions matter (which file is which band), paths do not (a moved archive keeps its keys)
+    digest = _hash(json.dumps([params, [f.digest for f in files]]).encode())
+    return RunKey(digest, params, tuple(files))
