@@ -330,3 +330,18 @@ def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path, small_scene):
     assert "interrupted" in err and "Traceback" not in err
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_simulate_gaps_writes_a_mask_on_the_scene_grid(tmp_path, small_scene):
+    out = tmp_path / "gaps.tif"
+    res = _run(tmp_path, "simulate-gaps", small_scene, "-o", out, "--fraction", "0.15", "--seed", "2")
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as m, rasterio.open(small_scene) as s:
+        mask = m.read(1)
+        assert m.transform == s.transform and m.crs == s.crs and mask.shape == (s.height, s.width)
+    assert mask.sum() == round(0.15 * mask.size)
+    # and it plugs into the fill as --mask
+    res = _run(tmp_path, small_scene, "-o", tmp_path / "o.tif", "--mask", out, "--config", TINY,
+               "--iterations", "3", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    _assert_clean_failure(_run(tmp_path, "simulate-gaps", small_scene, "-o", out), tmp_path, "exists")

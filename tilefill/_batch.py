@@ -506,7 +506,7 @@ def fill_batch(
     manifest: str | Path | None = None,
     log: str | Path | None = None,
     input_root: str | Path | None = None,
-    config: str | Path | Config = "paper",
+    config: str | Path | Config = "default",
     overrides: Mapping[str, Any] | None = None,
     bands: Sequence[int] | str | None = None,
     footprint: str = "hull",

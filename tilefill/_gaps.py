@@ -422,3 +422,37 @@ def write_mask(path, mask, *, like=None) -> Path:
             pass
         raise
     return path
+
+
+def simulate_mask_like(like, output, *, fraction: float | None = None, seed: int = 0, angle_deg: float | None = None,
+                       scene_width: int | None = None, x_offset: int = 0, overwrite: bool = False) -> np.ndarray:
+    """Write a simulated gap mask on the grid of the raster ``like`` (the ``simulate-gaps`` command).
+
+    SLC-off stripes by default; with ``fraction``, tilted stripes hiding exactly that share.
+
+    Examples
+    --------
+    >>> mask = simulate_mask_like("scene.tif", "gaps.tif", fraction=0.15, seed=1)  # doctest: +SKIP
+    """
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from tilefill import TilefillError
+
+    like, output = Path(like), Path(output)
+    if output.exists() and not overwrite:
+        raise TilefillError(f"output {output} exists; pass --overwrite to replace it")
+    try:
+        with rasterio.open(like) as ds:
+            shape = (ds.height, ds.width)
+    except RasterioIOError:
+        raise TilefillError(f"not a raster GDAL can read: {like}") from None
+    try:
+        if fraction is not None:
+            mask = stripe_mask_with_fraction(shape, fraction, seed=seed, angle_deg=angle_deg)
+        else:
+            mask = slc_off_mask(shape, seed=seed, angle_deg=angle_deg, scene_width=scene_width, x_offset=x_offset)
+    except ValueError as exc:
+        raise TilefillError(str(exc)) from None
+    write_mask(output, mask, like=like)
+    return mask

@@ -157,7 +157,7 @@ def write_failure(output: Path, scene: str | Path, error: str, **details) -> Pat
     return path
 
 
-def resolve_config(config: str | Path | Config = "paper", overrides: Mapping[str, Any] | None = None) -> Config:
+def resolve_config(config: str | Path | Config = "default", overrides: Mapping[str, Any] | None = None) -> Config:
     cfg = config if isinstance(config, Config) else load_config(config)
     return cfg.override(overrides or {})
 
@@ -168,7 +168,7 @@ def fill_scene(
     *,
     mask: str | Path | None = None,
     bands: Sequence[int] | str | None = None,
-    config: str | Path | Config = "paper",
+    config: str | Path | Config = "default",
     iterations: int | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
@@ -201,7 +201,7 @@ def fill_scene(
     bands : str or list of int, optional
         1-based bands to restore (default: all).
     config : str, Path or Config
-        A preset name (``"paper"``, ``"fast"``), a YAML file or a :class:`~tilefill.Config`.
+        A preset name (``"default"``, ``"paper"``, ``"fast"``), a YAML file or a :class:`~tilefill.Config`.
     iterations, tile_size, overlap, seed, keep_known, per_band, method, cog
         Shortcuts for the most used settings; ``overrides`` takes any dotted key.
     workers, gpus : int, optional

