@@ -69,6 +69,7 @@ class FitConfig:
     check_every: int = 50  # iterations between validation checks
     patience: int = 0  # stop after this many checks without a better validation score (0 = never)
     classical_blend: float = 0.0  # weight of GDAL FillNodata averaged into the prediction
+    blend_method: str = "gdal"  # the classical fill blended in: gdal | biharmonic | telea | ns | kriging
     blend_auto: bool = False  # with validation: pick each band's GDAL weight on the hidden pixels
 
     def __post_init__(self):
@@ -82,6 +83,8 @@ class FitConfig:
             raise TilefillError("fit.validation must be in [0, 0.5)")
         if not 0 <= self.classical_blend <= 1:
             raise TilefillError("fit.classical_blend must be in [0, 1]")
+        if self.blend_method not in ("gdal", "biharmonic", "telea", "ns", "kriging"):
+            raise TilefillError(f"fit.blend_method must be a classical method, not {self.blend_method!r}")
         if self.blend_auto and not self.validation:
             raise TilefillError("fit.blend_auto needs fit.validation > 0 (the hidden pixels choose the weight)")
         if self.check_every < 1 or self.patience < 0:

@@ -57,8 +57,9 @@ BLEND_WEIGHTS = np.linspace(0.0, 1.0, 11)
 def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: int) -> tuple[np.ndarray, dict]:
     """Fill one window with ``method``; returns the prediction (bands, H, W) and fit statistics.
 
-    DIP and GDAL FillNodata err in different places, so their weighted mean errs less than
-    either: ``fit.classical_blend = w`` gives ``(1 - w) * dip + w * gdal``. With
+    DIP and a classical fill (``fit.blend_method``, GDAL FillNodata by default) err in different
+    places, so their weighted mean errs less than either: ``fit.classical_blend = w`` gives
+    ``(1 - w) * dip + w * classical``. With
     ``fit.validation`` a share of the known pixels is hidden from both fills in stripes; their
     error there estimates the gap error without ground truth (``estimated_rmse``) and, with
     ``fit.blend_auto``, picks each band's weight.
@@ -78,9 +79,9 @@ def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: 
     weights = np.full(bands, fit.classical_blend)
     estimated = np.asarray(res.validation_rmse, dtype=np.float64)
     if hidden is not None and hidden.any() and (fit.classical_blend or fit.blend_auto):
-        # GDAL must not see the hidden pixels either, or its score there would be a lie
-        gdal_val = fill_classical("gdal", image, known & ~hidden)
-        errs = np.array([[np.sqrt(np.mean(((1 - w) * dip[b] + w * gdal_val[b] - image[b])[hidden[b]] ** 2))
+        # the classical fill must not see the hidden pixels either, or its score there would be a lie
+        classical_val = fill_classical(fit.blend_method, image, known & ~hidden)
+        errs = np.array([[np.sqrt(np.mean(((1 - w) * dip[b] + w * classical_val[b] - image[b])[hidden[b]] ** 2))
                           if hidden[b].any() else np.nan for b in range(bands)] for w in BLEND_WEIGHTS])
         if fit.blend_auto:
             best = np.nanargmin(np.where(np.isnan(errs), np.inf, errs), axis=0)
@@ -88,8 +89,8 @@ def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: 
         estimated = np.array([errs[np.argmin(np.abs(BLEND_WEIGHTS - weights[b])), b] for b in range(bands)])
     prediction = dip
     if weights.any():
-        gdal = fill_classical("gdal", image, known)
-        prediction = ((1 - weights[:, None, None]) * dip + weights[:, None, None] * gdal).astype(np.float32)
+        classical = fill_classical(fit.blend_method, image, known)
+        prediction = ((1 - weights[:, None, None]) * dip + weights[:, None, None] * classical).astype(np.float32)
     finite = estimated[np.isfinite(estimated)] if estimated.size else estimated
     return prediction, {"final_loss": res.final_loss, "iterations": res.iterations, "device": res.device,
                         "estimated_rmse": float(finite.mean()) if finite.size else float("nan"),

@@ -257,10 +257,12 @@ def checked_config(config: str | Path | Config, overrides: Mapping[str, Any] | N
 
     if cfg.method not in METHODS:
         raise TilefillError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    if cfg.method != "dip":
-        from tilefill._classical import check_available
+    from tilefill._classical import check_available
 
+    if cfg.method != "dip":
         check_available(cfg.method)
+    elif cfg.fit.classical_blend or cfg.fit.blend_auto:
+        check_available(cfg.fit.blend_method)
     return cfg
 
 
