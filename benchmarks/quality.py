@@ -182,9 +182,9 @@ def main(argv=None):
             rows += run_case(case, methods, cfg, args.crop, args.seed, args.workers, Path(tmp),
                              keep_known=not args.no_keep_known)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    prefix = out_dir / f"quality-{args.preset}-{stamp}"
+    prefix = out_dir / f"quality-{cfg.name}-{stamp}"
     prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    prefix.with_suffix(".md").write_text(f"# Quality, preset {args.preset}\n\n```\n{json.dumps(meta, indent=1)}\n```\n"
+    prefix.with_suffix(".md").write_text(f"# Quality, preset {cfg.name}\n\n```\n{json.dumps(meta, indent=1)}\n```\n"
                                          + markdown(rows))
     made = plots(rows, prefix)
     print(markdown(rows))

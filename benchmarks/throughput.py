@@ -83,6 +83,22 @@ def reference_loop(image, known, network, fit, iterations, device, seed=0):
     return float(np.median(times[1:] if len(times) > 2 else times)), final
 
 
+def _noop(i):
+    return i
+
+
+def scheduler_overhead(workers: int = 2, tasks: int = 2000) -> float:
+    """Seconds of Dask overhead per tile task: many no-op futures on a local cluster like tilefill's."""
+    from distributed import Client, LocalCluster, wait
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        wait([client.submit(_noop, i, pure=False) for i in range(50)])  # warm up
+        t = time.perf_counter()
+        wait([client.submit(_noop, i, pure=False) for i in range(tasks)])
+        return (time.perf_counter() - t) / tasks
+
+
 def gap_r2(tiles, preds):
     scores = []
     for (img, known), p in zip(tiles, preds):
@@ -109,6 +125,7 @@ def main(argv=None):
     ap.add_argument("--quality", type=int, default=0, help="also fit this many iterations and compare gap r2")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the utilisation column")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--scheduler-tasks", type=int, default=2000, help="no-op tasks to time Dask's overhead (0: skip)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
 
@@ -172,6 +189,10 @@ def main(argv=None):
             quality[f"tilefill_{precision}_batched"] = gap_r2(qt, [r.prediction for r in res])
         print("gap r2 at", args.quality, "iterations:", json.dumps(quality))
 
+    overhead = scheduler_overhead(tasks=args.scheduler_tasks) if args.scheduler_tasks else None
+    if overhead is not None:
+        print(f"scheduler overhead: {overhead * 1e3:.2f} ms per task (2 local workers, {args.scheduler_tasks} no-op tasks)")
+
     meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
             "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (no GPU in this run)",
@@ -180,8 +201,9 @@ def main(argv=None):
             "repeats": args.repeats, "flops_per_iteration": flops, "python": sys.version.split()[0]}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"throughput-{args.preset}-{args.tile_size}-{device.type}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    path.write_text(json.dumps({"meta": meta, "rows": rows, "speedup": speedup, "quality": quality}, indent=1))
+    path = out_dir / f"throughput-{cfg.name}-{args.tile_size}-{device.type}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps({"meta": meta, "rows": rows, "speedup": speedup, "quality": quality,
+                                "scheduler_overhead_s_per_task": overhead}, indent=1))
     print("wrote", path)
 
 

@@ -1,0 +1,42 @@
+"""The benchmark scripts keep working: each runs end to end on tiny settings and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(Path(__file__).with_name("tiny.yaml"))
+
+
+def _run(script: str, args: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(ROOT / "benchmarks" / script), run_name="__main__")
+
+
+def test_quality_benchmark_scores_methods_on_real_pixels(tmp_path, monkeypatch):
+    _run("quality.py", ["--preset", TINY, "--set", "fit.iterations=3", "--cases", "landsat8:f15",
+                        "--methods", "dip,gdal", "--crop", "128", "--workers", "0", "--out", str(tmp_path)],
+         monkeypatch)
+    result = json.loads(next(tmp_path.glob("quality-*.json")).read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"dip", "gdal"}
+    assert abs(rows["gdal"]["gap_fraction"] - 0.15) < 0.001
+    assert 0.3 < rows["gdal"]["gaps_mean"]["r2"] <= 1  # GDAL on 15% thin stripes of real pixels
+    assert result["meta"]["device"].startswith("cpu") and result["meta"]["seed"] == 0
+    assert next(tmp_path.glob("quality-*.md")).read_text().count("| dip |") == 1
+
+
+def test_throughput_benchmark_compares_engine_and_reference(tmp_path, monkeypatch):
+    _run("throughput.py", ["--preset", TINY, "--tile-size", "64", "--iterations", "2", "--batch", "1,2",
+                           "--precision", "fp32", "--repeats", "1", "--scheduler-tasks", "20", "--out", str(tmp_path)],
+         monkeypatch)
+    result = json.loads(next(tmp_path.glob("throughput-*.json")).read_text())
+    engines = [(r["engine"], r["batch"]) for r in result["rows"]]
+    assert engines == [("reference", 1), ("tilefill", 1), ("tilefill", 2)]
+    assert all(r["iterations_per_s"] > 0 and r["tflops"] > 0 for r in result["rows"])
+    assert result["speedup"] > 0 and result["scheduler_overhead_s_per_task"] > 0
