@@ -103,19 +103,16 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How the fits run on the device: numerics and batching (speed, not method)."""
+    """How the fits run on the device: numerics (speed, not method)."""
 
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; the loss stays fp32)
     tf32: bool = True  # TF32 matmuls/convs on Ampere+ GPUs
     channels_last: bool = False
     compile: bool = False  # torch.compile the network
-    batch_tiles: int = 1  # tiles fitted at once on one device (independent networks, grouped convs)
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise TilefillError(f"engine.precision must be fp32, bf16 or fp16, not {self.precision!r}")
-        if self.batch_tiles < 1:
-            raise TilefillError("engine.batch_tiles must be at least 1")
 
 
 @dataclass(frozen=True)
