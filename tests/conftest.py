@@ -176,3 +176,14 @@ def striped_scene(tmp_path):
                          tags={"SENSOR": "synthetic", "SCENE_ID": "T42"}, band_tags=[{"WAVELENGTH": "0.48"}, {}, {}])
     return SimpleNamespace(path=path, values=values, truth=truth, data=data, inside=inside, stripes=stripes,
                            vertices=verts, height=h, width=w, bands=bands)
+
+
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """Fits in this process use one torch thread, as the workers do (deterministic); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("TILEFILL_THREADS", "1")
+    yield
+    torch.set_num_threads(before)

@@ -27,20 +27,10 @@ from tilefill._pipeline import default_store, failure_path
 from tilefill._runkey import file_digest
 from tilefill.cli import main
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = str(Path(__file__).with_name("tiny.yaml"))
 FAST = ["--config", TINY, "--iterations", "5", "--workers", "0"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch):
-    import torch
-
-    before = torch.get_num_threads()
-    monkeypatch.setenv("TILEFILL_THREADS", "1")
-    yield
-    torch.set_num_threads(before)
 
 
 def _scene(path: Path, shift: int = 0, dtype: str = "uint16", nodata=0) -> Path:

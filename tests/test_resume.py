@@ -30,21 +30,10 @@ from tilefill._scene import open_scene
 from tilefill._store import build_store, resumable_store
 from tilefill.cli import main
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = str(Path(__file__).with_name("tiny.yaml"))
 FAST = dict(config=TINY, iterations=5, workers=0, progress=False)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch):
-    """Fits in this process use one torch thread, as the workers do; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    monkeypatch.setenv("TILEFILL_THREADS", "1")
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
