@@ -187,3 +187,14 @@ def one_torch_thread(monkeypatch):
     monkeypatch.setenv("TILEFILL_THREADS", "1")
     yield
     torch.set_num_threads(before)
+
+
+def interruptible():
+    """Popen's ``preexec_fn`` for a child that must see Ctrl-C as a person's terminal sends it.
+
+    A shell starting a job in the background (CI runners do) makes SIGINT ignored, and Python
+    then never installs its KeyboardInterrupt handler in the child: restore the default first.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -11,6 +11,7 @@ import rasterio
 from affine import Affine
 from click.testing import CliRunner
 
+from conftest import interruptible
 from tilefill._demo import load_sample
 from tilefill._gaps import slc_off_mask
 from tilefill.cli import main
@@ -314,7 +315,8 @@ def test_ctrl_c_stops_the_workers_and_writes_nothing(tmp_path, small_scene):
     out = tmp_path / "o.tif"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tilefill.cli", str(small_scene), "-o", str(out), "--config", TINY,
-         "--iterations", "100000", "--workers", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+         "--iterations", "100000", "--workers", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        preexec_fn=interruptible)
     deadline = time.monotonic() + 120
     line = ""
     while "fitting" not in line and time.monotonic() < deadline:  # the tiles are running on the worker

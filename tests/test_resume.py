@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import interruptible
 import rasterio
 from click.testing import CliRunner
 
@@ -219,7 +220,8 @@ def test_ctrl_c_then_the_same_command_resumes_with_equal_output(scene, tmp_path)
     cmd = [sys.executable, "-m", "tilefill.cli", str(scene), "-o", str(out), "--config", TINY, "--iterations", "60",
            "--workers", "1"]
     env = {**os.environ, "TILEFILL_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                            preexec_fn=interruptible)
     deadline, done = time.monotonic() + 60, 0
     while done < 3 and time.monotonic() < deadline:
         m = re.match(r"tiles (\d+)/9", proc.stderr.readline())
