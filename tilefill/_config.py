@@ -109,10 +109,14 @@ class EngineConfig:
     tf32: bool = True  # TF32 matmuls/convs on Ampere+ GPUs
     channels_last: bool = False
     compile: bool = False  # torch.compile the network
+    # tiles per task, fitted together as one grouped network: small tiles alone leave a GPU idle
+    tiles_per_task: int = 1
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise TilefillError(f"engine.precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        if self.tiles_per_task < 1:
+            raise TilefillError(f"engine.tiles_per_task must be at least 1, not {self.tiles_per_task}")
 
 
 @dataclass(frozen=True)

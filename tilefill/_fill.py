@@ -57,23 +57,42 @@ BLEND_WEIGHTS = np.linspace(0.0, 1.0, 11)
 def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: int) -> tuple[np.ndarray, dict]:
     """Fill one window with ``method``; returns the prediction (bands, H, W) and fit statistics.
 
-    DIP and a classical fill (``fit.blend_method``, GDAL FillNodata by default) err in different
-    places, so their weighted mean errs less than either: ``fit.classical_blend = w`` gives
-    ``(1 - w) * dip + w * classical``. With
-    ``fit.validation`` a share of the known pixels is hidden from both fills in stripes; their
-    error there estimates the gap error without ground truth (``estimated_rmse``) and, with
+    DIP and a classical fill (``fit.blend_method``) err in different places, so their weighted
+    mean errs less than either: ``fit.classical_blend = w`` gives ``(1 - w) * dip + w * classical``.
+    With ``fit.validation`` a share of the known pixels is hidden from both fills in stripes;
+    their error there estimates the gap error without ground truth (``estimated_rmse``) and, with
     ``fit.blend_auto``, picks each band's weight.
+    """
+    return run_method_many(method, [(image, known, seed)], config)[0]
+
+
+def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int]], config
+                    ) -> list[tuple[np.ndarray, dict]]:
+    """:func:`run_method` for several same-sized windows ``(image, known, seed)``.
+
+    DIP fits them all at once, one network each in one grouped network (``engine.tiles_per_task``
+    tiles per task fill a GPU that one small tile leaves idle); the seeds are the windows' own,
+    so a window gets the fit it would get alone, up to rounding.
     """
     from tilefill._classical import fill_classical
 
     if method != "dip":
-        return fill_classical(method, image, known), {"final_loss": float("nan"), "iterations": 0, "device": "cpu"}
-    from tilefill._dip import fit_dip, holdout_mask
+        return [(fill_classical(method, image, known), {"final_loss": float("nan"), "iterations": 0, "device": "cpu"})
+                for image, known, _seed in windows]
+    from tilefill._dip import fit_windows, holdout_mask
 
     _set_threads()
     fit = config.fit
-    hidden = holdout_mask(known, fit.validation, seed + 2) if fit.validation else None
-    res = fit_dip(image, known, config.network, fit, seed=seed, engine=config.engine, holdout=hidden)
+    hidden = [holdout_mask(known, fit.validation, seed + 2) if fit.validation else None
+              for _image, known, seed in windows]
+    fits = fit_windows(windows, config.network, fit, engine=config.engine, holdouts=hidden)
+    return [_with_classical(image, known, held, res, fit) for (image, known, _seed), held, res in zip(windows, hidden, fits)]
+
+
+def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | None, res, fit) -> tuple[np.ndarray, dict]:
+    """Blend a DIP fit with the classical fill and estimate its gap RMSE on the hidden pixels."""
+    from tilefill._classical import fill_classical
+
     dip = res.prediction
     bands = image.shape[0]
     weights = np.full(bands, fit.classical_blend)
@@ -97,14 +116,8 @@ def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: 
                         "blend_weights": weights.tolist()}
 
 
-def fill_tile(store_path: str, index: int) -> TileResult:
-    """Fill tile ``index`` of the store at ``store_path`` and write its prediction chunk.
-
-    Runs on a Dask worker (or in-process); everything it needs comes from the store, so it can
-    run on any machine that sees the store.
-    """
-    start = time.perf_counter()
-    store = TileStore.open(store_path, mode="r+")
+def _fit_window(store: TileStore, index: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
+    """The window a tile is fitted on, ``(y, x, side, image, known)``: the tile, or wider where it knows too little."""
     cfg, grid = store.config, store.grid
     tile = grid[index]
     factor = 1
@@ -117,15 +130,59 @@ def fill_tile(store_path: str, index: int) -> TileResult:
         image, known = store.read_window(y, x, side)
         if side < tile.size * factor:  # already as wide as the scene allows
             break
+    return y, x, side, image, known
+
+
+def tile_seed(config, index: int) -> int:
+    """A tile's own seed: the same tile gets the same fit whichever worker runs it, alone or with others."""
+    return config.fit.seed * 1_000_003 + index
+
+
+def fill_tile(store_path: str, index: int) -> TileResult:
+    """Fill tile ``index`` of the store at ``store_path`` and write its prediction chunk.
+
+    Runs on a Dask worker (or in-process); everything it needs comes from the store, so it can
+    run on any machine that sees the store.
+    """
+    return fill_tiles(store_path, [index])[0]
+
+
+def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
+    """Fill several tiles in one task: those with windows of one size are fitted together.
+
+    Each tile's chunk is written as soon as its group is done, so a crash loses at most one
+    group. A tile's ``seconds`` is its group's time shared equally among the group's tiles.
+
+    Examples
+    --------
+    >>> [r.status for r in fill_tiles("work/tiles.zarr", [0, 1, 2, 3])]  # doctest: +SKIP
+    ['filled', 'filled', 'filled', 'filled']
+    """
+    start = time.perf_counter()
+    store = TileStore.open(store_path, mode="r+")
+    cfg, grid = store.config, store.grid
     worker = socket.gethostname() + f":{os.getpid()}"
-    if not known.any():
-        return TileResult(index, "no-context", window=side, worker=worker, seconds=time.perf_counter() - start)
-    # per-tile seed: the same tile gets the same fit whichever worker runs it
-    prediction, stats = run_method(cfg.method, image, known, cfg, seed=cfg.fit.seed * 1_000_003 + index)
-    oy, ox = tile.y - y, tile.x - x
-    prediction = prediction[:, oy:oy + tile.size, ox:ox + tile.size].copy()
-    prediction[~known.any(axis=(1, 2))] = np.nan  # a band with nothing known in reach: no prediction
-    seconds = time.perf_counter() - start
-    store.write_tile(index, prediction, {**stats, "seconds": seconds, "window": side})
-    return TileResult(index, "filled", stats["final_loss"], stats["iterations"], seconds, side, stats["device"], worker,
-                      stats.get("estimated_rmse", float("nan")))
+    windows = {i: _fit_window(store, i) for i in indices}
+    read_share = (time.perf_counter() - start) / len(indices)
+    results: dict[int, TileResult] = {}
+    groups: dict[int, list[int]] = {}
+    for i in indices:
+        side, known = windows[i][2], windows[i][4]
+        if not known.any():
+            results[i] = TileResult(i, "no-context", window=side, worker=worker, seconds=read_share)
+        else:
+            groups.setdefault(side, []).append(i)
+    for side, group in groups.items():
+        t0 = time.perf_counter()
+        filled = run_method_many(cfg.method, [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group], cfg)
+        seconds = read_share + (time.perf_counter() - t0) / len(group)
+        for i, (prediction, stats) in zip(group, filled):
+            tile = grid[i]
+            y, x, _side, _image, known = windows[i]
+            oy, ox = tile.y - y, tile.x - x
+            prediction = prediction[:, oy:oy + tile.size, ox:ox + tile.size].copy()
+            prediction[~known.any(axis=(1, 2))] = np.nan  # a band with nothing known in reach: no prediction
+            store.write_tile(i, prediction, {**stats, "seconds": seconds, "window": side})
+            results[i] = TileResult(i, "filled", stats["final_loss"], stats["iterations"], seconds, side,
+                                    stats["device"], worker, stats.get("estimated_rmse", float("nan")))
+    return [results[i] for i in indices]

@@ -318,7 +318,8 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
             cluster = clusters.get()
             cluster.check_sees(store_path)
             bar = Progress(len(todo)) if progress else None
-            run = run_tiles(cluster, str(store_path), todo, on_done=(lambda _r: bar.update()) if bar else None)
+            run = run_tiles(cluster, str(store_path), todo, per_task=cfg.engine.tiles_per_task,
+                            on_done=(lambda _r: bar.update()) if bar else None)
         results = run.results if run else []
         stages["fill"] = time.perf_counter() - start - stages["prepare"]
         cluster_desc = clusters.started.description if clusters.started else "no cluster (nothing to fit)"

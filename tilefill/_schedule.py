@@ -1,5 +1,5 @@
-"""Schedule: one Dask future per tile, on a local cluster (CPU or one worker per GPU), an existing
-Dask cluster, or in-process.
+"""Schedule: one Dask future per tile (or per ``engine.tiles_per_task`` tiles), on a local cluster
+(CPU or one worker per GPU), an existing Dask cluster, or in-process.
 
 The client never imports torch or touches CUDA: only the workers do, after each has been
 started with its own ``CUDA_VISIBLE_DEVICES``, so every worker owns one GPU (a CUDA context
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from tilefill import TilefillError
-from tilefill._fill import TileResult, fill_tile
+from tilefill._fill import TileResult, fill_tile, fill_tiles
 
 CONNECT_TIMEOUT = 10.0  # seconds to wait for an existing scheduler to answer
 WORKER_TIMEOUT = 60.0  # seconds to wait for a connected cluster's first worker (batch systems start them late)
@@ -314,26 +314,46 @@ class TileRun:
     retried: dict[int, int] = field(default_factory=dict)
 
 
-def _run_tile(store_path: str, index: int) -> TileResult:
-    """The tile task: skip a tile already in the store (a lost worker may have finished it), else fill it."""
+def _run_tile_group(store_path: str, indices: Sequence[int]) -> list[TileResult]:
+    """The tile task: skip tiles already in the store (a lost worker may have finished them), fill the rest.
+
+    A group of one is :func:`fill_tile`; a larger one is fitted together by :func:`fill_tiles`.
+    """
     from tilefill._store import TileStore
 
     store = TileStore.open(store_path)
-    if 0 <= index < len(store.grid) and store.tile_done(index):
-        return TileResult.from_info(index, "filled", store.tile_info(index), f"{socket.gethostname()}:{os.getpid()}")
-    return fill_tile(store_path, index)
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    done = {i: TileResult.from_info(i, "filled", store.tile_info(i), here) for i in indices
+            if 0 <= i < len(store.grid) and store.tile_done(i)}
+    todo = [i for i in indices if i not in done]
+    fresh = [fill_tile(store_path, todo[0])] if len(todo) == 1 else fill_tiles(store_path, todo) if todo else []
+    done.update((r.index, r) for r in fresh)
+    return [done[i] for i in indices]
 
 
 def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_tiles(cluster: Cluster, store_path: str, indices: Sequence[int], *,
-              on_done: Callable[[TileResult | None], None] | None = None, retries: int = RETRIES) -> TileRun:
-    """Fill the given tiles: one future per tile; every tile is tried even if some fail.
+def tile_groups(indices: Sequence[int], per_task: int) -> list[tuple[int, ...]]:
+    """Consecutive tiles in tasks of ``per_task`` (neighbours share a window size, so they batch).
 
-    A tile that raises is tried ``retries`` more times; one whose worker dies is rescheduled by
-    Dask. ``on_done`` is called once per tile with its result, or None if it failed.
+    >>> tile_groups([0, 1, 2, 5, 6], 2)
+    [(0, 1), (2, 5), (6,)]
+    """
+    if per_task < 1:
+        raise ValueError("per_task must be at least 1")
+    ordered = list(indices)
+    return [tuple(ordered[k:k + per_task]) for k in range(0, len(ordered), per_task)]
+
+
+def run_tiles(cluster: Cluster, store_path: str, indices: Sequence[int], *, per_task: int = 1,
+              on_done: Callable[[TileResult | None], None] | None = None, retries: int = RETRIES) -> TileRun:
+    """Fill the given tiles, ``per_task`` tiles per task; every task is tried even if some fail.
+
+    A task that raises is tried ``retries`` more times; one whose worker dies is rescheduled by
+    Dask. A failed task fails each of its tiles. ``on_done`` is called once per tile with its
+    result, or None if it failed.
 
     Examples
     --------
@@ -343,45 +363,56 @@ def run_tiles(cluster: Cluster, store_path: str, indices: Sequence[int], *,
     ({}, {})
     """
     run = TileRun()
+    groups = tile_groups(indices, per_task)
+
+    def finish(group, results, cause=None, tries=0):
+        for k, i in enumerate(group):
+            if tries:
+                run.retried[i] = tries
+            if cause is None:
+                run.results.append(results[k])
+            else:
+                run.failures[i] = cause
+            if on_done:
+                on_done(None if cause is not None else results[k])
+
     if cluster.client is None:
-        for i in indices:
+        for group in groups:
+            cause, tries = None, 0
             for attempt in range(retries + 1):
                 try:
-                    run.results.append(fill_tile(store_path, i))
-                    run.failures.pop(i, None)
+                    results = _run_tile_group(store_path, group)
+                    cause = None
                     break
                 except Exception as exc:  # noqa: BLE001 - a tile's failure is reported, the rest go on
-                    run.failures[i] = _cause(exc)
-                    if attempt < retries:
-                        run.retried[i] = attempt + 1
-            if on_done:
-                on_done(run.results[-1] if i not in run.failures else None)
+                    cause, results = _cause(exc), []
+                    tries = attempt + 1 if attempt < retries else tries
+            finish(group, results, cause, tries)
         return run
     from distributed import as_completed
 
     client = cluster.client
     # a fresh key per submission: a rerun after a crash must not attach to the old run's tasks
     tag = f"{os.path.basename(store_path)}-{time.time_ns()}"
-    futures = {client.submit(_run_tile, store_path, i, key=f"tilefill-tile-{i}-{tag}", resources=cluster.resources,
-                             retries=retries, pure=False): i for i in indices}
+    futures = {client.submit(_run_tile_group, store_path, group, key=f"tilefill-tile-{group[0]}-{tag}",
+                             resources=cluster.resources, retries=retries, pure=False): group for group in groups}
     try:
         for fut in as_completed(list(futures), loop=client.loop):
-            i = futures[fut]
+            group = futures[fut]
             if fut.status == "finished":
-                run.results.append(fut.result())
+                finish(group, fut.result())
             else:
-                run.failures[i] = _cause(fut.exception())
-            if on_done:
-                on_done(run.results[-1] if i not in run.failures else None)
-        run.retried = _extra_tries(client, futures, retries)
+                finish(group, [], _cause(fut.exception()))
+        for group, n in _extra_tries(client, futures, retries).items():
+            run.retried.update({i: n for i in group})
     except BaseException:  # Ctrl-C: stop the remaining tiles before the cluster closes
         client.cancel(list(futures), force=True)
         raise
     return run
 
 
-def _extra_tries(client, futures: dict, retries: int) -> dict[int, int]:
-    """Extra tries per tile, from the scheduler: worker deaths while it ran, plus retries after it raised."""
+def _extra_tries(client, futures: dict, retries: int) -> dict:
+    """Extra tries per task (keyed like ``futures``' values), from the scheduler: worker deaths while it ran, plus retries after it raised."""
     keys = {f.key: i for f, i in futures.items()}
 
     def count(dask_scheduler=None, keys=()):  # nested: pickled by value, the scheduler needs no tilefill
