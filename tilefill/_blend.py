@@ -62,7 +62,8 @@ def check_output_path(path: str | Path, overwrite: bool) -> Path:
 def _profile(info: SceneInfo, compress: str, blocksize: int, size: tuple[int, int]) -> dict:
     kind = np.dtype(info.dtype).kind
     profile = dict(driver="GTiff", dtype=info.dtype, count=info.count, height=info.height, width=info.width,
-                   crs=info.crs, transform=info.affine, nodata=info.nodata, compress=compress, BIGTIFF="IF_SAFER")
+                   crs=info.crs, transform=info.affine, nodata=info.nodata, compress=compress, BIGTIFF="IF_SAFER",
+                   NUM_THREADS="ALL_CPUS")  # compression is most of the writing time: all cores share it
     if min(size) >= blocksize:
         profile.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
     if compress.lower() in ("deflate", "lzw", "zstd"):
@@ -152,7 +153,8 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
         final = tmp
         if cog:
             rasterio.shutil.copy(tmp, tmp_cog, driver="COG", compress=cfg.output.compress,
-                                 blocksize=cfg.output.blocksize, BIGTIFF="IF_SAFER")
+                                 blocksize=cfg.output.blocksize, BIGTIFF="IF_SAFER",
+                                 NUM_THREADS="ALL_CPUS")
             tmp.unlink()
             final = tmp_cog
         os.replace(final, out)

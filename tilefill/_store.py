@@ -36,7 +36,10 @@ from tilefill._config import Config, load_config
 from tilefill._grid import TileGrid
 from tilefill._scene import Scene, SceneInfo, footprint_extents, footprint_window
 
-STRIP = 512  # rows read from the input at a time, and the row chunk of the scene arrays
+STRIP = 512  # rows read from the input at a time
+# chunk side of the scene arrays: a 256 px tile window touches at most 4 chunks of 256 (with 512 px
+# chunks, 4 chunks of 4x the size), and decoding them is most of a cheap tile's time
+CHUNK = 256
 TILE_INFO_FIELDS = ("final_loss", "seconds", "iterations", "window", "estimated_rmse")
 
 
@@ -53,8 +56,12 @@ class Scaling:
         return lo, hi - lo
 
     def forward(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (bands, h, w) in [0, 1] units, float32 (exact for integer inputs up to 24 bits)."""
         lo, span = self._arrays(values.shape[0])
-        return ((values - lo) / span).astype(np.float32)
+        out = values.astype(np.float32)
+        out -= lo.astype(np.float32)
+        out /= span.astype(np.float32)
+        return out
 
     def inverse_at(self, scaled: np.ndarray, where: np.ndarray) -> np.ndarray:
         """Values of ``scaled`` (bands, h, w) at the bool mask ``where``, back in the input's units."""
@@ -234,10 +241,10 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
 
     path = Path(path)
     group = _create_or_replace(path, run_key)
-    chunk = (bands, STRIP, STRIP)
+    chunk = (bands, CHUNK, CHUNK)
     scene_arr = group.create_array("scene", shape=(bands, height, width), chunks=chunk, dtype="float32", fill_value=0.0)
     gaps_arr = group.create_array("gaps", shape=(bands, height, width), chunks=chunk, dtype="bool", fill_value=False)
-    fp_arr = group.create_array("footprint", shape=(height, width), chunks=(STRIP, STRIP), dtype="bool", fill_value=False)
+    fp_arr = group.create_array("footprint", shape=(height, width), chunks=(CHUNK, CHUNK), dtype="bool", fill_value=False)
     size = grid.size
     # "chunk exists" means "tile done": keep chunks even when they hold only the fill value
     group.create_array("tiles", shape=(len(grid), bands, size, size), chunks=(1, bands, size, size),
@@ -256,7 +263,8 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
         inside = footprint_window(left, right, y, h, width)
         gaps = inside[None] & (~data | (flagged if flagged is not None else False))
         known = inside[None] & ~gaps
-        scaled = np.where(known, scaling.forward(np.where(known, values, 0).astype(np.float64)), 0).astype(np.float32)
+        scaled = scaling.forward(values)
+        scaled[~known] = 0  # gap pixels hold whatever the input had: nodata, NaN
         scene_arr[:, y:y + h, :] = scaled
         gaps_arr[:, y:y + h, :] = gaps
         fp_arr[y:y + h, :] = inside
