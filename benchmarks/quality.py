@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from tilefill import __version__, fill_scene, load_config
+from tilefill import TileGrid, __version__, fill_scene, load_config
 from tilefill._demo import SENSORS, load_sample
 from tilefill._gaps import load_paper_image, load_paper_mask, slc_off_mask, stripe_mask_with_fraction, write_mask
 from tilefill._metrics import band_scores, summarise
@@ -75,7 +75,35 @@ def load_case(case: str, crop: int | None, seed: int):
     return truth, gap, profile, names, scale
 
 
-def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=True):
+def estimate_tracking(report, truth, pred, gap, cfg) -> dict | None:
+    """How each tile's self-validated gap RMSE estimate tracks its true gap RMSE (same units: the
+    band's known range mapped to [0, 1], as the store scales it; mean of the bands' RMSEs)."""
+    known = ~gap
+    lo = np.array([b[known].min() for b in truth], dtype=np.float64)[:, None, None]
+    hi = np.array([b[known].max() for b in truth], dtype=np.float64)[:, None, None]
+    err = (pred - truth.astype(np.float64)) / np.where(hi > lo, hi - lo, 1)
+    grid = TileGrid(gap.shape[0], gap.shape[1], cfg.tiles.size, cfg.tiles.overlap)
+    pairs = []
+    for r in report.tiles:
+        if not np.isfinite(r.estimated_rmse):
+            continue
+        t = grid[r.index]
+        g = gap[t.y:t.y + t.size, t.x:t.x + t.size]
+        if g.sum() < 20:
+            continue
+        e = err[:, t.y:t.y + t.size, t.x:t.x + t.size][:, g]
+        pairs.append((r.estimated_rmse, float(np.mean(np.sqrt(np.mean(e ** 2, axis=1))))))
+    if len(pairs) < 3:
+        return None
+    est, true = np.array(pairs).T
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    return {"tiles": len(pairs), "pearson": float(np.corrcoef(est, true)[0, 1]),
+            "spearman": float(np.corrcoef(rank(est), rank(true))[0, 1]),
+            "median_ratio_estimate_to_true": float(np.median(est / true)),
+            "pairs": [[float(a), float(b)] for a, b in pairs]}
+
+
+def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=True, panels=None):
     truth, gap, profile, names, scale = load_case(case, crop, seed)
     src = workdir / f"{case.replace(':', '_')}.tif"
     prof = {k: v for k, v in profile.items() if k not in ("nodata", "blockxsize", "blockysize", "tiled")}
@@ -99,8 +127,16 @@ def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=
                      "seconds": seconds, "tiles_fitted": report.tiles_fitted,
                      "gaps": gaps_scores, "gaps_mean": summarise(gaps_scores),
                      "all": all_scores, "all_mean": summarise(all_scores)})
+        if method == "dip":
+            rows[-1]["estimate"] = estimate_tracking(report, truth, pred / scale, gap, cfg)
+        if panels is not None:
+            panels.setdefault(case, {"truth": t, "gap": gap})[method] = pred
         g = rows[-1]["gaps_mean"]
-        print(f"{case:<20} {method:<11} gap r2 {g['r2']:.3f} rmse {g['rmse']:.4f}  ({seconds:.0f} s)", flush=True)
+        est = rows[-1].get("estimate")
+        tracking = f"; estimate vs true per tile: pearson {est['pearson']:.2f}, spearman {est['spearman']:.2f}, " \
+                   f"median ratio {est['median_ratio_estimate_to_true']:.2f}" if est else ""
+        print(f"{case:<20} {method:<11} gap r2 {g['r2']:.3f} rmse {g['rmse']:.4f}  ({seconds:.0f} s){tracking}",
+              flush=True)
     return rows
 
 
@@ -115,7 +151,54 @@ def markdown(rows) -> str:
         for r in sub:
             cells = [f"{s['rmse']:.4f}" for s in r["gaps"]] + [f"{s['r2']:.3f}" for s in r["gaps"]]
             out.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['gaps_mean']['r2']:.3f} | {r['seconds']:.0f} |")
+        for r in sub:
+            if r.get("estimate"):
+                e = r["estimate"]
+                out.append(f"\nDIP's estimated gap RMSE per tile against the true one ({e['tiles']} tiles): Pearson "
+                           f"{e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median estimate/true "
+                           f"{e['median_ratio_estimate_to_true']:.2f}")
     return "\n".join(out) + "\n"
+
+
+def _rgb(img: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    rgb = img[[2, 1, 0]] if img.shape[0] >= 3 else img[[0, 0, 0]]
+    return np.clip((rgb - lo) / (hi - lo), 0, 1).transpose(1, 2, 0)
+
+
+def comparison(panels: dict, prefix: Path, side: int = 128) -> list[str]:
+    """The paper's Figure 2: per case, a centre crop of the truth, the gaps and each method's fill."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    if not panels:
+        return []
+    methods = list(dict.fromkeys(m for p in panels.values() for m in p if m not in ("truth", "gap")))
+    cols = 2 + len(methods)
+    fig, axes = plt.subplots(len(panels), cols, figsize=(2.2 * cols, 2.4 * len(panels)), squeeze=False)
+    for row, (case, p) in zip(axes, panels.items()):
+        h, w = p["gap"].shape
+        y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+        win = (slice(None), slice(y0, y0 + side), slice(x0, x0 + side))
+        truth = p["truth"][win]
+        rgb = truth[[2, 1, 0]] if truth.shape[0] >= 3 else truth[[0, 0, 0]]
+        lo, hi = np.percentile(rgb, 2, axis=(1, 2))[:, None, None], np.percentile(rgb, 98, axis=(1, 2))[:, None, None]
+        gapped = np.where(p["gap"][win[1:]][None], np.nan, truth)
+        images = [("truth", _rgb(truth, lo, hi)), ("gaps", np.nan_to_num(_rgb(gapped, lo, hi), nan=1.0))]
+        images += [(m, _rgb(p[m][win], lo, hi)) for m in methods if m in p]
+        for ax, (title, im) in zip(row, images):
+            ax.imshow(im)
+            ax.set_title(f"{case}\n{title}" if title == "truth" else title, fontsize=7)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    path = prefix.with_name(prefix.name + "-crops.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return [str(path)]
 
 
 def plots(rows, prefix: Path) -> list[str]:
@@ -176,17 +259,17 @@ def main(argv=None):
             "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
             "cpu (no GPU in this run)", "preset": args.preset, "config": cfg.to_dict(), "crop": args.crop,
             "seed": args.seed, "keep_known": not args.no_keep_known, "cases": cases, "methods": methods}
-    rows = []
+    rows, panels = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
             rows += run_case(case, methods, cfg, args.crop, args.seed, args.workers, Path(tmp),
-                             keep_known=not args.no_keep_known)
+                             keep_known=not args.no_keep_known, panels=panels)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     prefix = out_dir / f"quality-{cfg.name}-{stamp}"
     prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     prefix.with_suffix(".md").write_text(f"# Quality, preset {cfg.name}\n\n```\n{json.dumps(meta, indent=1)}\n```\n"
                                          + markdown(rows))
-    made = plots(rows, prefix)
+    made = plots(rows, prefix) + comparison(panels, prefix)
     print(markdown(rows))
     print("wrote", prefix.with_suffix(".json"), prefix.with_suffix(".md"), *made)
 

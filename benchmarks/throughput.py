@@ -12,6 +12,7 @@ the gap pixels, to check that speed did not cost quality.
 Usage
 -----
     python benchmarks/throughput.py --preset fast --tile-size 128 --iterations 10        # CPU, minutes
+    python benchmarks/throughput.py --preset fast --tile-size 128 --workers 1,2          # + pipeline scaling
     python benchmarks/throughput.py --preset paper --tile-size 256 --batch 1,4,8,16 \\
         --precision fp32,bf16 --quality 1500 --peak-tflops 790                           # one H100
 """
@@ -99,6 +100,44 @@ def scheduler_overhead(workers: int = 2, tasks: int = 2000) -> float:
         return (time.perf_counter() - t) / tasks
 
 
+def pipeline_scaling(preset: str, workers: list[int], iterations: int, tiles_per_task: int,
+                     size: int = 384) -> list[dict]:
+    """Tiles/s of the whole pipeline (``fill_scene``) on a real Landsat-8 crop, for each worker count.
+
+    Timed is the fill stage: cluster start, scheduling, fitting, store reads and writes.
+    """
+    import tempfile
+
+    import rasterio
+    from affine import Affine
+
+    from tilefill import fill_scene
+
+    data, profile, names, _ = load_sample("landsat8")
+    _, h, w = data.shape
+    gap = slc_off_mask((h, w), seed=7, scene_width=6167, x_offset=1000)
+    y0, x0 = (h - size) // 2, (w - size) // 2
+    crop = np.where(gap[None], 0, data)[:, y0:y0 + size, x0:x0 + size]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        scene = Path(tmp) / "scene.tif"
+        with rasterio.open(scene, "w", **{**profile, "height": size, "width": size, "nodata": 0,
+                                          "transform": profile["transform"] @ Affine.translation(x0, y0)}) as dst:
+            dst.write(crop)
+        for n in workers:
+            report = fill_scene(scene, Path(tmp) / f"out-{n}.tif", config=preset, workers=n,
+                                overrides={"fit.iterations": iterations,
+                                                      "engine.tiles_per_task": tiles_per_task},
+                                progress=False, overwrite=True, restart=True)
+            fill_s = report.stages["fill"]
+            rows.append({"workers": n, "tiles_per_task": tiles_per_task, "tiles": report.tiles_fitted,
+                         "fill_seconds": fill_s, "tiles_per_s": report.tiles_fitted / fill_s,
+                         "cluster": report.cluster})
+            print(f"pipeline  {report.cluster:<34} {report.tiles_fitted} tiles x {iterations} its in {fill_s:6.1f} s: "
+                  f"{rows[-1]['tiles_per_s'] * 3600:8.1f} tiles/h", flush=True)
+    return rows
+
+
 def gap_r2(tiles, preds):
     scores = []
     for (img, known), p in zip(tiles, preds):
@@ -126,6 +165,10 @@ def main(argv=None):
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the utilisation column")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--scheduler-tasks", type=int, default=2000, help="no-op tasks to time Dask's overhead (0: skip)")
+    ap.add_argument("--workers", default="", help="also time the whole pipeline with these CPU worker counts, e.g. 1,2")
+    ap.add_argument("--pipeline-iterations", type=int, default=50, help="iterations per tile in the pipeline timing")
+    ap.add_argument("--tiles-per-task", type=int, default=1, help="engine.tiles_per_task in the pipeline timing")
+    ap.add_argument("--pipeline-size", type=int, default=384, help="side of the Landsat-8 crop the pipeline fills")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
 
@@ -193,6 +236,9 @@ def main(argv=None):
     if overhead is not None:
         print(f"scheduler overhead: {overhead * 1e3:.2f} ms per task (2 local workers, {args.scheduler_tasks} no-op tasks)")
 
+    scaling = pipeline_scaling(args.preset, [int(n) for n in args.workers.split(",")], args.pipeline_iterations,
+                               args.tiles_per_task, args.pipeline_size) if args.workers else []
+
     meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
             "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (no GPU in this run)",
@@ -203,7 +249,7 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"throughput-{cfg.name}-{args.tile_size}-{device.type}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps({"meta": meta, "rows": rows, "speedup": speedup, "quality": quality,
-                                "scheduler_overhead_s_per_task": overhead}, indent=1))
+                                "scheduler_overhead_s_per_task": overhead, "pipeline_scaling": scaling}, indent=1))
     print("wrote", path)
 
 

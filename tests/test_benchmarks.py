@@ -33,9 +33,15 @@ def test_quality_benchmark_scores_methods_on_real_pixels(tmp_path, monkeypatch):
 
 def test_throughput_benchmark_compares_engine_and_reference(tmp_path, monkeypatch):
     _run("throughput.py", ["--preset", TINY, "--tile-size", "64", "--iterations", "2", "--batch", "1,2",
-                           "--precision", "fp32", "--repeats", "1", "--scheduler-tasks", "20", "--out", str(tmp_path)],
+                           "--precision", "fp32", "--repeats", "1", "--scheduler-tasks", "20", "--workers", "0,1",
+                           "--pipeline-iterations", "2", "--pipeline-size", "128", "--tiles-per-task", "2",
+                           "--out", str(tmp_path)],
          monkeypatch)
     result = json.loads(next(tmp_path.glob("throughput-*.json")).read_text())
+    scaling = result["pipeline_scaling"]
+    assert [(r["workers"], r["tiles_per_task"]) for r in scaling] == [(0, 2), (1, 2)]
+    assert scaling[0]["cluster"] == "in-process" and scaling[1]["cluster"].startswith("1 CPU worker")
+    assert all(r["tiles"] > 0 and r["tiles_per_s"] > 0 for r in scaling)
     engines = [(r["engine"], r["batch"]) for r in result["rows"]]
     assert engines == [("reference", 1), ("tilefill", 1), ("tilefill", 2)]
     assert all(r["iterations_per_s"] > 0 and r["tflops"] > 0 for r in result["rows"])

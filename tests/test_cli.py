@@ -229,6 +229,31 @@ def test_unknown_preset(tmp_path, small_scene):
     _assert_clean_failure(_run(tmp_path, small_scene, "-o", out, "--config", "nosuch"), tmp_path, "no preset", out)
 
 
+@pytest.mark.parametrize("setting, expect", [
+    ("engine.tiles_per_task", "not KEY=VALUE"),
+    ("fit.nosuch=1", "unknown setting 'nosuch'"),
+    ("engine.precision=fp8", "engine.precision must be"),
+    ("fit.ema=[1", "not valid YAML"),
+])
+def test_bad_set_option(tmp_path, small_scene, setting, expect):
+    out = tmp_path / "o.tif"
+    _assert_clean_failure(_run(tmp_path, small_scene, "-o", out, "--config", TINY, "--set", setting), tmp_path, expect,
+                          out)
+
+
+def test_set_reaches_the_run_and_named_options_win(tmp_path, small_scene):
+    from tilefill._store import TileStore
+
+    out = tmp_path / "o.tif"
+    res = _run(tmp_path, small_scene, "-o", out, "--config", TINY, "--workers", "0", "--workdir", tmp_path / "work",
+               "--set", "engine.tiles_per_task=4", "--set", "fit.iterations=7", "--set", "fit.ema=0.9",
+               "--set", "network.channels_skip=[2, 2, 2, 2, 2]", "--iterations", "3")
+    assert res.exit_code == 0, res.output
+    cfg = TileStore.open(tmp_path / "work" / "tiles.zarr").config
+    assert cfg.engine.tiles_per_task == 4 and cfg.fit.ema == 0.9 and cfg.network.channels_skip == (2,) * 5
+    assert cfg.fit.iterations == 3  # --iterations is more specific than --set fit.iterations
+
+
 # --- edge cases that are not errors ----------------------------------------------------------------
 
 def test_scene_without_gaps_is_copied(tmp_path):

@@ -30,10 +30,30 @@ class _DefaultGroup(click.Group):
         formatter.write_usage("tilefill", "SCENE -o OUT [OPTIONS]  |  tilefill COMMAND [ARGS]")
 
 
+def _parse_set(ctx, param, values) -> dict:
+    """``--set fit.ema=0.99 --set engine.precision=bf16``: values read as YAML scalars (numbers, booleans, lists)."""
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE (e.g. engine.precision=bf16)")
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise click.BadParameter(f"{item!r}: the value is not valid YAML") from None
+    return out
+
+
 def _config_overrides(**kw) -> dict:
-    return {"fit.iterations": kw.get("iterations"), "tiles.size": kw.get("tile_size"),
-            "tiles.overlap": kw.get("overlap"), "fit.seed": kw.get("seed"), "fit.keep_known": kw.get("keep_known"),
-            "fit.per_band": kw.get("per_band"), "method": kw.get("method"), "output.cog": kw.get("cog")}
+    # named options win over --set: they are the more specific request
+    return {**kw.get("settings", {}),
+            **{k: v for k, v in {
+                "fit.iterations": kw.get("iterations"), "tiles.size": kw.get("tile_size"),
+                "tiles.overlap": kw.get("overlap"), "fit.seed": kw.get("seed"), "fit.keep_known": kw.get("keep_known"),
+                "fit.per_band": kw.get("per_band"), "method": kw.get("method"), "output.cog": kw.get("cog")}.items()
+               if v is not None}}
 
 
 def fill_options(config_default: str = "default") -> list:
@@ -54,6 +74,8 @@ def fill_options(config_default: str = "default") -> list:
                  help="CPU worker processes (default: one per core, at most 8; 0 = run in this process)."),
     click.option("--gpus", type=click.IntRange(min=1), default=None, help="One worker per GPU."),
     click.option("--cog/--no-cog", default=None, help="Write a Cloud Optimized GeoTIFF."),
+    click.option("--set", "settings", multiple=True, callback=_parse_set, metavar="KEY=VALUE",
+                 help="Any config setting, e.g. --set engine.precision=bf16 --set engine.tiles_per_task=8 (repeatable)."),
     click.option("--overwrite", is_flag=True, help="Replace an existing output."),
     click.option("-q", "--quiet", is_flag=True, help="No progress or messages, only errors."),
     ]
