@@ -19,7 +19,8 @@ def _run(script: str, args: list[str], monkeypatch) -> None:
 
 
 def test_quality_benchmark_scores_methods_on_real_pixels(tmp_path, monkeypatch):
-    _run("quality.py", ["--preset", TINY, "--set", "fit.iterations=3", "--cases", "landsat8:f15",
+    _run("quality.py", ["--preset", TINY, "--set", "fit.iterations=3", "--set", "fit.validation=0.05",
+                        "--cases", "landsat8:f15",
                         "--methods", "dip,gdal", "--crop", "128", "--workers", "0", "--out", str(tmp_path)],
          monkeypatch)
     result = json.loads(next(tmp_path.glob("quality-*.json")).read_text())
@@ -29,6 +30,13 @@ def test_quality_benchmark_scores_methods_on_real_pixels(tmp_path, monkeypatch):
     assert 0.3 < rows["gdal"]["gaps_mean"]["r2"] <= 1  # GDAL on 15% thin stripes of real pixels
     assert result["meta"]["device"].startswith("cpu") and result["meta"]["seed"] == 0
     assert next(tmp_path.glob("quality-*.md")).read_text().count("| dip |") == 1
+    # each tile's self-validated estimate is set against its true gap RMSE
+    est = rows["dip"]["estimate"]
+    assert est["tiles"] == len(est["pairs"]) >= 3 and -1 <= est["spearman"] <= 1
+    assert all(e > 0 and t > 0 for e, t in est["pairs"])
+    assert "estimate" not in rows["gdal"]
+    pytest.importorskip("matplotlib")
+    assert len(list(tmp_path.glob("quality-*-crops.png"))) == 1  # the Figure-2-like comparison
 
 
 def test_throughput_benchmark_compares_engine_and_reference(tmp_path, monkeypatch):

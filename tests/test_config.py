@@ -171,6 +171,8 @@ def test_bad_yaml_files_raise_tilefill_errors(tmp_path, text, match):
     ({"tiles.size": 64, "tiles.overlap": 64}, "smaller than the tile size"),
     ({"tiles.size": 0}, "at least 64"),
     ({"fit.iterations": "ten"}, "invalid config"),
+    ({"fit.thin_gap_px": -1}, "thin_gap_px"),
+    ({"engine.tiles_per_task": 0}, "tiles_per_task"),
 ])
 def test_bad_overrides_raise_tilefill_errors(overrides, match):
     with pytest.raises(TilefillError, match=match):

@@ -305,6 +305,56 @@ def test_tiles_per_task_is_a_setting(tiny_config):
         tiny_config.override({"engine.tiles_per_task": 0})
 
 
+# --- thin gaps --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width, reach", [(1, 1.0), (2, 1.0), (3, 2.0), (5, 3.0)])
+def test_gap_reach_of_stripes(width, reach):
+    from tilefill._fill import gap_reach
+
+    known = np.ones((2, 64, 64), dtype=bool)
+    for y in range(4, 60, 16):
+        known[:, y:y + width] = False
+    assert gap_reach(known) == reach
+    known[1, 40, 40] = False  # a pixel missing in one band is a gap too, and 1 px from known ones
+    assert gap_reach(known) == reach
+
+
+def test_gap_reach_without_gaps_or_without_known_pixels():
+    from tilefill._fill import gap_reach
+
+    assert gap_reach(np.ones((1, 8, 8), dtype=bool)) == 0
+    assert gap_reach(np.zeros((1, 8, 8), dtype=bool)) == float("inf")
+
+
+def test_tiles_with_only_thin_gaps_get_the_classical_fill(tmp_path, synth, dip_config):
+    """1 px stripes everywhere, and a 12 px band across the bottom tiles only."""
+    from tilefill._classical import fill_classical
+
+    config = dip_config.override({"fit.thin_gap_px": 1, "fit.blend_method": "gdal"})
+    values = synth.to_range(synth.smooth_field(2, 128, 128), "uint16")
+    gap = np.zeros((128, 128), dtype=bool)
+    gap[5::16] = True
+    gap[100:112] = True
+    values[:, gap] = 0
+    path = synth.write_geotiff(tmp_path / "thin.tif", values, nodata=0)
+    with open_scene(path) as scene:
+        grid = TileGrid(128, 128, 64, 32, scene.info.affine)
+        store = build_store(scene, grid, config, tmp_path / "thin.zarr", footprint="full")
+    run = run_tiles(Cluster(None), str(store.path), store.tiles_to_fit, per_task=len(store.grid))
+    assert run.failures == {}
+    by_tile = {r.index: r for r in run.results}
+    wide = {t.index for t in grid if t.y + 64 > 100}
+    assert wide and wide != set(by_tile)
+    for t in grid:
+        r = by_tile[t.index]
+        if t.index in wide:
+            assert r.iterations == 2  # a wide gap: DIP
+        else:
+            assert r.iterations == 0 and np.isnan(r.final_loss)
+            image, known = store.read_window(t.y, t.x, t.size)
+            np.testing.assert_allclose(store.read_tile(t.index), fill_classical("gdal", image, known), atol=1e-6)
+
+
 # --- a real LocalCluster ------------------------------------------------------------------------------------
 
 def test_local_cluster_runs_tiles_and_collects_failures(tmp_path, synth, dip_config):

@@ -71,6 +71,9 @@ class FitConfig:
     classical_blend: float = 0.0  # weight of GDAL FillNodata averaged into the prediction
     blend_method: str = "gdal"  # the classical fill blended in: gdal | biharmonic | telea | ns | kriging
     blend_auto: bool = False  # with validation: pick each band's GDAL weight on the hidden pixels
+    # A tile whose gap pixels (99% of them) lie within this many px of a known pixel is filled by
+    # blend_method alone: on 1-2 px stripes biharmonic beats DIP and costs no fit (0 = always DIP)
+    thin_gap_px: float = 0.0
 
     def __post_init__(self):
         if self.ensemble < 1:
@@ -85,6 +88,8 @@ class FitConfig:
             raise TilefillError("fit.classical_blend must be in [0, 1]")
         if self.blend_method not in ("gdal", "biharmonic", "telea", "ns", "kriging"):
             raise TilefillError(f"fit.blend_method must be a classical method, not {self.blend_method!r}")
+        if self.thin_gap_px < 0:
+            raise TilefillError("fit.thin_gap_px must be at least 0")
         if self.blend_auto and not self.validation:
             raise TilefillError("fit.blend_auto needs fit.validation > 0 (the hidden pixels choose the weight)")
         if self.check_every < 1 or self.patience < 0:

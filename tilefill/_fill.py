@@ -133,6 +133,21 @@ def _fit_window(store: TileStore, index: int) -> tuple[int, int, int, np.ndarray
     return y, x, side, image, known
 
 
+def gap_reach(known: np.ndarray) -> float:
+    """How far gap pixels lie from a pixel known in every band: the 99th percentile, in px (0: no gap).
+
+    A stripe 1-2 px wide gives 1, 5 px wide 3; pixels beyond the window count as unknown.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    unknown = ~known.all(axis=0)
+    if not unknown.any():
+        return 0.0
+    if unknown.all():
+        return float("inf")
+    return float(np.percentile(distance_transform_edt(unknown)[unknown], 99))
+
+
 def tile_seed(config, index: int) -> int:
     """A tile's own seed: the same tile gets the same fit whichever worker runs it, alone or with others."""
     return config.fit.seed * 1_000_003 + index
@@ -149,6 +164,9 @@ def fill_tile(store_path: str, index: int) -> TileResult:
 
 def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
     """Fill several tiles in one task: those with windows of one size are fitted together.
+
+    With ``fit.thin_gap_px``, a DIP tile whose gaps are all that thin gets ``fit.blend_method``
+    alone (its result then reports 0 iterations).
 
     Each tile's chunk is written as soon as its group is done, so a crash loses at most one
     group. A tile's ``seconds`` is its group's time shared equally among the group's tiles.
@@ -167,14 +185,19 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
     results: dict[int, TileResult] = {}
     groups: dict[int, list[int]] = {}
     for i in indices:
-        side, known = windows[i][2], windows[i][4]
+        y, x, side, _image, known = windows[i]
+        tile = grid[i]
         if not known.any():
             results[i] = TileResult(i, "no-context", window=side, worker=worker, seconds=read_share)
-        else:
-            groups.setdefault(side, []).append(i)
-    for side, group in groups.items():
+            continue
+        method = cfg.method
+        if method == "dip" and cfg.fit.thin_gap_px and side == tile.size and \
+                gap_reach(known) <= cfg.fit.thin_gap_px:
+            method = cfg.fit.blend_method  # thin gaps only: the classical fill is the better one here
+        groups.setdefault((method, side), []).append(i)
+    for (method, side), group in groups.items():
         t0 = time.perf_counter()
-        filled = run_method_many(cfg.method, [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group], cfg)
+        filled = run_method_many(method, [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group], cfg)
         seconds = read_share + (time.perf_counter() - t0) / len(group)
         for i, (prediction, stats) in zip(group, filled):
             tile = grid[i]

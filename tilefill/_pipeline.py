@@ -321,6 +321,10 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
             run = run_tiles(cluster, str(store_path), todo, per_task=cfg.engine.tiles_per_task,
                             on_done=(lambda _r: bar.update()) if bar else None)
         results = run.results if run else []
+        thin = sum(r.status == "filled" and r.iterations == 0 for r in results) if cfg.method == "dip" else 0
+        if thin:
+            log.info("%d tile(s) had only gaps within %g px of known pixels and were filled by %s alone "
+                     "(fit.thin_gap_px)", thin, cfg.fit.thin_gap_px, cfg.fit.blend_method)
         stages["fill"] = time.perf_counter() - start - stages["prepare"]
         cluster_desc = clusters.started.description if clusters.started else "no cluster (nothing to fit)"
         common = dict(
