@@ -60,8 +60,10 @@ def test_default_preset_is_the_paper_plus_the_measured_recipe():
     assert default.network == paper.network and default.tiles == paper.tiles
     assert default.fit.iterations == paper.fit.iterations and default.fit.learning_rate == paper.fit.learning_rate
     assert default.fit.ema == 0.99 and default.fit.classical_blend == 0.5 and default.fit.validation == 0.05
+    assert default.fit.thin_gap_px == 1 and load_config("fast").fit.thin_gap_px == 1
     # the paper preset stays the paper's method
     assert paper.fit.ema == 0 and paper.fit.classical_blend == 0 and paper.fit.validation == 0
+    assert paper.fit.thin_gap_px == 0
 
 
 def test_dotted_overrides():
