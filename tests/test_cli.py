@@ -63,6 +63,35 @@ def filled(landsat_case):
                     tags=ds.tags(), band_tags=[ds.tags(i) for i in ds.indexes], out=out)
 
 
+def test_quality_sidecar_gives_each_tile_its_bounds_and_estimate(landsat_case, filled):
+    import json
+
+    from tilefill import TileGrid
+
+    side = json.loads(filled["out"].with_name("restored.tif.quality.json").read_text())
+    assert side["bands"] == landsat_case["names"] and len(side["scaling"]["lo"]) == 4
+    with rasterio.open(landsat_case["path"]) as src:
+        b, transform = src.bounds, src.transform
+    grid = TileGrid(SIZE, SIZE, 64, 32, transform)
+    assert len(side["tiles"]) >= 4
+    for t in side["tiles"]:
+        tile = grid[t["tile"]]
+        assert (t["row_off"], t["col_off"], t["size"]) == (tile.y, tile.x, tile.size)
+        left, bottom, right, top = t["bounds"]
+        assert b.left <= left < right <= b.right and b.bottom <= bottom < top <= b.top
+        assert right - left == pytest.approx(64 * transform.a)
+        assert 0 < t["estimated_gap_rmse"] < 0.5 and t["iterations"] == 150
+
+
+def test_no_sidecar_without_estimates_and_a_stale_one_is_removed(tmp_path, small_scene):
+    out = tmp_path / "o.tif"
+    stale = tmp_path / "o.tif.quality.json"
+    stale.write_text("{}")
+    res = _run(tmp_path, small_scene, "-o", out, "--config", TINY, "--iterations", "2", "--workers", "0")
+    assert res.exit_code == 0, res.output
+    assert out.exists() and not stale.exists()  # no validation, no estimate: an old sidecar would mislead
+
+
 def test_georeferencing_dtype_nodata_and_names_kept(landsat_case, filled):
     with rasterio.open(landsat_case["path"]) as src:
         assert filled["profile"]["crs"] == src.crs

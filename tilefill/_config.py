@@ -151,6 +151,9 @@ class OutputConfig:
     cog: bool = False
     compress: str = "deflate"
     blocksize: int = 512
+    # OUT.quality.json beside the output: each tile's bounds and self-validated gap RMSE estimate
+    # (written when fit.validation gave estimates)
+    quality_sidecar: bool = True
 
     def __post_init__(self):
         if self.blocksize % 16:

@@ -128,6 +128,41 @@ def failure_path(output: str | Path) -> Path:
     return output.with_name(output.name + FAILED_SUFFIX)
 
 
+def quality_path(output: str | Path) -> Path:
+    """The per-tile quality sidecar of an output: ``OUT.quality.json``."""
+    output = Path(output)
+    return output.with_name(output.name + ".quality.json")
+
+
+def write_quality(out: Path, scene: str | Path, grid: TileGrid, store, tiles: Sequence[TileResult]) -> Path | None:
+    """Write ``OUT.quality.json`` (each tile's bounds and estimated gap RMSE); None if no tile has an estimate.
+
+    The estimate comes from the self-validation (``fit.validation``): the fill's RMSE on known pixels
+    hidden in gap-shaped stripes, in the band scaling's units (each band's known range mapped to
+    [0, 1]; ``scaling`` gives the ranges). Over 114 tiles of real scenes it tracked the true gap
+    RMSE with Pearson 0.73, median estimate/true 1.01 (README, Quality).
+    """
+    est = [t for t in tiles if math.isfinite(t.estimated_rmse)]
+    path = quality_path(out)
+    if not est:
+        path.unlink(missing_ok=True)  # an earlier run's sidecar would describe another fill
+        return None
+    rows = []
+    for t in sorted(est, key=lambda r: r.index):
+        tile = grid[t.index]
+        left, top = tile.transform * (0, 0)
+        right, bottom = tile.transform * (tile.size, tile.size)
+        rows.append({"tile": t.index, "row_off": tile.y, "col_off": tile.x, "size": tile.size,
+                     "bounds": [min(left, right), min(top, bottom), max(left, right), max(top, bottom)],
+                     "estimated_gap_rmse": t.estimated_rmse, "iterations": t.iterations})
+    write_json(path, {"scene": str(scene), "output": str(out), "tilefill": __version__,
+                      "units": "band scaling: each band's known range mapped to [0, 1]",
+                      "bands": list(store.info.band_names),
+                      "scaling": {"lo": list(store.scaling.lo), "hi": list(store.scaling.hi)},
+                      "crs_wkt": store.info.crs_wkt, "tiles": rows})
+    return path
+
+
 def json_safe(value: Any) -> Any:
     """Plain JSON: NaN and infinities become null, paths and other objects their text."""
     if isinstance(value, float):
@@ -345,6 +380,10 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
                           resume="fix the cause and run the same command again: finished tiles are kept and skipped")
             return failed
         stats = write_output(store, src, out, cog=cfg.output.cog, overwrite=overwrite)
+        if cfg.output.quality_sidecar:
+            write_quality(out, scene, grid, store, common["tiles"])
+        else:
+            quality_path(out).unlink(missing_ok=True)
         stages["write"] = time.perf_counter() - start - stages["prepare"] - stages["fill"]
     failure_path(out).unlink(missing_ok=True)  # an earlier failure of this output is settled
     if not keep_store:
