@@ -183,15 +183,14 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
     windows = {i: _fit_window(store, i) for i in indices}
     read_share = (time.perf_counter() - start) / len(indices)
     results: dict[int, TileResult] = {}
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[str, int], list[int]] = {}  # (method, window side) -> tiles fitted together
     for i in indices:
-        y, x, side, _image, known = windows[i]
-        tile = grid[i]
+        side, known = windows[i][2], windows[i][4]
         if not known.any():
             results[i] = TileResult(i, "no-context", window=side, worker=worker, seconds=read_share)
             continue
         method = cfg.method
-        if method == "dip" and cfg.fit.thin_gap_px and side == tile.size and \
+        if method == "dip" and cfg.fit.thin_gap_px and side == grid.size and \
                 gap_reach(known) <= cfg.fit.thin_gap_px:
             method = cfg.fit.blend_method  # thin gaps only: the classical fill is the better one here
         groups.setdefault((method, side), []).append(i)
