@@ -129,8 +129,10 @@ def run_demo(out_dir: str | Path = "tilefill-demo", *, sensor: str = "landsat8",
     _write(out / "slc_off.tif", corrupted, profile, names, nodata=0)
     echo(f"demo: {sensor} blue/green/red/nir, {w} x {h} px at 30 m; simulated SLC-off gaps cover "
          f"{100 * gap.mean():.1f}% of the pixels")
+    # the crop lies wholly inside the scene: every nodata pixel is a gap. With the default hull
+    # footprint, a stripe cut by the crop's top or bottom edge would count as collar and stay nodata
     report = fill_scene(out / "slc_off.tif", out / "restored.tif", config=config, overrides=overrides,
-                        workers=workers, gpus=gpus, overwrite=overwrite)
+                        workers=workers, gpus=gpus, overwrite=overwrite, footprint="full")
     with rasterio.open(out / "restored.tif") as ds:
         restored = ds.read()
     # GDAL FillNodata on the same pixels, as a user of QGIS would fill them
