@@ -86,10 +86,12 @@ def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int
     hidden = [holdout_mask(known, fit.validation, seed + 2) if fit.validation else None
               for _image, known, seed in windows]
     fits = fit_windows(windows, config.network, fit, engine=config.engine, holdouts=hidden)
-    return [_with_classical(image, known, held, res, fit) for (image, known, _seed), held, res in zip(windows, hidden, fits)]
+    return [_with_classical(image, known, held, res, fit)
+            for (image, known, _seed), held, res in zip(windows, hidden, fits)]
 
 
-def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | None, res, fit) -> tuple[np.ndarray, dict]:
+def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | None, res,
+                    fit) -> tuple[np.ndarray, dict]:
     """Blend a DIP fit with the classical fill and estimate its gap RMSE on the hidden pixels."""
     from tilefill._classical import fill_classical
 

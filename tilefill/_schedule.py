@@ -412,7 +412,10 @@ def run_tiles(cluster: Cluster, store_path: str, indices: Sequence[int], *, per_
 
 
 def _extra_tries(client, futures: dict, retries: int) -> dict:
-    """Extra tries per task (keyed like ``futures``' values), from the scheduler: worker deaths while it ran, plus retries after it raised."""
+    """Extra tries per task (keyed like ``futures``' values), from the scheduler.
+
+    Counts worker deaths while the task ran, plus retries after it raised.
+    """
     keys = {f.key: i for f, i in futures.items()}
 
     def count(dask_scheduler=None, keys=()):  # nested: pickled by value, the scheduler needs no tilefill
