@@ -61,7 +61,8 @@ def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: 
     mean errs less than either: ``fit.classical_blend = w`` gives ``(1 - w) * dip + w * classical``.
     With ``fit.validation`` a share of the known pixels is hidden from both fills in stripes;
     their error there estimates the gap error without ground truth (``estimated_rmse``) and, with
-    ``fit.blend_auto``, picks each band's weight.
+    ``fit.blend_auto``, picks each band's weight where the hidden stripes stand in fairly for the
+    gaps (:func:`~tilefill._dip.holdout_is_representative`: narrow gaps, up to about 6 px).
     """
     return run_method_many(method, [(image, known, seed)], config)[0]
 
@@ -94,9 +95,11 @@ def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | N
                     fit) -> tuple[np.ndarray, dict]:
     """Blend a DIP fit with the classical fill and estimate its gap RMSE on the hidden pixels."""
     from tilefill._classical import fill_classical
+    from tilefill._dip import holdout_is_representative
 
     dip = res.prediction
     bands = image.shape[0]
+    auto = False
     weights = np.full(bands, fit.classical_blend)
     estimated = np.asarray(res.validation_rmse, dtype=np.float64)
     if hidden is not None and hidden.any() and (fit.classical_blend or fit.blend_auto):
@@ -104,7 +107,8 @@ def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | N
         classical_val = fill_classical(fit.blend_method, image, known & ~hidden)
         errs = np.array([[np.sqrt(np.mean(((1 - w) * dip[b] + w * classical_val[b] - image[b])[hidden[b]] ** 2))
                           if hidden[b].any() else np.nan for b in range(bands)] for w in BLEND_WEIGHTS])
-        if fit.blend_auto:
+        auto = fit.blend_auto and holdout_is_representative(known, hidden)
+        if auto:
             best = np.nanargmin(np.where(np.isnan(errs), np.inf, errs), axis=0)
             weights = BLEND_WEIGHTS[best]
         estimated = np.array([errs[np.argmin(np.abs(BLEND_WEIGHTS - weights[b])), b] for b in range(bands)])
@@ -115,7 +119,7 @@ def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | N
     finite = estimated[np.isfinite(estimated)] if estimated.size else estimated
     return prediction, {"final_loss": res.final_loss, "iterations": res.iterations, "device": res.device,
                         "estimated_rmse": float(finite.mean()) if finite.size else float("nan"),
-                        "blend_weights": weights.tolist()}
+                        "blend_weights": weights.tolist(), "blend_auto": auto}
 
 
 def _fit_window(store: TileStore, index: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
