@@ -9,8 +9,8 @@ import pytest
 
 from tilefill._classical import fill_classical
 from tilefill._config import FitConfig
-from tilefill._dip import DipResult, holdout_is_representative, holdout_mask
-from tilefill._fill import BLEND_WEIGHTS, _with_classical
+from tilefill._dip import DipResult, holdout_mask
+from tilefill._fill import BLEND_WEIGHTS, _with_classical, holdout_is_representative
 
 
 def _window(synth, period, width_px):

@@ -200,26 +200,6 @@ def holdout_mask(known: np.ndarray, share: float, seed: int) -> np.ndarray:
     return known & (shapes & keep)[None]
 
 
-def holdout_is_representative(known: np.ndarray, hidden: np.ndarray) -> bool:
-    """Whether the hidden pixels stand in fairly for the gaps: as far from known pixels, and apart from them.
-
-    Hidden stripes stand in for the gaps only where known pixels surround them as they surround a
-    real gap: at least as many as the gap's reach (99th percentile) between a hidden pixel (90% of
-    them) and the nearest real gap. Where gaps are wide the shifted stripes touch or merge with the
-    real ones; the holes they score are then wider than the gaps and favour DIP, and the blend weight
-    they pick was measured worse than the fixed one (55% masks: 0 where 0.3-0.8 was best).
-    """
-    from scipy.ndimage import distance_transform_edt
-
-    gaps = ~known.all(axis=0)
-    held = hidden.any(axis=0)
-    if not held.any() or not gaps.any():
-        return False
-    reach = np.percentile(distance_transform_edt(gaps)[gaps], 99)
-    apart = np.percentile(distance_transform_edt(~gaps)[held], 10)
-    return bool(apart >= reach)
-
-
 def _input(channels: int, height: int, width: int, fit: FitConfig, gen: torch.Generator) -> torch.Tensor:
     if fit.input == "meshgrid":
         ys, xs = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
