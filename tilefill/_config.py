@@ -68,9 +68,11 @@ class FitConfig:
     validation: float = 0.0  # share of known pixels hidden in stripes to score the fit (0 = none)
     check_every: int = 50  # iterations between validation checks
     patience: int = 0  # stop after this many checks without a better validation score (0 = never)
-    classical_blend: float = 0.0  # weight of GDAL FillNodata averaged into the prediction
+    classical_blend: float = 0.0  # weight of blend_method's fill averaged into the prediction
     blend_method: str = "gdal"  # the classical fill blended in: gdal | biharmonic | telea | ns | kriging
-    blend_auto: bool = False  # with validation: pick each band's GDAL weight on the hidden pixels
+    # With validation: pick each band's blend weight on the hidden pixels, in tiles where they lie a
+    # gap's reach away from the real gaps (elsewhere they misjudge it; classical_blend stays there)
+    blend_auto: bool = False
     # A tile whose gap pixels (99% of them) lie within this many px of a known pixel is filled by
     # blend_method alone: on 1-2 px stripes biharmonic beats DIP and costs no fit (0 = always DIP)
     thin_gap_px: float = 0.0
