@@ -243,6 +243,8 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--no-keep-known", action="store_true", help="score the paper's full reconstruction")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="keep the inputs, masks and filled rasters in DIR (default: a temporary folder)")
     args = ap.parse_args(argv)
     import yaml
 
@@ -261,8 +263,10 @@ def main(argv=None):
             "seed": args.seed, "keep_known": not args.no_keep_known, "cases": cases, "methods": methods}
     rows, panels = [], {}
     with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep or tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for case in cases:
-            rows += run_case(case, methods, cfg, args.crop, args.seed, args.workers, Path(tmp),
+            rows += run_case(case, methods, cfg, args.crop, args.seed, args.workers, work,
                              keep_known=not args.no_keep_known, panels=panels)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     prefix = out_dir / f"quality-{cfg.name}-{stamp}"

@@ -156,6 +156,8 @@ def _yaml(tmp_path, text):
     ("fit:\n  learning_rate: -0.1\n", "positive"),
     ("fit:\n  device: tpu\n", "device"),
     ("network:\n  upsample: bicubic\n", "upsample"),
+    ("fit:\n  input: photo\n", "noise, meshgrid or context"),
+    ("fit:\n  input: context\n  keep_known: false\n", "predicts the gaps only"),
     ("output:\n  blocksize: 100\n", "multiple of 16"),
     ("base: no-such-preset\n", "no preset named"),
 ])

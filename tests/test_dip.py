@@ -311,3 +311,57 @@ def test_flops_match_anchors():
     # anchors.md: 31.7 GMAC forward at 256 x 256, about 0.19 TFLOP per training iteration
     f = flops_per_iteration(4, 4, NetworkConfig(), 256, 256)
     assert 0.18e12 < f < 0.20e12
+
+
+def test_context_fill_keeps_visible_pixels_and_fills_every_hole():
+    from tilefill._dip import context_fill
+
+    img = torch.from_numpy(_image())[None]
+    visible = torch.from_numpy(_known().astype(np.float32))[None]
+    visible[..., 8:56, 8:56] = 0  # a 48 px hole, wider than the widest blur reaches
+    filled = context_fill(img * visible, visible)
+    assert torch.equal(filled[visible > 0], img[visible > 0])
+    assert torch.isfinite(filled).all()
+    lo, hi = img.amin(dim=(2, 3), keepdim=True), img.amax(dim=(2, 3), keepdim=True)
+    assert bool(((filled >= lo - 1e-6) & (filled <= hi + 1e-6)).all())  # means of visible pixels, never beyond
+    const = torch.full_like(img, 0.3)
+    assert torch.allclose(context_fill(const * visible, visible), const, atol=1e-5)
+
+
+def test_context_stripes_are_gap_shaped_and_seeded():
+    from tilefill._dip import _ContextStripes
+
+    known = _known()
+    gaps = torch.from_numpy(~known.all(axis=0))
+    a, b = _ContextStripes(known, 5, torch.device("cpu")), _ContextStripes(known, 5, torch.device("cpu"))
+    draws = [a.draw() for _ in range(20)]
+    assert all(torch.equal(d, b.draw()) for d in draws)  # the seed decides
+    assert not any(bool((d & gaps).any()) for d in draws)  # known pixels only
+    assert sum(bool(d.any()) for d in draws) >= 15
+    # each draw is part of the gaps moved down by one shift
+    for d in draws:
+        assert any(bool((d & ~torch.roll(gaps, s, dims=0)).sum() == 0) for s in range(4, 29))
+
+
+def test_context_input_learns_to_fill_the_gaps(tiny_network):
+    img, known = _image(), _known()
+    gap = ~known
+
+    def gap_rmse(res):
+        return float(np.sqrt(np.mean((res.prediction - img)[gap] ** 2)))
+
+    early = fit_dip(img, known, tiny_network, _fit(2, input="context"), seed=3)
+    late = fit_dip(img, known, tiny_network, _fit(150, input="context", ema=0.9), seed=3)
+    assert np.isfinite(late.prediction).all() and np.isfinite(late.final_loss)
+    assert gap_rmse(late) < 0.5 * gap_rmse(early)
+
+
+def test_context_input_batched_equals_alone(tiny_network):
+    from tilefill._dip import fit_windows
+
+    img, known = _image(), _known()
+    fit = _fit(4, input="context", learning_rate=1e-6, validation=0.1, check_every=2)
+    alone = fit_dip(img, known, tiny_network, fit, seed=11)
+    together = fit_windows([(img, known, 11), (img[::-1].copy(), known[::-1].copy(), 12)], tiny_network, fit)
+    assert np.abs(together[0].prediction - alone.prediction).max() < 1e-4
+    assert together[0].validation_rmse == pytest.approx(alone.validation_rmse, rel=1e-3)

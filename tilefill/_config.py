@@ -64,7 +64,9 @@ class FitConfig:
     # Beyond the paper (measured in benchmarks/quality.py; all off in the paper preset):
     ensemble: int = 1  # networks fitted per tile with different seeds; their outputs are averaged
     ema: float = 0.0  # decay of an exponential average of the outputs over iterations (0 = last output)
-    input: str = "noise"  # noise: z ~ U(0, input_scale) per band | meshgrid: x, y coordinates
+    # noise: z ~ U(0, input_scale) per band | meshgrid: x, y coordinates | context: the window itself,
+    # gaps pre-filled, with more gap-shaped stripes hidden every iteration for the network to predict
+    input: str = "noise"
     validation: float = 0.0  # share of known pixels hidden in stripes to score the fit (0 = none)
     check_every: int = 50  # iterations between validation checks
     patience: int = 0  # stop after this many checks without a better validation score (0 = never)
@@ -82,8 +84,12 @@ class FitConfig:
             raise TilefillError(f"fit.ensemble must be at least 1, not {self.ensemble}")
         if not 0 <= self.ema < 1:
             raise TilefillError("fit.ema must be in [0, 1)")
-        if self.input not in ("noise", "meshgrid"):
-            raise TilefillError(f"fit.input must be noise or meshgrid, not {self.input!r}")
+        if self.input not in ("noise", "meshgrid", "context"):
+            raise TilefillError(f"fit.input must be noise, meshgrid or context, not {self.input!r}")
+        if self.input == "context" and not self.keep_known:
+            # its loss is on hidden stripes only: over known pixels its output is untrained
+            raise TilefillError("fit.input: context predicts the gaps only; --no-keep-known needs the noise or "
+                                "meshgrid input")
         if not 0 <= self.validation < 0.5:
             raise TilefillError("fit.validation must be in [0, 0.5)")
         if not 0 <= self.classical_blend <= 1:

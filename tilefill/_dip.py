@@ -4,6 +4,12 @@ A fresh "skip" hourglass network maps a fixed noise image z to the tile; its wei
 fitted to the tile's known pixels only, and its output supplies the missing ones. Nothing is
 learned from other images: the network's structure is the prior.
 
+With ``fit.input: context`` the same network sees the window itself instead of noise: its
+known pixels, its gaps pre-filled by normalised convolution, and a visibility mask. Every
+iteration more gap-shaped stripes of known pixels are hidden from that input, and the loss is
+the error on them: the network learns, from this window alone, to predict a stripe from what
+surrounds it, and then predicts the real gaps from the whole window.
+
 The engine fits K independent networks at once as one module whose convolutions are grouped
 (``groups=K``) and whose BatchNorm channels belong to one network each: the K networks share
 no weight, no statistic and no gradient, yet run as one kernel per layer, which is what fills
@@ -200,6 +206,73 @@ def holdout_mask(known: np.ndarray, share: float, seed: int) -> np.ndarray:
     return known & (shapes & keep)[None]
 
 
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of every channel, reflected at the border (radius 3 sigma, < the side)."""
+    radius = min(int(3 * sigma), min(x.shape[-2:]) - 1)
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-taps ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
+    n = x.shape[1]
+    x = nn.functional.conv2d(nn.functional.pad(x, (radius, radius, 0, 0), mode="reflect"), k, groups=n)
+    return nn.functional.conv2d(nn.functional.pad(x, (0, 0, radius, radius), mode="reflect"), k.transpose(2, 3),
+                                groups=n)
+
+
+def _push_pull(values: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Mean of the visible pixels at the finest 2x pyramid level that has any: a fill for any hole size."""
+    levels = []
+    num, den = values * visible, visible
+    while min(num.shape[-2:]) > 1:
+        levels.append((num, den))
+        num, den = (nn.functional.avg_pool2d(t, 2, ceil_mode=True) for t in (num, den))
+    fill = num / den.clamp(min=1e-8)
+    for num, den in reversed(levels):
+        up = nn.functional.interpolate(fill, size=num.shape[-2:], mode="nearest")
+        fill = num / den.clamp(min=1e-8) * (den > 0) + up * (den == 0)
+    return fill
+
+
+def context_fill(values: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """The context input's first guess: visible pixels kept, holes by normalised convolution.
+
+    A hole pixel takes the Gaussian-weighted mean of the visible pixels at the finest scale
+    (sigma 1.5, 3, 6, 12 px) that reaches one; pixels further than that (a cloud) take the
+    pyramid mean of :func:`_push_pull`. Cheap enough to run every iteration on every network.
+    """
+    out = _push_pull(values, visible)
+    for sigma in (12.0, 6.0, 3.0, 1.5):  # coarse to fine: the finest scale that reaches a pixel wins
+        den = _blur(visible, sigma)
+        ok = den > 1e-3
+        out = torch.where(ok, _blur(values * visible, sigma) / den.clamp(min=1e-6), out)
+    return torch.where(visible > 0, values, out)
+
+
+class _ContextStripes:
+    """Gap-shaped stripes hidden from one network's input each iteration (``fit.input: context``).
+
+    The window's own gaps, moved down by a random 4-28 rows (inside one SLC scan period, so
+    the stripes fall between the real ones), kept in random 32 px cells (half of them). A window
+    without gaps moves tilted stripes ~8 px wide instead. Drawn from the network's own seed.
+    """
+
+    def __init__(self, known: np.ndarray, seed: int, device: torch.device):
+        from tilefill._gaps import stripe_mask_with_fraction
+
+        gaps = ~known.all(axis=0)
+        if not gaps.any():
+            gaps = stripe_mask_with_fraction(gaps.shape, 0.25, seed=seed)
+        self.gaps = torch.from_numpy(gaps).to(device)
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        h, w = gaps.shape
+        self.cells = (-(-h // 32), -(-w // 32))
+
+    def draw(self) -> torch.Tensor:
+        shift = int(torch.randint(4, 29, (1,), generator=self.gen))
+        keep = torch.rand(self.cells, generator=self.gen) < 0.5
+        keep = keep.repeat_interleave(32, 0).repeat_interleave(32, 1)[:self.gaps.shape[0], :self.gaps.shape[1]]
+        return torch.roll(self.gaps, shift, dims=0) & ~self.gaps & keep.to(self.gaps.device)
+
+
 def _input(channels: int, height: int, width: int, fit: FitConfig, gen: torch.Generator) -> torch.Tensor:
     if fit.input == "meshgrid":
         ys, xs = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
@@ -235,11 +308,14 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
         torch.backends.cudnn.allow_tf32 = engine.tf32
         torch.backends.cudnn.benchmark = True
 
+    context = fit.input == "context"
     gens = [torch.Generator(device="cpu").manual_seed(p.seed) for p in problems]
-    net = SkipNet.stacked(c, c, network, [p.seed for p in problems]).to(dev)
-    z = torch.cat([_input(c, h, w, fit, g) for g in gens], dim=1).to(dev)
+    # the context input is the window itself plus its visibility mask: twice the channels
+    net = SkipNet.stacked(2 * c if context else c, c, network, [p.seed for p in problems]).to(dev)
+    z = None if context else torch.cat([_input(c, h, w, fit, g) for g in gens], dim=1).to(dev)
     # per-network noise streams, so a batched network sees what it would see alone
-    noise_gens = [torch.Generator(device=dev).manual_seed(p.seed + 1) for p in problems] if fit.input_noise else []
+    noisy = fit.input_noise and not context
+    noise_gens = [torch.Generator(device=dev).manual_seed(p.seed + 1) for p in problems] if noisy else []
     held = [p.holdout if p.holdout is not None else
             holdout_mask(p.known, fit.validation, p.seed + 2) if fit.validation else np.zeros_like(p.known)
             for p in problems]
@@ -248,9 +324,12 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
     target = torch.from_numpy(np.concatenate([np.where(p.known, p.image, 0) for p in problems]).astype(np.float32))
     target, mask = target[None].to(dev), torch.from_numpy(train.astype(np.float32))[None].to(dev)
     held_t = torch.from_numpy(np.concatenate(held).astype(np.float32))[None].to(dev) if any(h.any() for h in held) else None
-    if engine.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        z = z.contiguous(memory_format=torch.channels_last)
+    memory = torch.channels_last if engine.channels_last else torch.contiguous_format
+    if context:
+        stripes = [_ContextStripes(p.known, p.seed + 3, dev) for p in problems]
+        z = _group_cat(context_fill(target, mask), mask, k)  # what the network sees when it predicts the gaps
+    net = net.to(memory_format=memory)
+    z = z.contiguous(memory_format=memory)
     model = torch.compile(net) if engine.compile else net
     opt = torch.optim.Adam(net.parameters(), lr=fit.learning_rate)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(engine.precision)
@@ -262,34 +341,63 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
             return model(x).float()
 
     ema = None
+    # context: the prediction is a separate forward pass of the whole window, run every few
+    # iterations in the second half (each one an average step of decay ema ** stride)
+    stride = 5 if context else 1
     # per network: best validation RMSE (mean over its bands), that RMSE per band, its output then
     best_score = torch.full((k,), float("inf"), device=dev)
     best_rmse = torch.full((k, c), float("nan"), device=dev)
     best_out = None
     stale = torch.zeros(k, dtype=torch.long, device=dev)
-    losses = torch.zeros(k)
+    losses = torch.full((k,), float("nan"), device=dev)
     done = 0
     for it in range(fit.iterations):
         opt.zero_grad(set_to_none=True)
-        if fit.input_noise:
+        if context:
+            # hide more gap-shaped stripes of known pixels; the network learns to predict them from around
+            hid = torch.stack([st.draw() for st in stripes]).repeat_interleave(c, 0)[None].to(mask.dtype) * mask
+            visible = mask - hid
+            x = _group_cat(context_fill(target, visible), visible, k).contiguous(memory_format=memory)
+        elif fit.input_noise:
             noise = torch.cat([torch.randn((1, c, h, w), generator=g, device=dev) for g in noise_gens], dim=1)
             x = z + noise * fit.input_noise
         else:
             x = z
         out = forward(x)
-        # each network's own mean over its elements (the public DIP code's mse(out * mask, img * mask));
-        # summing them keeps every network's gradient its own
-        per_net = ((out * mask - target * mask) ** 2).view(k, -1).mean(dim=1)
+        if context:  # each network's mean over the pixels it had to predict
+            per_net = ((out - target) ** 2 * hid).view(k, -1).sum(dim=1) / hid.view(k, -1).sum(dim=1).clamp(min=1)
+        else:
+            # each network's own mean over its elements (the public DIP code's mse(out * mask, img * mask));
+            # summing them keeps every network's gradient its own
+            per_net = ((out * mask - target * mask) ** 2).view(k, -1).mean(dim=1)
         scaler.scale(per_net.sum()).backward()
         scaler.step(opt)
         scaler.update()
-        losses = per_net.detach()
+        if context:  # a smoothed loss: one iteration's stripes are few, and now and then none
+            has = hid.view(k, -1).sum(dim=1) > 0
+            smooth = torch.where(torch.isnan(losses), per_net.detach(), 0.9 * losses + 0.1 * per_net.detach())
+            losses = torch.where(has, smooth, losses)
+        else:
+            losses = per_net.detach()
         done = it + 1
-        if fit.ema and it >= fit.iterations // 2:  # average the second half: the first outputs are far off
-            ema = out.detach().clone() if ema is None else ema.mul_(fit.ema).add_(out.detach(), alpha=1 - fit.ema)
+        # average the second half: the first outputs are far off
+        if fit.ema and it >= fit.iterations // 2 and (it % stride == 0 or done == fit.iterations):
+            if context:
+                with torch.no_grad():
+                    step = forward(z)
+            else:
+                step = out.detach()
+            decay = fit.ema ** stride
+            ema = step.clone() if ema is None else ema.mul_(decay).add_(step, alpha=1 - decay)
         if held_t is not None and (done % fit.check_every == 0 or done == fit.iterations) and (
                 ema is not None or not fit.ema):
-            current = ema if ema is not None else out.detach()
+            if ema is not None:
+                current = ema
+            elif context:
+                with torch.no_grad():
+                    current = forward(z)
+            else:
+                current = out.detach()
             err = ((current - target) ** 2 * held_t).view(k, c, -1).sum(-1) / held_t.view(k, c, -1).sum(-1).clamp(min=1)
             rmse = err.sqrt()
             score = rmse.mean(dim=1)
@@ -310,7 +418,7 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
         elif ema is not None:
             final = ema
         else:
-            final = forward(z)  # the paper: output from z alone, BatchNorm still in training mode
+            final = forward(z)  # the paper: output from z alone (no noise), BatchNorm still in training mode
     if dev.type == "cuda":
         torch.cuda.synchronize()
     final = final[0].cpu().numpy().reshape(k, c, h, w).astype(np.float32)
