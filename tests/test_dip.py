@@ -365,3 +365,21 @@ def test_context_input_batched_equals_alone(tiny_network):
     together = fit_windows([(img, known, 11), (img[::-1].copy(), known[::-1].copy(), 12)], tiny_network, fit)
     assert np.abs(together[0].prediction - alone.prediction).max() < 1e-4
     assert together[0].validation_rmse == pytest.approx(alone.validation_rmse, rel=1e-3)
+
+
+def test_noise_and_context_members_are_averaged(tiny_network):
+    from tilefill._dip import holdout_mask
+
+    img, known = _image(), _known()
+    hidden = holdout_mask(known, 0.1, 1 + 2)  # what a window of seed 1 hides from all its members
+    fit = _fit(3, validation=0.1, check_every=3)
+    assert hidden.any()
+    noise = fit_dip(img, known, tiny_network, fit, seed=1, holdout=hidden)
+    context = fit_dip(img, known, tiny_network, _fit(3, validation=0.1, check_every=3, input="context"),
+                      seed=1 + 1_000_033, holdout=hidden)
+    both = fit_dip(img, known, tiny_network, _fit(3, validation=0.1, check_every=3, input="noise+context"), seed=1)
+    np.testing.assert_allclose(both.prediction, (noise.prediction + context.prediction) / 2, atol=1e-6)
+    # the validation RMSE is the averaged prediction's own, on the hidden pixels both members left out
+    expected = [np.sqrt(np.mean((both.prediction[b] - img[b])[hidden[b]] ** 2)) for b in range(img.shape[0])]
+    assert both.validation_rmse == pytest.approx(expected, rel=1e-5)
+    assert noise.validation_rmse != pytest.approx(expected, rel=1e-3)

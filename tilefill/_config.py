@@ -65,7 +65,8 @@ class FitConfig:
     ensemble: int = 1  # networks fitted per tile with different seeds; their outputs are averaged
     ema: float = 0.0  # decay of an exponential average of the outputs over iterations (0 = last output)
     # noise: z ~ U(0, input_scale) per band | meshgrid: x, y coordinates | context: the window itself,
-    # gaps pre-filled, with more gap-shaped stripes hidden every iteration for the network to predict
+    # gaps pre-filled, with more gap-shaped stripes hidden every iteration for the network to predict;
+    # noise+context: both, as ensemble members whose outputs are averaged
     input: str = "noise"
     validation: float = 0.0  # share of known pixels hidden in stripes to score the fit (0 = none)
     check_every: int = 50  # iterations between validation checks
@@ -84,9 +85,11 @@ class FitConfig:
             raise TilefillError(f"fit.ensemble must be at least 1, not {self.ensemble}")
         if not 0 <= self.ema < 1:
             raise TilefillError("fit.ema must be in [0, 1)")
-        if self.input not in ("noise", "meshgrid", "context"):
-            raise TilefillError(f"fit.input must be noise, meshgrid or context, not {self.input!r}")
-        if self.input == "context" and not self.keep_known:
+        kinds = str(self.input).split("+")
+        if not set(kinds) <= {"noise", "meshgrid", "context"} or len(set(kinds)) != len(kinds):
+            raise TilefillError(f"fit.input must be noise, meshgrid or context, or two joined by + "
+                                f"(noise+context), not {self.input!r}")
+        if "context" in kinds and not self.keep_known:
             # its loss is on hidden stripes only: over known pixels its output is untrained
             raise TilefillError("fit.input: context predicts the gaps only; --no-keep-known needs the noise or "
                                 "meshgrid input")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -295,6 +295,8 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
     >>> [r.prediction.shape for r in fit_problems(probs, net, FitConfig(iterations=2))]
     [(2, 64, 64), (2, 64, 64)]
     """
+    if "+" in fit.input:
+        raise ValueError("fit_problems fits one input kind; fit_windows splits fit.input = 'noise+context'")
     engine = engine or EngineConfig()
     dev = device if isinstance(device, torch.device) else pick_device(device or fit.device)
     shapes = {p.image.shape for p in problems}
@@ -470,30 +472,47 @@ def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: Netw
                 holdouts: list[np.ndarray] | None = None) -> list[DipResult]:
     """Fit several same-sized windows ``(image, known, seed)`` together; one result per window.
 
-    Each window becomes ``ensemble`` problems (x bands, with ``per_band``), all fitted in one
-    grouped network; a window's members are averaged back into its prediction.
+    Each window becomes ``ensemble`` problems per input kind (``fit.input: noise+context`` fits
+    both kinds; x bands, with ``per_band``). Problems of one kind are fitted in one grouped
+    network; a window's members are averaged back into its prediction. All members of a window
+    share its hidden pixels (``holdouts``, or drawn from ``fit.validation`` and the window's
+    seed), so the validation RMSE reported is the averaged prediction's own.
     """
     bands = windows[0][0].shape[0]
     split = range(bands) if fit.per_band else [slice(None)]
-    problems = []
-    for w, (image, known, seed) in enumerate(windows):
-        hold = holdouts[w] if holdouts is not None else None
-        for m in range(fit.ensemble):
-            for j, b in enumerate(split):
-                sl = slice(b, b + 1) if fit.per_band else b
-                problems.append(Problem(image[sl], known[sl], seed + 7919 * j + 104_729 * m,
-                                        None if hold is None else hold[sl]))
-    results = fit_problems(problems, network, fit, engine=engine, device=device)
-    per_window = len(split) * fit.ensemble
+    kinds = fit.input.split("+")
+    if holdouts is None:
+        holdouts = [holdout_mask(known, fit.validation, seed + 2) if fit.validation else None
+                    for _image, known, seed in windows]
+    members: list[list[np.ndarray]] = [[] for _ in windows]
+    results: list[list[DipResult]] = [[] for _ in windows]
+    for q, kind in enumerate(kinds):
+        problems = []
+        for w, (image, known, seed) in enumerate(windows):
+            hold = holdouts[w]
+            for m in range(fit.ensemble):
+                for j, b in enumerate(split):
+                    sl = slice(b, b + 1) if fit.per_band else b
+                    problems.append(Problem(image[sl], known[sl], seed + 7919 * j + 104_729 * m + 1_000_033 * q,
+                                            None if hold is None else hold[sl]))
+        fitted = fit_problems(problems, network, replace(fit, input=kind), engine=engine, device=device)
+        per_window = len(split) * fit.ensemble
+        for w in range(len(windows)):
+            rs = fitted[w * per_window:(w + 1) * per_window]
+            results[w] += rs
+            members[w] += [np.concatenate([r.prediction for r in rs[m * len(split):(m + 1) * len(split)]])
+                           for m in range(fit.ensemble)]
     out = []
-    for i in range(len(windows)):
-        rs = results[i * per_window:(i + 1) * per_window]
-        members = [np.concatenate([r.prediction for r in rs[m * len(split):(m + 1) * len(split)]])
-                   for m in range(fit.ensemble)]
-        vals = [np.concatenate([r.validation_rmse for r in rs[m * len(split):(m + 1) * len(split)]])
-                for m in range(fit.ensemble)]
-        # the ensemble's validation error is not the members' mean; report the members' mean as an upper bound
-        out.append(DipResult(np.mean(members, axis=0).astype(np.float32), float(np.mean([r.final_loss for r in rs])),
-                             rs[0].iterations, rs[0].seconds, rs[0].device,
-                             tuple(float(v) for v in np.mean(vals, axis=0))))
+    for w, (image, _known, _seed) in enumerate(windows):
+        rs, prediction = results[w], np.mean(members[w], axis=0).astype(np.float32)
+        hold = holdouts[w]
+        if hold is not None and hold.any():
+            validation = tuple(float(np.sqrt(np.mean((prediction[b] - image[b])[hold[b]] ** 2))) if hold[b].any()
+                               else float("nan") for b in range(bands))
+        else:
+            validation = (float("nan"),) * bands
+        # seconds: each kind is one grouped fit, run one after another
+        seconds = sum(r.seconds for r in rs[::len(split) * fit.ensemble])
+        out.append(DipResult(prediction, float(np.mean([r.final_loss for r in rs])), rs[0].iterations, seconds,
+                             rs[0].device, validation))
     return out
