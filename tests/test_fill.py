@@ -25,8 +25,8 @@ def _window(synth, period, width_px):
 
 @pytest.fixture()
 def window(synth):
-    """5 px stripes every 32 rows: the hidden stripes lie midway between them, a fair stand-in."""
-    return _window(synth, 32, 5)
+    """4 px stripes every 32 rows (gap reach 3 px): the hidden stripes lie midway between them, a fair stand-in."""
+    return _window(synth, 32, 4)
 
 
 def _dip(prediction):
@@ -79,6 +79,19 @@ def test_hidden_stripes_crowding_wide_gaps_do_not_choose_the_weight(synth):
     fit = FitConfig(classical_blend=0.5, blend_method="gdal", validation=0.1, blend_auto=True)
     _prediction, stats = _with_classical(truth, known, hidden, _dip(dip), fit)
     assert stats["blend_weights"] == [0.5, 0.5] and stats["blend_auto"] is False
+
+
+def test_wide_gaps_keep_the_fixed_weight_even_where_hidden_stripes_stand_apart(synth):
+    """8 px stripes every 32 rows reach 5 px: beyond blend_auto_max_reach (3.5), so the fixed weight stays."""
+    truth, known, hidden = _window(synth, 32, 8)
+    assert holdout_is_representative(known, hidden)
+    dip = truth.copy()  # the truth itself: a free choice would take weight 0
+    fit = FitConfig(classical_blend=0.5, blend_method="gdal", validation=0.1, blend_auto=True)
+    _prediction, stats = _with_classical(truth, known, hidden, _dip(dip), fit)
+    assert stats["blend_weights"] == [0.5, 0.5] and stats["blend_auto"] is False
+    wider = FitConfig(classical_blend=0.5, blend_method="gdal", validation=0.1, blend_auto=True,
+                      blend_auto_max_reach=5)
+    assert _with_classical(truth, known, hidden, _dip(dip), wider)[1]["blend_weights"] == [0.0, 0.0]
 
 
 def test_representative_holdouts(synth, window):

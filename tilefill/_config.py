@@ -73,9 +73,12 @@ class FitConfig:
     patience: int = 0  # stop after this many checks without a better validation score (0 = never)
     classical_blend: float = 0.0  # weight of blend_method's fill averaged into the prediction
     blend_method: str = "gdal"  # the classical fill blended in: gdal | biharmonic | telea | ns | kriging
-    # With validation: pick each band's blend weight on the hidden pixels, in tiles where they lie a
-    # gap's reach away from the real gaps (elsewhere they misjudge it; classical_blend stays there)
+    # With validation: pick each band's blend weight on the hidden pixels, in tiles whose gaps reach
+    # at most blend_auto_max_reach px (5 px stripes reach 3; SLC crops 4.5-6) and whose hidden stripes
+    # lie a gap's reach from the real gaps. Elsewhere classical_blend stays: measured, the choice won
+    # on 5 px stripes and lost on the 2-14 px SLC stripes and on 12-19 px ones
     blend_auto: bool = False
+    blend_auto_max_reach: float = 3.5
     # A tile whose gap pixels (99% of them) lie within this many px of a known pixel is filled by
     # blend_method alone: on 1-2 px stripes biharmonic beats DIP and costs no fit (0 = always DIP)
     thin_gap_px: float = 0.0
@@ -99,8 +102,8 @@ class FitConfig:
             raise TilefillError("fit.classical_blend must be in [0, 1]")
         if self.blend_method not in ("gdal", "biharmonic", "telea", "ns", "kriging"):
             raise TilefillError(f"fit.blend_method must be a classical method, not {self.blend_method!r}")
-        if self.thin_gap_px < 0:
-            raise TilefillError("fit.thin_gap_px must be at least 0")
+        if self.thin_gap_px < 0 or self.blend_auto_max_reach < 0:
+            raise TilefillError("fit.thin_gap_px and fit.blend_auto_max_reach must be at least 0")
         if self.blend_auto and not self.validation:
             raise TilefillError("fit.blend_auto needs fit.validation > 0 (the hidden pixels choose the weight)")
         if self.check_every < 1 or self.patience < 0:

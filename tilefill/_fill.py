@@ -61,8 +61,8 @@ def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: 
     mean errs less than either: ``fit.classical_blend = w`` gives ``(1 - w) * dip + w * classical``.
     With ``fit.validation`` a share of the known pixels is hidden from both fills in stripes;
     their error there estimates the gap error without ground truth (``estimated_rmse``) and, with
-    ``fit.blend_auto``, picks each band's weight where the hidden stripes stand in fairly for the
-    gaps (:func:`holdout_is_representative`: narrow gaps, such as 5 px stripes).
+    ``fit.blend_auto``, picks each band's weight where the gaps are narrow (``fit.blend_auto_max_reach``)
+    and the hidden stripes stand in fairly for them (:func:`holdout_is_representative`).
     """
     return run_method_many(method, [(image, known, seed)], config)[0]
 
@@ -106,7 +106,9 @@ def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | N
         classical_val = fill_classical(fit.blend_method, image, known & ~hidden)
         errs = np.array([[np.sqrt(np.mean(((1 - w) * dip[b] + w * classical_val[b] - image[b])[hidden[b]] ** 2))
                           if hidden[b].any() else np.nan for b in range(bands)] for w in BLEND_WEIGHTS])
-        auto = fit.blend_auto and holdout_is_representative(known, hidden)
+        if fit.blend_auto:
+            reach = gap_reach(known)
+            auto = reach <= fit.blend_auto_max_reach and holdout_is_representative(known, hidden, reach)
         if auto:
             best = np.nanargmin(np.where(np.isnan(errs), np.inf, errs), axis=0)
             weights = BLEND_WEIGHTS[best]
@@ -153,14 +155,14 @@ def gap_reach(known: np.ndarray) -> float:
     return float(np.percentile(distance_transform_edt(unknown)[unknown], 99))
 
 
-def holdout_is_representative(known: np.ndarray, hidden: np.ndarray) -> bool:
+def holdout_is_representative(known: np.ndarray, hidden: np.ndarray, reach: float | None = None) -> bool:
     """Whether the hidden pixels stand in fairly for the gaps: far enough from every real gap.
 
     A hidden stripe stands in for a gap only where known pixels surround it as they surround a real
     gap: 90% of the hidden pixels must lie at least the gap reach (:func:`gap_reach`) from the
     nearest real gap. Where gaps are wide, the shifted stripes crowd or merge with the real ones. The
     holes they score are then not the gaps' shape, and the weights chosen on them were measured
-    worse than the fixed one (35-55% masks, 5 of 6 cases).
+    worse than the fixed one (35-55% masks, 5 of 6 cases). ``reach``: the gap reach, if known.
     """
     from scipy.ndimage import distance_transform_edt
 
@@ -168,7 +170,8 @@ def holdout_is_representative(known: np.ndarray, hidden: np.ndarray) -> bool:
     held = hidden.any(axis=0)
     if not held.any() or not gaps.any():
         return False
-    return bool(np.percentile(distance_transform_edt(~gaps)[held], 10) >= gap_reach(known))
+    reach = gap_reach(known) if reach is None else reach
+    return bool(np.percentile(distance_transform_edt(~gaps)[held], 10) >= reach)
 
 
 def tile_seed(config, index: int) -> int:
