@@ -367,6 +367,8 @@ def test_local_cluster_runs_tiles_and_collects_failures(tmp_path, synth, dip_con
         assert len(cluster.client.scheduler_info()["workers"]) == 2
         envs = cluster.client.run(lambda: (os.environ.get("TILEFILL_THREADS"), os.environ.get("OMP_NUM_THREADS")))
         assert all(e[0] == e[1] and int(e[0]) >= 1 for e in envs.values())
+        # Ctrl-C is the command's: a worker that stopped itself raced the scheduler's shutdown (a traceback)
+        assert set(cluster.client.run(_sigint_handler).values()) == {"SIG_IGN"}
         # two tiles per task: the bad index is a task of its own and fails alone
         run = run_tiles(cluster, str(store.path), todo + [len(store.grid) + 5], per_task=2, on_done=seen.append)
         client = cluster.client
@@ -380,6 +382,12 @@ def test_local_cluster_runs_tiles_and_collects_failures(tmp_path, synth, dip_con
     reopened = TileStore.open(store.path)
     for i in todo:
         assert reopened.tile_done(i) and np.isfinite(reopened.read_tile(i)).all()
+
+
+def _sigint_handler() -> str:
+    import signal
+
+    return "SIG_IGN" if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else "other"
 
 
 GPU_SCRIPT = textwrap.dedent("""
@@ -396,6 +404,9 @@ GPU_SCRIPT = textwrap.dedent("""
             out["gpu"], out["resources"], out["description"] = cluster.gpu, cluster.resources, cluster.description
             out["visible"] = sorted(client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES")).values())
             out["threads"] = sorted(client.run(lambda: os.environ.get("TILEFILL_THREADS")).values())
+            import signal
+            ignored = client.run(lambda: signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+            out["sigint_ignored"] = sorted(ignored.values())
             out["worker_resources"] = [w.get("resources") for w in client.scheduler_info()["workers"].values()]
             run = run_tiles(cluster, store_path, indices)
             out["results"] = sorted((r.index, r.status, r.device) for r in run.results)
@@ -432,6 +443,7 @@ def test_gpu_workers_are_pinned_and_the_client_never_imports_torch(tmp_path, syn
     # one worker per GPU, each with its own device
     assert out["visible"] == ["0", "1"]
     assert out["threads"] == ["1", "1"]
+    assert out["sigint_ignored"] == [True, True]
     assert out["worker_resources"] == [{"GPU": 1}, {"GPU": 1}]
     # tile tasks ask for GPU=1 and still run (on CPU here)
     assert out["results"] == [[i, "filled", "cpu"] for i in sorted(todo)] and out["failures"] == {}

@@ -49,6 +49,20 @@ def _visible_gpus(n: int) -> list[str]:
     return pool[:n]
 
 
+def dask_setup(worker) -> None:
+    """Preload of the workers tilefill starts: they ignore Ctrl-C, which the terminal sends them too.
+
+    The command alone stops a run (cancel the tiles, close the workers, then the scheduler); a
+    worker that stopped itself at the same moment raced the scheduler's shutdown and printed a
+    heartbeat traceback.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _worker_probe() -> dict:
     import torch
 
@@ -206,10 +220,11 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, schedu
     from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
     quiet = dict(silence_logs=logging.ERROR)
+    preload = ["tilefill._schedule"]  # dask_setup above: Ctrl-C is the command's to handle
     if gpus:
         spec = {
             f"gpu-{dev}": {"cls": Nanny, "options": {
-                "nthreads": 1, "resources": {"GPU": 1},
+                "nthreads": 1, "resources": {"GPU": 1}, "preload": preload,
                 "env": {"CUDA_VISIBLE_DEVICES": dev, "TILEFILL_THREADS": "1"}}}
             for dev in _visible_gpus(gpus)
         }
@@ -220,7 +235,8 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, schedu
         n = workers or default_workers()
         threads = int(os.environ.get("TILEFILL_THREADS") or max(1, (os.cpu_count() or 1) // n))
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               env={"TILEFILL_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}, **quiet)
+                               env={"TILEFILL_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
+                               preload=preload, **quiet)
         desc = f"{n} CPU worker(s) x {threads} thread(s)"
     client = Client(cluster)
     try:
