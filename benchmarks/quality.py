@@ -154,8 +154,8 @@ def markdown(rows) -> str:
         for r in sub:
             if r.get("estimate"):
                 e = r["estimate"]
-                out.append(f"\nDIP's estimated gap RMSE per tile against the true one ({e['tiles']} tiles): Pearson "
-                           f"{e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median estimate/true "
+                out.append(f"\n{r['method']}: the estimated gap RMSE per tile against the true one ({e['tiles']} tiles): "
+                           f"Pearson {e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median estimate/true "
                            f"{e['median_ratio_estimate_to_true']:.2f}")
     return "\n".join(out) + "\n"
 
