@@ -403,6 +403,7 @@ def test_simulate_gaps_writes_a_mask_on_the_scene_grid(tmp_path, small_scene):
     _assert_clean_failure(_run(tmp_path, "simulate-gaps", small_scene, "-o", out), tmp_path, "exists")
 
 
+@pytest.mark.filterwarnings("error::rasterio.errors.NotGeoreferencedWarning")  # the quicklook once printed one
 def test_demo_fills_every_gap_of_its_crop_and_scores_it(tmp_path):
     """The README's main job, on tiny settings: real Landsat-8 pixels, simulated stripes, all gaps filled."""
     out = tmp_path / "demo"

@@ -9,11 +9,13 @@ and r2 on the gap pixels per band for tilefill and, on the same pixels, GDAL Fil
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 from affine import Affine
 from rasterio.enums import Resampling
@@ -89,9 +91,11 @@ def write_quicklook(path: Path, panels: list[np.ndarray], gap: np.ndarray) -> No
         parts += [img, sep]
     mosaic = np.concatenate(parts[:-1], axis=2)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tif")
-    with rasterio.open(tmp, "w", driver="GTiff", dtype="uint8", count=3, height=mosaic.shape[1],
-                       width=mosaic.shape[2]) as dst:
-        dst.write(mosaic)
+    with warnings.catch_warnings():  # a picture, not a map: it has no georeference to lose
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", driver="GTiff", dtype="uint8", count=3, height=mosaic.shape[1],
+                           width=mosaic.shape[2]) as dst:
+            dst.write(mosaic)
     part = path.with_name(f".{path.name}.{os.getpid()}.partial.png")
     rasterio.shutil.copy(tmp, part, driver="PNG")
     tmp.unlink()
