@@ -30,6 +30,14 @@ from typing import Callable, Iterator, Sequence
 from tilefill import TilefillError
 from tilefill._fill import TileResult, fill_tile, fill_tiles
 
+# Everything tilefill starts listens on loopback only: a Dask scheduler runs any pickled code it is sent
+LOOPBACK = "127.0.0.1"
+# What glibc's allocator gets in the worker processes tilefill starts. Dask's nanny sets
+# MALLOC_TRIM_THRESHOLD_=65536, which also freezes glibc's mmap threshold at 128 KiB: every tensor
+# buffer of a fit is then mmapped and unmapped each iteration and faulted in again (measured: a
+# third of a CPU fit's time in the kernel). Buffers up to 1 GiB stay in the heap instead.
+# Set either variable in your environment to override it (Dask takes yours first).
+WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**30)}
 CONNECT_TIMEOUT = 10.0  # seconds to wait for an existing scheduler to answer
 WORKER_TIMEOUT = 60.0  # seconds to wait for a connected cluster's first worker (batch systems start them late)
 RETRIES = 1  # extra tries for a tile that raised (a worker that died is Dask's allowed-failures business)
@@ -219,25 +227,33 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, schedu
         return
     from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
+    import dask
+
     quiet = dict(silence_logs=logging.ERROR)
     preload = ["tilefill._schedule"]  # dask_setup above: Ctrl-C is the command's to handle
-    if gpus:
-        spec = {
-            f"gpu-{dev}": {"cls": Nanny, "options": {
-                "nthreads": 1, "resources": {"GPU": 1}, "preload": preload,
-                "env": {"CUDA_VISIBLE_DEVICES": dev, "TILEFILL_THREADS": "1"}}}
-            for dev in _visible_gpus(gpus)
-        }
-        cluster = SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
-                              **quiet)
-        desc = f"{gpus} GPU worker(s)"
-    else:
-        n = workers or default_workers()
-        threads = int(os.environ.get("TILEFILL_THREADS") or max(1, (os.cpu_count() or 1) // n))
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               env={"TILEFILL_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
-                               preload=preload, **quiet)
-        desc = f"{n} CPU worker(s) x {threads} thread(s)"
+    dashboard = f"{LOOPBACK}:0"
+    # read by each nanny when it is made, before it spawns (and respawns) its worker process
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        if gpus:
+            spec = {
+                f"gpu-{dev}": {"cls": Nanny, "options": {
+                    "nthreads": 1, "resources": {"GPU": 1}, "preload": preload, "host": LOOPBACK,
+                    "env": {"CUDA_VISIBLE_DEVICES": dev, "TILEFILL_THREADS": "1"}}}
+                for dev in _visible_gpus(gpus)
+            }
+            cluster = SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {
+                "host": LOOPBACK, "dashboard_address": dashboard}}, **quiet)
+            desc = f"{gpus} GPU worker(s)"
+        else:
+            n = workers or default_workers()
+            threads = int(os.environ.get("TILEFILL_THREADS") or max(1, (os.cpu_count() or 1) // n))
+            # CPU workers see no GPU: on a GPU host they would each open a CUDA context on GPU 0
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=LOOPBACK,
+                                   dashboard_address=dashboard, preload=preload, **quiet,
+                                   env={"TILEFILL_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+                                        "CUDA_VISIBLE_DEVICES": ""})
+            desc = f"{n} CPU worker(s) x {threads} thread(s)"
     client = Client(cluster)
     try:
         if gpus and check_cuda:
