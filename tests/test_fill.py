@@ -33,11 +33,17 @@ def _dip(prediction):
     return DipResult(prediction.astype(np.float32), 0.0, 10, 0.0, "cpu", (0.5, 0.5))
 
 
+def _blend(truth, known, hidden, dip, fit):
+    """The window blended at its own weight, and its statistics."""
+    fill = _with_classical(truth, known, hidden, _dip(dip), fit)
+    return fill.blended(), fill.info
+
+
 def test_fixed_weight_averages_dip_with_the_classical_fill(window):
     truth, known, hidden = window
     dip = np.full_like(truth, 0.5)
     fit = FitConfig(classical_blend=0.25, blend_method="gdal", validation=0.1)
-    prediction, stats = _with_classical(truth, known, hidden, _dip(dip), fit)
+    prediction, stats = _blend(truth, known, hidden, dip, fit)
     classical = fill_classical("gdal", truth, known)
     np.testing.assert_allclose(prediction, 0.75 * dip + 0.25 * classical, atol=1e-6)
     assert stats["blend_weights"] == [0.25, 0.25]
@@ -49,7 +55,7 @@ def test_auto_weight_follows_the_better_fill_per_band(window):
     dip = truth.copy()
     dip[1] = np.random.default_rng(0).random(truth.shape[1:])
     fit = FitConfig(classical_blend=0.5, blend_method="gdal", validation=0.1, blend_auto=True)
-    prediction, stats = _with_classical(truth, known, hidden, _dip(dip), fit)
+    prediction, stats = _blend(truth, known, hidden, dip, fit)
     assert stats["blend_weights"] == [0.0, 1.0]
     np.testing.assert_allclose(prediction[0], truth[0], atol=1e-6)
     np.testing.assert_allclose(prediction[1], fill_classical("gdal", truth, known)[1], atol=1e-6)
@@ -66,7 +72,7 @@ def test_auto_weight_can_land_between_the_ends(window):
     held_classical = fill_classical("gdal", truth, known & ~hidden)
     dip = 2 * truth - held_classical  # the mirror image of the classical error, on the hidden pixels
     fit = FitConfig(blend_method="gdal", validation=0.1, blend_auto=True)
-    _prediction, stats = _with_classical(truth, known, hidden, _dip(dip), fit)
+    _prediction, stats = _blend(truth, known, hidden, dip, fit)
     assert stats["blend_weights"] == [0.5, 0.5]
     assert 0.5 in BLEND_WEIGHTS
 
@@ -77,7 +83,7 @@ def test_hidden_stripes_crowding_wide_gaps_do_not_choose_the_weight(synth):
     assert not holdout_is_representative(known, hidden)
     dip = truth.copy()  # the truth itself: a free choice would take weight 0
     fit = FitConfig(classical_blend=0.5, blend_method="gdal", validation=0.1, blend_auto=True)
-    _prediction, stats = _with_classical(truth, known, hidden, _dip(dip), fit)
+    _prediction, stats = _blend(truth, known, hidden, dip, fit)
     assert stats["blend_weights"] == [0.5, 0.5] and stats["blend_auto"] is False
 
 
@@ -87,11 +93,11 @@ def test_wide_gaps_keep_the_fixed_weight_even_where_hidden_stripes_stand_apart(s
     assert holdout_is_representative(known, hidden)
     dip = truth.copy()  # the truth itself: a free choice would take weight 0
     fit = FitConfig(classical_blend=0.5, blend_method="gdal", validation=0.1, blend_auto=True)
-    _prediction, stats = _with_classical(truth, known, hidden, _dip(dip), fit)
+    _prediction, stats = _blend(truth, known, hidden, dip, fit)
     assert stats["blend_weights"] == [0.5, 0.5] and stats["blend_auto"] is False
     wider = FitConfig(classical_blend=0.5, blend_method="gdal", validation=0.1, blend_auto=True,
                       blend_auto_max_reach=5)
-    assert _with_classical(truth, known, hidden, _dip(dip), wider)[1]["blend_weights"] == [0.0, 0.0]
+    assert _blend(truth, known, hidden, dip, wider)[1]["blend_weights"] == [0.0, 0.0]
 
 
 def test_representative_holdouts(synth, window):

@@ -1,17 +1,26 @@
 """Blend and write: mosaic the tile predictions into the restored scene, a strip at a time.
 
-Overlapping predictions are averaged with the grid's smooth weights (1 in a tile's core,
-raised-cosine ramps across overlaps, none at the scene border), normalised by the summed
-weight. Known pixels are copied from the input itself, so they stay exact bit for bit; only
+Where DIP is blended with classical partners, each tile's DIP and partner fills are averaged
+first, with the tile's own weight (``blend.weights: fixed``) or with weights fitted on the hidden
+pixels of the whole scene per band and distance to known data (``blend.weights: distance``, see
+``tilefill._distance_blend``). Overlapping predictions are then averaged with the grid's smooth
+weights (1 in a tile's core, raised-cosine ramps across overlaps, none at the scene border),
+normalised by the summed weight. Known pixels are copied from the input itself, so they stay exact bit for bit; only
 gap pixels (or, with ``keep_known=False``, every footprint pixel a fitted tile covers) take
 the prediction, mapped back to the input's units and dtype. The GeoTIFF is written under a
 temporary name in the output's folder and renamed into place when complete.
+
+With distance weights the same pass can write the estimated error of every filled pixel
+(``OUT.quality.tif``, float32, the input's units, NaN elsewhere): the blend's RMSE on the hidden
+pixels of the scene at that pixel's band and distance, scaled by how the tile's own hidden
+pixels erred against that curve (shrunk toward 1 where the tile hid few pixels).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +29,78 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from tilefill import TilefillError
+from tilefill._distance_blend import HALO, N_BINS, BlendStats, BlendWeights, distance_bins, fit_weights, histogram_match
 from tilefill._scene import Scene, SceneInfo
-from tilefill._store import STRIP, TileStore
+from tilefill._store import STRIP, TILE_INFO_FIELDS, TileStore
 
 
 @dataclass(frozen=True)
 class WriteStats:
     filled_pixels: int  # band-pixels that took a prediction
     unfilled_pixels: int  # gap band-pixels no tile could fill (left nodata)
+    # with distance weights: tile -> estimated gap RMSE ([0, 1] units, mean of bands), and the fitted blend
+    tile_estimates: dict = field(default_factory=dict)
+    blend: dict | None = None
+
+
+@dataclass(frozen=True)
+class _Mosaic:
+    """What the mosaic needs beside the tiles: the scene's blend weights and each tile's refinement."""
+
+    scene: BlendWeights | None = None
+    tiles: dict = field(default_factory=dict)  # tile -> BlendWeights refined by its own hidden pixels
+    ratio: dict = field(default_factory=dict)  # tile -> (bands,) its hidden pixels' error over the scene curve's
+    thin: frozenset = frozenset()  # tiles filled by the classical partner alone
+
+    def weights(self, index: int) -> BlendWeights | None:
+        return self.tiles.get(index, self.scene)
+
+
+def _plan(store: TileStore, blend) -> _Mosaic:
+    """Fit the scene's blend weights from every tile's hidden pixels, and each tile's refinement and error ratio.
+
+    ``blend``: this run's :class:`~tilefill._config.BlendConfig` (a resumed store may have been fitted
+    under another: it is not part of the run key).
+    """
+    if not store.has_partners:
+        return _Mosaic()
+    iterations = np.asarray(store.group["tile_info"][:, TILE_INFO_FIELDS.index("iterations")])
+    thin = frozenset(int(i) for i in np.flatnonzero(iterations == 0))
+    cfg = store.config
+    if blend.weights != "distance":
+        return _Mosaic(thin=thin)
+    arrays = store.blend_stats()
+    done = [int(i) for i in np.flatnonzero(np.isfinite(arrays[:, 0, 0, 0, 0]))]
+    per_tile = {i: BlendStats.from_array(arrays[i]) for i in done}
+    total = BlendStats.from_array(np.nansum(arrays, axis=0))
+    scene = fit_weights(total, prior=cfg.fit.classical_blend, prior_pixels=blend.prior_pixels)
+    refined, ratio = {}, {}
+    for i, st in per_tile.items():
+        w = fit_weights(st, prior_pixels=blend.prior_pixels, base=scene) if blend.scope == "tile" else scene
+        if blend.scope == "tile":
+            refined[i] = w
+        rows = np.arange(st.bands)
+        n = st.n[w.partner, rows]
+        sse = st.sse(w.weights, w.partner).sum(axis=1)
+        expected = (n * w.mse).sum(axis=1)
+        hidden = n.sum(axis=1)
+        raw = np.divide(sse, expected, out=np.ones_like(sse), where=expected > 0)
+        ratio[i] = (hidden * raw + blend.prior_pixels) / (hidden + blend.prior_pixels)
+    return _Mosaic(scene, refined, ratio, thin)
+
+
+def _tile_estimates(plan: _Mosaic, store: TileStore) -> dict:
+    """Each fitted tile's estimated gap RMSE: the curve at its gap pixels' distances, scaled by its ratio."""
+    if plan.scene is None:
+        return {}
+    arrays = store.blend_stats()
+    out = {}
+    for i, ratio in plan.ratio.items():
+        gaps = BlendStats.from_array(arrays[i]).gaps
+        rmse = plan.weights(i).expected_rmse(gaps) * np.sqrt(ratio)
+        if np.isfinite(rmse).any():
+            out[i] = float(np.nanmean(rmse))
+    return out
 
 
 def to_dtype(values: np.ndarray, info: SceneInfo) -> np.ndarray:
@@ -71,68 +144,133 @@ def _profile(info: SceneInfo, compress: str, blocksize: int, size: tuple[int, in
     return profile
 
 
-def _blend_strip(store: TileStore, y: int, h: int, cache: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted sum of the predictions over rows [y, y+h) and the summed weight, per band.
+def _strip_bins(store: TileStore, y: int, h: int) -> np.ndarray:
+    """Distance bins of rows [y, y+h), from the known pixels within ``HALO`` rows around them (exact bins)."""
+    y0, y1 = max(0, y - HALO), min(store.info.height, y + h + HALO)
+    gaps = np.asarray(store.group["gaps"][:, y0:y1, :])
+    inside = np.asarray(store.group["footprint"][y0:y1, :])
+    return distance_bins(~gaps & inside[None])[:, y - y0:y - y0 + h]
+
+
+def _tile_fill(store: TileStore, plan: _Mosaic, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A tile's DIP fill and the partner it is averaged with (per band: the scene's choice), [0, 1] units."""
+    pred = store.read_tile(index)
+    if not store.has_partners:
+        return pred, None
+    partners = store.read_partners(index)
+    weights = plan.weights(index)
+    if weights is None:
+        return pred, partners[0]
+    return pred, partners[weights.partner, np.arange(partners.shape[1])]
+
+
+def _blend_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, *, estimate: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Weighted sum of the predictions over rows [y, y+h), the summed weight and, with ``estimate``,
+    the weighted sum of the estimated error, per band.
 
     A tile band without a prediction (NaN: nothing known in reach) adds no weight there.
     """
     grid, bands, width = store.grid, store.info.count, store.info.width
     acc = np.zeros((bands, h, width), dtype=np.float32)
     wsum = np.zeros((bands, h, width), dtype=np.float32)
+    err = np.zeros((bands, h, width), dtype=np.float32) if estimate else None
     fitted = cache.setdefault("fitted", set(store.tiles_to_fit))
+    tile_weights = cache.setdefault("tile_weights", store.tile_weights() if store.has_partners else None)
+    bins = _strip_bins(store, y, h) if plan.scene is not None else None
     for tile in grid.tiles_in_rows(y, y + h):
         if tile.index not in fitted:
             continue
         if tile.index not in cache:
-            pred = store.read_tile(tile.index)
+            pred, partner = _tile_fill(store, plan, tile.index)
             has = np.isfinite(pred[:, 0, 0])
-            cache[tile.index] = (np.nan_to_num(pred), grid.weights(tile)[None] * has[:, None, None]) if has.any() else None
+            cache[tile.index] = (np.nan_to_num(pred), None if partner is None else np.nan_to_num(partner),
+                                 grid.weights(tile)[None] * has[:, None, None]) if has.any() else None
         entry = cache[tile.index]
         if entry is not None:
-            pred, w = entry
+            pred, partner, w = entry
             r0, r1 = max(y, tile.y), min(y + h, tile.y + tile.size)
             src = slice(r0 - tile.y, r1 - tile.y)
             dst = (slice(None), slice(r0 - y, r1 - y), slice(tile.x, tile.x + tile.size))
-            acc[dst] += w[:, src] * pred[:, src]
+            value = pred[:, src]
+            if partner is not None:
+                if tile.index in plan.thin:
+                    mix = np.ones((bands, 1, 1), dtype=np.float32)
+                elif plan.scene is not None:
+                    mix = plan.weights(tile.index).at(bins[dst]).astype(np.float32)
+                else:
+                    mix = tile_weights[tile.index].astype(np.float32)[:, None, None]
+                value = value + mix * (partner[:, src] - value)
+            acc[dst] += w[:, src] * value
             wsum[dst] += w[:, src]
+            if estimate and tile.index in plan.ratio:
+                weights = plan.weights(tile.index)
+                rmse = np.sqrt(weights.mse[np.arange(bands)[:, None, None], np.minimum(bins[dst], N_BINS - 1)]
+                               * plan.ratio[tile.index][:, None, None])
+                err[dst] += w[:, src] * np.nan_to_num(rmse).astype(np.float32)
         if tile.y + tile.size <= y + h:  # this tile reaches no later strip
             cache.pop(tile.index, None)
-    return acc, wsum
+    return acc, wsum, err
 
 
 def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: bool = False,
-                 overwrite: bool = False) -> WriteStats:
+                 overwrite: bool = False, quality_map: str | Path | None = None, config=None) -> WriteStats:
     """Blend the store's tiles with the input and write the restored GeoTIFF atomically.
+
+    ``quality_map``: also write the estimated error of each filled pixel there (with distance
+    weights only; float32, the input's units, NaN where nothing was filled), atomically too.
+    ``config``: this run's settings for what is decided after the fits (``blend``, ``output``); by
+    default the store's own.
 
     Examples
     --------
     >>> stats = write_output(store, scene, "restored.tif", cog=True)  # doctest: +SKIP
+    >>> stats.blend["weights"]  # doctest: +SKIP
+    [[1.0, 0.93, 0.62, 0.41, 0.35, 0.35, 0.35, 0.35], ...]
     """
     out = check_output_path(out_path, overwrite)
     info, cfg = store.info, store.config
+    run = config or cfg
     keep_known = cfg.fit.keep_known
+    plan = _plan(store, run.blend)
+    estimate = quality_map is not None and plan.scene is not None
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial.tif")
     tmp_cog = out.with_name(f".{out.name}.{os.getpid()}.partial-cog.tif")
+    qmap = Path(quality_map) if estimate else None
+    tmp_map = qmap.with_name(f".{qmap.name}.{os.getpid()}.partial.tif") if qmap else None
     nodata = info.nodata
     float_out = np.dtype(info.dtype).kind == "f"
     filled = unfilled = 0
     cache: dict = {}
+    span = (np.asarray(store.scaling.hi) - np.asarray(store.scaling.lo)).astype(np.float32)[:, None, None]
     try:
-        profile = _profile(info, cfg.output.compress, cfg.output.blocksize, (info.height, info.width))
+        profile = _profile(info, run.output.compress, run.output.blocksize, (info.height, info.width))
         needs_mask = nodata is None and not float_out and not store.meta["footprint_is_full"]
-        with rasterio.open(tmp, "w", **profile) as dst:
+        with ExitStack() as stack:
+            dst = stack.enter_context(rasterio.open(tmp, "w", **profile))
             for i, name in enumerate(info.band_names, start=1):
                 dst.set_band_description(i, name)
                 if i - 1 < len(info.band_tags) and info.band_tags[i - 1]:
                     dst.update_tags(i, **info.band_tags[i - 1])
             if info.tags:
                 dst.update_tags(**info.tags)
+            err_dst = None
+            if qmap:
+                err_profile = {**profile, "dtype": "float32", "nodata": np.nan}
+                if "predictor" in profile:
+                    err_profile["predictor"] = 3
+                err_dst = stack.enter_context(rasterio.open(tmp_map, "w", **err_profile))
+                for i, name in enumerate(info.band_names, start=1):
+                    err_dst.set_band_description(i, f"{name}: estimated error of the filled value")
+                err_dst.update_tags(units="the input band's units; NaN where no pixel was filled",
+                                    method="blend RMSE on hidden pixels at the pixel's distance to known data, "
+                                           "scaled by its tile's own hidden-pixel error")
             for win in scene.strips(STRIP):
                 y, h = win.row_off, win.height
                 values = scene.read(win)
                 gaps = np.asarray(store.group["gaps"][:, y:y + h, :])
                 inside = np.asarray(store.group["footprint"][y:y + h, :])
-                acc, wsum = _blend_strip(store, y, h, cache)
+                acc, wsum, err = _blend_strip(store, plan, y, h, cache, estimate=estimate)
                 covered = wsum > 0
                 target = (gaps if keep_known else inside[None]) & covered
                 if target.any():
@@ -150,17 +288,30 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
                 dst.write(values, window=win)
                 if needs_mask:
                     dst.write_mask(np.where(inside, 255, 0).astype(np.uint8), window=win)
+                if err_dst is not None:
+                    est = np.full(values.shape, np.nan, dtype=np.float32)
+                    est[target] = (err / np.where(covered, wsum, 1) * span)[target]
+                    err_dst.write(est, window=win)
         final = tmp
         if cog:
-            rasterio.shutil.copy(tmp, tmp_cog, driver="COG", compress=cfg.output.compress,
-                                 blocksize=cfg.output.blocksize, BIGTIFF="IF_SAFER",
+            rasterio.shutil.copy(tmp, tmp_cog, driver="COG", compress=run.output.compress,
+                                 blocksize=run.output.blocksize, BIGTIFF="IF_SAFER",
                                  NUM_THREADS="ALL_CPUS")
             tmp.unlink()
             final = tmp_cog
+        if qmap:
+            os.replace(tmp_map, qmap)
         os.replace(final, out)
     except BaseException:
-        for p in (tmp, tmp_cog):
-            p.unlink(missing_ok=True)
+        for p in (tmp, tmp_cog, tmp_map):
+            if p is not None:
+                p.unlink(missing_ok=True)
         raise
-    return WriteStats(filled, unfilled)
-
+    blend = None
+    if plan.scene is not None:
+        total = BlendStats.from_array(np.nansum(store.blend_stats(), axis=0))
+        blend = {**plan.scene.to_dict(list(cfg.fit.blend_methods)), "scope": run.blend.scope,
+                 "gap_pixels": total.gaps.astype(int).tolist(),
+                 "histogram_match": np.round(histogram_match(total), 3).tolist(),
+                 "estimated_rmse": np.round(plan.scene.expected_rmse(total.gaps), 5).tolist()}
+    return WriteStats(filled, unfilled, _tile_estimates(plan, store), blend)

@@ -3,7 +3,8 @@
 A :class:`Config` is built from a preset in ``configs/*.yaml`` (``paper`` is the paper's
 method, ``fast`` a small network for CPUs), a user's own YAML file, and overrides from the
 CLI or the Python API. Sections mirror the pipeline: ``network`` (the DIP skip network),
-``fit`` (the optimisation of one tile), ``tiles`` (the grid), ``output`` (the GeoTIFF).
+``fit`` (the optimisation of one tile), ``tiles`` (the grid), ``blend`` (how the mosaic weighs DIP
+against its classical partner), ``output`` (the GeoTIFF).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tilefill import TilefillError
 
 # Five stride-2 levels halve a tile five times: sides must divide by 2**5.
 TILE_MULTIPLE = 32
+CLASSICAL = ("gdal", "biharmonic", "telea", "ns", "kriging")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,9 @@ class FitConfig:
     check_every: int = 50  # iterations between validation checks
     patience: int = 0  # stop after this many checks without a better validation score (0 = never)
     classical_blend: float = 0.0  # weight of blend_method's fill averaged into the prediction
-    blend_method: str = "gdal"  # the classical fill blended in: gdal | biharmonic | telea | ns | kriging
+    # the classical fill blended in: gdal | biharmonic | telea | ns | kriging, or a list of them to
+    # choose from per band on the hidden pixels (blend.weights: distance); the first fills thin-gap tiles
+    blend_method: str | tuple[str, ...] = "gdal"
     # With validation: pick each band's blend weight on the hidden pixels, in tiles whose gaps reach
     # at most blend_auto_max_reach px (5 px stripes reach 3; SLC crops 4.5-6) and whose hidden stripes
     # lie a gap's reach from the real gaps. Elsewhere classical_blend stays: measured, the choice won
@@ -100,8 +104,11 @@ class FitConfig:
             raise TilefillError("fit.validation must be in [0, 0.5)")
         if not 0 <= self.classical_blend <= 1:
             raise TilefillError("fit.classical_blend must be in [0, 1]")
-        if self.blend_method not in ("gdal", "biharmonic", "telea", "ns", "kriging"):
-            raise TilefillError(f"fit.blend_method must be a classical method, not {self.blend_method!r}")
+        methods = self.blend_methods
+        bad = [m for m in methods if m not in CLASSICAL]
+        if bad or not methods or len(set(methods)) != len(methods):
+            raise TilefillError(f"fit.blend_method must be a classical method ({', '.join(CLASSICAL)}) or a list of "
+                                f"distinct ones, not {self.blend_method!r}")
         if self.thin_gap_px < 0 or self.blend_auto_max_reach < 0:
             raise TilefillError("fit.thin_gap_px and fit.blend_auto_max_reach must be at least 0")
         if self.blend_auto and not self.validation:
@@ -118,6 +125,42 @@ class FitConfig:
             raise TilefillError("fit.max_context must be at least 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise TilefillError(f"fit.device must be auto, cpu or cuda, not {self.device!r}")
+
+    @property
+    def blend_methods(self) -> tuple[str, ...]:
+        """The classical partners, first the one used alone on thin-gap tiles."""
+        return (self.blend_method,) if isinstance(self.blend_method, str) else tuple(self.blend_method)
+
+    @property
+    def blends(self) -> bool:
+        """Whether a classical partner is computed beside DIP (blended at a fixed, chosen or fitted weight)."""
+        return bool(self.classical_blend or self.blend_auto or self.validation)
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """How the mosaic averages DIP with its classical partner (``fit.blend_method``).
+
+    ``weights: fixed`` takes each tile's weight (``fit.classical_blend``, or the one ``fit.blend_auto``
+    chose). ``weights: distance`` fits one weight per band and per distance of the pixel to known data
+    (bins 1, 2, 3, 4-5, 6-8, 9-16, 17-32, 33+ px) on the hidden pixels of all tiles
+    (``fit.validation``), and picks each band's partner among ``fit.blend_method``; ``scope: tile``
+    refines the scene's weights with each tile's own hidden pixels. ``prior_pixels``: hidden pixels a
+    bin needs to count as much as its prior (the previous bin's weight; bin 1's is
+    ``fit.classical_blend``). Decided after the tiles are fitted: changing it reuses a kept work store.
+    """
+
+    weights: str = "fixed"
+    scope: str = "scene"
+    prior_pixels: float = 200.0
+
+    def __post_init__(self):
+        if self.weights not in ("fixed", "distance"):
+            raise TilefillError(f"blend.weights must be fixed or distance, not {self.weights!r}")
+        if self.scope not in ("scene", "tile"):
+            raise TilefillError(f"blend.scope must be scene or tile, not {self.scope!r}")
+        if self.prior_pixels < 0:
+            raise TilefillError("blend.prior_pixels must be at least 0")
 
 
 @dataclass(frozen=True)
@@ -192,7 +235,12 @@ class Config:
     fit: FitConfig = field(default_factory=FitConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     tiles: TileConfig = field(default_factory=TileConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        if self.blend.weights == "distance" and not self.fit.validation:
+            raise TilefillError("blend.weights: distance needs fit.validation > 0 (the hidden pixels fit the weights)")
 
     def override(self, overrides: Mapping[str, Any]) -> "Config":
         """A copy with dotted keys replaced, e.g. ``{"fit.iterations": 10}``; ``None`` values are ignored.
@@ -223,7 +271,7 @@ class Config:
 
 
 _SECTIONS = {"network": NetworkConfig, "fit": FitConfig, "engine": EngineConfig, "tiles": TileConfig,
-             "output": OutputConfig}
+             "blend": BlendConfig, "output": OutputConfig}
 
 
 def _coerce(cls, key: str, value: Any) -> Any:

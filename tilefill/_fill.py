@@ -54,31 +54,51 @@ def _set_threads() -> None:
 BLEND_WEIGHTS = np.linspace(0.0, 1.0, 11)
 
 
-def run_method(method: str, image: np.ndarray, known: np.ndarray, config, seed: int) -> tuple[np.ndarray, dict]:
-    """Fill one window with ``method``; returns the prediction (bands, H, W) and fit statistics.
+@dataclass(frozen=True)
+class WindowFill:
+    """One window's fill: the method's prediction and, where DIP is blended, what the mosaic needs.
+
+    ``partners``: (P, bands, H, W) each classical partner's fill (``fit.blend_method``) from all known
+    pixels; ``weights``: (bands,) the window's own partner weight (``fit.classical_blend``, or the one
+    ``fit.blend_auto`` chose); ``stats``: the hidden pixels' :class:`~tilefill._distance_blend.BlendStats`.
+    """
+
+    prediction: np.ndarray
+    info: dict
+    partners: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    stats: object | None = None
+
+    def blended(self) -> np.ndarray:
+        """The prediction with the window's own weight of the first partner averaged in."""
+        if self.partners is None or not self.weights.any():
+            return self.prediction
+        w = self.weights[:, None, None]
+        return ((1 - w) * self.prediction + w * self.partners[0]).astype(np.float32)
+
+
+def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int]], config) -> list[WindowFill]:
+    """Fill several same-sized windows ``(image, known, seed)``; one :class:`WindowFill` each.
 
     DIP and a classical fill (``fit.blend_method``) err in different places, so their weighted
-    mean errs less than either: ``fit.classical_blend = w`` gives ``(1 - w) * dip + w * classical``.
-    With ``fit.validation`` a share of the known pixels is hidden from both fills in stripes;
-    their error there estimates the gap error without ground truth (``estimated_rmse``) and, with
-    ``fit.blend_auto``, picks each band's weight where the gaps are narrow (``fit.blend_auto_max_reach``)
-    and the hidden stripes stand in fairly for them (:func:`holdout_is_representative`).
-    """
-    return run_method_many(method, [(image, known, seed)], config)[0]
-
-
-def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int]], config
-                    ) -> list[tuple[np.ndarray, dict]]:
-    """:func:`run_method` for several same-sized windows ``(image, known, seed)``.
+    mean errs less than either: weight ``w`` gives ``(1 - w) * dip + w * classical``, averaged by
+    the mosaic (``blend.weights``). With ``fit.validation`` a share of the known pixels is hidden
+    from both fills in gap-shaped stripes; their errors there are what the weights are fitted on
+    and estimate the gap error without ground truth (``estimated_rmse``). The window's own weight
+    is ``fit.classical_blend``, or with ``fit.blend_auto`` each band's best on its hidden pixels
+    where the gaps are narrow (``fit.blend_auto_max_reach``) and the hidden stripes stand in fairly
+    for them (:func:`holdout_is_representative`).
 
     DIP fits them all at once, one network each in one grouped network (``engine.tiles_per_task``
     tiles per task fill a GPU that one small tile leaves idle); the seeds are the windows' own,
-    so a window gets the fit it would get alone, up to rounding.
+    so a window gets the fit it would get alone, up to rounding. A classical ``method`` fills
+    each window alone.
     """
     from tilefill._classical import fill_classical
 
     if method != "dip":
-        return [(fill_classical(method, image, known), {"final_loss": float("nan"), "iterations": 0, "device": "cpu"})
+        return [WindowFill(fill_classical(method, image, known),
+                           {"final_loss": float("nan"), "iterations": 0, "device": "cpu"})
                 for image, known, _seed in windows]
     from tilefill._dip import fit_windows, holdout_mask
 
@@ -91,19 +111,42 @@ def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int
             for (image, known, _seed), held, res in zip(windows, hidden, fits)]
 
 
-def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | None, res,
-                    fit) -> tuple[np.ndarray, dict]:
-    """Blend a DIP fit with the classical fill and estimate its gap RMSE on the hidden pixels."""
+def classical_alone(image: np.ndarray, known: np.ndarray, fit) -> WindowFill:
+    """A thin-gap window (``fit.thin_gap_px``): the first partner alone, no fit; weight 1 on every band."""
     from tilefill._classical import fill_classical
+
+    partners = np.stack([fill_classical(m, image, known) for m in fit.blend_methods])
+    info = {"final_loss": float("nan"), "iterations": 0, "device": "cpu"}
+    if not fit.blends:
+        return WindowFill(partners[0], info)
+    from tilefill._distance_blend import BlendStats
+
+    stats = BlendStats.without_hidden(len(partners), known, ~known)
+    return WindowFill(partners[0], info, partners, np.ones(image.shape[0]), stats)
+
+
+def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | None, res, fit) -> WindowFill:
+    """DIP's fit with its classical partners: their fills, the window's own weight and the hidden pixels' statistics."""
+    from tilefill._classical import fill_classical
+    from tilefill._distance_blend import BlendStats
 
     dip = res.prediction
     bands = image.shape[0]
     auto = False
     weights = np.full(bands, fit.classical_blend)
     estimated = np.asarray(res.validation_rmse, dtype=np.float64)
-    if hidden is not None and hidden.any() and (fit.classical_blend or fit.blend_auto):
-        # the classical fill must not see the hidden pixels either, or its score there would be a lie
-        classical_val = fill_classical(fit.blend_method, image, known & ~hidden)
+    info = {"final_loss": res.final_loss, "iterations": res.iterations, "device": res.device}
+    if not fit.blends:
+        finite = estimated[np.isfinite(estimated)] if estimated.size else estimated
+        return WindowFill(dip, {**info, "estimated_rmse": float(finite.mean()) if finite.size else float("nan")})
+    methods = fit.blend_methods
+    stats = BlendStats.without_hidden(len(methods), known, ~known)
+    if hidden is not None and hidden.any():
+        seen = known & ~hidden
+        # the classical fills must not see the hidden pixels either, or their score there would be a lie
+        held_fills = [fill_classical(m, image, seen) for m in methods]
+        classical_val = held_fills[0]
+        stats = BlendStats.measure(dip, held_fills, image, seen, hidden, ~known)
         errs = np.array([[np.sqrt(np.mean(((1 - w) * dip[b] + w * classical_val[b] - image[b])[hidden[b]] ** 2))
                           if hidden[b].any() else np.nan for b in range(bands)] for w in BLEND_WEIGHTS])
         if fit.blend_auto:
@@ -113,14 +156,11 @@ def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | N
             best = np.nanargmin(np.where(np.isnan(errs), np.inf, errs), axis=0)
             weights = BLEND_WEIGHTS[best]
         estimated = np.array([errs[np.argmin(np.abs(BLEND_WEIGHTS - weights[b])), b] for b in range(bands)])
-    prediction = dip
-    if weights.any():
-        classical = fill_classical(fit.blend_method, image, known)
-        prediction = ((1 - weights[:, None, None]) * dip + weights[:, None, None] * classical).astype(np.float32)
+    partners = np.stack([fill_classical(m, image, known) for m in methods])
     finite = estimated[np.isfinite(estimated)] if estimated.size else estimated
-    return prediction, {"final_loss": res.final_loss, "iterations": res.iterations, "device": res.device,
-                        "estimated_rmse": float(finite.mean()) if finite.size else float("nan"),
-                        "blend_weights": weights.tolist(), "blend_auto": auto}
+    info.update(estimated_rmse=float(finite.mean()) if finite.size else float("nan"),
+                blend_weights=weights.tolist(), blend_auto=auto)
+    return WindowFill(dip, info, partners, weights, stats)
 
 
 def _fit_window(store: TileStore, index: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
@@ -218,19 +258,31 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
         method = cfg.method
         if method == "dip" and cfg.fit.thin_gap_px and side == grid.size and \
                 gap_reach(known) <= cfg.fit.thin_gap_px:
-            method = cfg.fit.blend_method  # thin gaps only: the classical fill is the better one here
+            method = "thin"  # thin gaps only: the classical fill is the better one here
         groups.setdefault((method, side), []).append(i)
     for (method, side), group in groups.items():
         t0 = time.perf_counter()
-        filled = run_method_many(method, [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group], cfg)
+        if method == "dip":
+            filled = run_method_many(method, [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group], cfg)
+        else:  # a classical method, or the thin-gap tiles of a DIP run (the first partner alone)
+            filled = [classical_alone(windows[i][3], windows[i][4], cfg.fit) if cfg.method == "dip"
+                      else run_method_many(method, [(windows[i][3], windows[i][4], 0)], cfg)[0] for i in group]
         seconds = read_share + (time.perf_counter() - t0) / len(group)
-        for i, (prediction, stats) in zip(group, filled):
+        for i, fill in zip(group, filled):
             tile = grid[i]
             y, x, _side, _image, known = windows[i]
             oy, ox = tile.y - y, tile.x - x
-            prediction = prediction[:, oy:oy + tile.size, ox:ox + tile.size].copy()
-            prediction[~known.any(axis=(1, 2))] = np.nan  # a band with nothing known in reach: no prediction
-            store.write_tile(i, prediction, {**stats, "seconds": seconds, "window": side})
+            crop = (Ellipsis, slice(oy, oy + tile.size), slice(ox, ox + tile.size))
+            empty = ~known.any(axis=(1, 2))  # a band with nothing known in reach: no prediction
+            prediction = fill.prediction[crop].copy()
+            prediction[empty] = np.nan
+            extra = {}
+            if store.has_partners:
+                partners = fill.partners[crop].copy()
+                partners[:, empty] = np.nan
+                extra = dict(partners=partners, weights=fill.weights, stats=fill.stats.to_array())
+            stats = fill.info
+            store.write_tile(i, prediction, {**stats, "seconds": seconds, "window": side}, **extra)
             results[i] = TileResult(i, "filled", stats["final_loss"], stats["iterations"], seconds, side,
                                     stats["device"], worker, stats.get("estimated_rmse", float("nan")))
     return [results[i] for i in indices]

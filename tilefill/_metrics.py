@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-__all__ = ["band_scores", "scale_factor", "summarise"]
+__all__ = ["band_scores", "distance_scores", "scale_factor", "summarise", "texture_ratio"]
 
 
 def scale_factor(dtype_or_image) -> float:
@@ -145,3 +145,75 @@ def summarise(scores) -> dict:
         "rmse": float(np.mean([s["rmse"] for s in scores])),
         "r2": float(np.mean([s["r2"] for s in scores])),
     }
+
+
+def texture_ratio(truth, pred, where, size: int = 5) -> list[float]:
+    """How textured a fill is: mean local standard deviation of ``pred`` over that of ``truth``, per band.
+
+    Local standard deviations are taken in ``size`` x ``size`` windows and averaged over the pixels in
+    ``where`` (usually the gaps). 1.0: as textured as the scene; below 1: smoother (a smooth
+    interpolator across a stripe), above: noisier. RMSE rewards smoothness; this keeps the look in view.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> t = rng.random((1, 32, 32))
+    >>> where = np.zeros((32, 32), bool); where[10:20] = True
+    >>> texture_ratio(t, t, where)[0], round(texture_ratio(t, np.full_like(t, 0.5), where)[0], 2)
+    (1.0, 0.0)
+    """
+    from scipy.ndimage import uniform_filter
+
+    truth = _as_bands(truth, "truth")
+    pred = _as_bands(pred, "pred")
+    where = np.broadcast_to(np.asarray(where, dtype=bool), truth.shape)
+
+    def local_std(a: np.ndarray) -> np.ndarray:
+        mean = uniform_filter(a, size, mode="reflect")
+        return np.sqrt(np.maximum(uniform_filter(a * a, size, mode="reflect") - mean * mean, 0))
+
+    out = []
+    for b in range(truth.shape[0]):
+        if not where[b].any():
+            out.append(math.nan)
+            continue
+        ref = float(local_std(truth[b])[where[b]].mean())
+        out.append(float(local_std(pred[b])[where[b]].mean()) / ref if ref > 0 else math.nan)
+    return out
+
+
+def distance_scores(truth, pred, gap) -> list[dict]:
+    """RMSE per band on the gap pixels split by their distance to the nearest known pixel of the band.
+
+    Bins as :data:`tilefill._distance_blend.BIN_LABELS` (1, 2, 3, 4-5, 6-8, 9-16, 17-32, 33+ px).
+
+    Returns
+    -------
+    list of dict
+        One ``{"bin": label, "n": gap band-pixels, "share": of all gap band-pixels, "rmse": [per band]}``
+        per bin that holds gap pixels.
+
+    Examples
+    --------
+    >>> t = np.zeros((1, 1, 7)); p = np.zeros((1, 1, 7)); p[0, 0, 3] = 0.3
+    >>> gap = np.zeros((1, 7), bool); gap[0, 2:5] = True
+    >>> [(d["bin"], d["n"], d["rmse"]) for d in distance_scores(t, p, gap)]
+    [('1', 2, [0.0]), ('2', 1, [0.3])]
+    """
+    from tilefill._distance_blend import BIN_LABELS, distance_bins
+
+    truth = _as_bands(truth, "truth")
+    pred = _as_bands(pred, "pred")
+    gap = np.broadcast_to(np.asarray(gap, dtype=bool), truth.shape)
+    bins = distance_bins(~gap)
+    total = int(gap.sum())
+    out = []
+    for k, label in enumerate(BIN_LABELS):
+        sel = bins == k
+        n = int(sel.sum())
+        if not n:
+            continue
+        rmse = [math.sqrt(float(np.mean((pred[b][sel[b]] - truth[b][sel[b]]) ** 2))) if sel[b].any() else math.nan
+                for b in range(truth.shape[0])]
+        out.append({"bin": label, "n": n, "share": n / total, "rmse": rmse})
+    return out

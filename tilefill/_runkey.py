@@ -2,8 +2,8 @@
 
 A key covers the input's content (every band file and gap-mask file, read in 1 MiB chunks
 through BLAKE2b, so a file rewritten in place under the same name is caught), the parameters
-(the config less its ``output`` section and ``name``, which change how the GeoTIFF is written
-but no tile; the selected bands; the footprint mode; the grid) and tilefill's version. The
+(the config less its ``output`` and ``blend`` sections and ``name``, which change how the mosaic
+and the GeoTIFF are made but no tile; the selected bands; the footprint mode; the grid) and tilefill's version. The
 tile store keeps the key in its attributes: a store is resumed only by a run with the same
 key, and a store of another key is refused rather than mixed.
 
@@ -101,6 +101,7 @@ def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str)
     """The parameters a key covers, as plain JSON-able values."""
     cfg = config.to_dict()
     cfg.pop("output")  # decides how the GeoTIFF is written, which every run redoes; never a tile
+    cfg.pop("blend")  # how the mosaic weighs the tiles' fills, decided after every tile is done
     cfg.pop("name")
     return {
         "tilefill": __version__,

@@ -9,6 +9,13 @@ Layout of ``<workdir>/tiles.zarr``::
     tile_info  float64 (n_tiles, 5)   one chunk per tile: final loss, seconds, iterations, window side,
                                       estimated gap RMSE (self-validation, [0, 1] units; NaN: none)
 
+and, where DIP is blended with classical partners (``fit.blend_method``), one chunk per tile of:
+
+    partners     float32 (n_tiles, P, bands, T, T)  each partner's fill of the tile
+    tile_weights float64 (n_tiles, bands)           the tile's own partner weight (fixed or blend_auto)
+    blend_stats  float64 (n_tiles, P + 1, bands, bins, 4)  the hidden pixels' blend statistics
+                                                    (tilefill._distance_blend.BlendStats)
+
 Attributes (``attrs["tilefill"]``) hold the scene's georeferencing (CRS WKT, transform), band
 names, dtype and nodata, the grid, the full config, the per-band scaling and the run key (see
 ``tilefill._runkey``), so a run can be inspected, and picked up, from the store alone. Workers
@@ -109,9 +116,32 @@ class TileStore:
         inside = np.asarray(self.group["footprint"][sl[1:]])
         return image, ~gaps & inside[None]
 
-    def write_tile(self, index: int, prediction: np.ndarray, info: dict) -> None:
+    @property
+    def has_partners(self) -> bool:
+        """Whether tiles keep their classical partners' fills apart from DIP's (the mosaic blends them)."""
+        return "partners" in self.group
+
+    def write_tile(self, index: int, prediction: np.ndarray, info: dict, *, partners: np.ndarray | None = None,
+                   weights: np.ndarray | None = None, stats: np.ndarray | None = None) -> None:
+        """Write a tile's chunks; ``tile_info`` last, since it marks the tile done."""
         self.group["tiles"][index] = prediction.astype(np.float32)
+        if self.has_partners:
+            self.group["partners"][index] = partners.astype(np.float32)
+            self.group["tile_weights"][index] = weights
+            self.group["blend_stats"][index] = stats
         self.group["tile_info"][index] = [float(info.get(k, np.nan)) for k in TILE_INFO_FIELDS]
+
+    def read_partners(self, index: int) -> np.ndarray:
+        """(P, bands, T, T): each classical partner's fill of the tile."""
+        return np.asarray(self.group["partners"][index])
+
+    def tile_weights(self) -> np.ndarray:
+        """(n_tiles, bands): each tile's own partner weight; NaN for tiles not fitted."""
+        return np.asarray(self.group["tile_weights"][:])
+
+    def blend_stats(self) -> np.ndarray:
+        """(n_tiles, P + 1, bands, bins, 4): every tile's hidden-pixel statistics; NaN for tiles not fitted."""
+        return np.asarray(self.group["blend_stats"][:])
 
     @property
     def run_key(self) -> str | None:
@@ -251,6 +281,16 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
                        dtype="float32", fill_value=np.nan, config={"write_empty_chunks": True})
     group.create_array("tile_info", shape=(len(grid), len(TILE_INFO_FIELDS)), chunks=(1, len(TILE_INFO_FIELDS)),
                        dtype="float64", fill_value=np.nan, config={"write_empty_chunks": True})
+    if config.method == "dip" and config.fit.blends:
+        from tilefill._distance_blend import N_BINS
+
+        partners = len(config.fit.blend_methods)
+        group.create_array("partners", shape=(len(grid), partners, bands, size, size),
+                           chunks=(1, partners, bands, size, size), dtype="float32", fill_value=np.nan)
+        group.create_array("tile_weights", shape=(len(grid), bands), chunks=(1, bands), dtype="float64",
+                           fill_value=np.nan)
+        group.create_array("blend_stats", shape=(len(grid), partners + 1, bands, N_BINS, 4),
+                           chunks=(1, partners + 1, bands, N_BINS, 4), dtype="float64", fill_value=np.nan)
 
     # gap pixels per row under each tile column: enough to tell which tiles have gaps
     col_gap_rows = np.zeros((height, len(grid.col_starts)), dtype=np.int64)

@@ -1,0 +1,281 @@
+"""The DIP / classical blend, weighted by each pixel's distance to known data.
+
+A smooth interpolator (biharmonic inpainting, GDAL FillNodata) is nearly exact one pixel from
+known data and degrades fast with distance; DIP's error grows slowly. So the weight of the
+classical partner in ``(1 - w) * dip + w * classical`` is a function of the distance from a gap
+pixel to the nearest known pixel of its band, in bins (1, 2, 3, 4-5, 6-8, 9-16, 17-32, 33+ px).
+
+The weights are fitted on the self-validation pixels (``fit.validation``: known pixels hidden
+from both fills in gap-shaped stripes). A hidden pixel's bin is its distance to the nearest
+pixel the fills did see. Each tile task records, per partner, band and bin, the sufficient
+statistics of the blend's squared error on its hidden pixels (:class:`BlendStats`); with
+``a = dip - truth`` and ``b = classical - dip`` the error of weight ``w`` is ``a + w * b``, so
+
+    SSE(w) = Saa + 2 w Sab + w^2 Sbb,   best w = -Sab / Sbb (clipped to [0, 1]).
+
+The mosaic stage sums the tiles' statistics over the scene (far more pixels than one tile
+sees) and fits one weight per band and bin (:func:`fit_weights`), shrunk toward the previous
+bin's weight where few hidden pixels fall in a bin (``blend.prior_pixels``); with
+``blend.scope: tile`` each tile's own statistics refine the scene's weights the same way. Weight
+1.0 (the classical fill alone) is a possible answer. Where several classical partners were
+computed (``fit.blend_method: [biharmonic, gdal]``), each band takes the partner whose blend
+has the lowest error expected on the real gaps: each bin's mean error on the hidden pixels,
+weighted by the share of the real gap pixels in that bin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Upper edges of the distance bins (Euclidean px to the nearest known pixel of the band).
+DISTANCE_EDGES = (1.5, 2.5, 3.5, 5.5, 8.5, 16.5, 32.5)
+BIN_LABELS = ("1", "2", "3", "4-5", "6-8", "9-16", "17-32", "33+")
+N_BINS = len(BIN_LABELS)
+# Rows and columns of context that make a pixel's bin exact: beyond the last edge all bins are one.
+HALO = 34
+KNOWN = 255  # bin code of a known pixel
+
+
+def distance_bins(known: np.ndarray) -> np.ndarray:
+    """The distance bin of every pixel not in ``known``, per band; :data:`KNOWN` where known.
+
+    Parameters
+    ----------
+    known : ndarray of bool, (bands, H, W)
+        Pixels that carry data (that a fill saw). A band with no known pixel is all bin 33+.
+
+    Returns
+    -------
+    ndarray of uint8, (bands, H, W)
+
+    Examples
+    --------
+    >>> known = np.ones((1, 1, 9), bool)
+    >>> known[0, 0, 2:7] = False
+    >>> distance_bins(known)[0, 0].tolist()
+    [255, 255, 0, 1, 2, 1, 0, 255, 255]
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    out = np.full(known.shape, KNOWN, dtype=np.uint8)
+    for b in range(known.shape[0]):
+        unknown = ~known[b]
+        if not unknown.any():
+            continue
+        if unknown.all():
+            out[b] = N_BINS - 1
+            continue
+        dist = distance_transform_edt(unknown)
+        out[b][unknown] = np.searchsorted(DISTANCE_EDGES, dist[unknown]).astype(np.uint8)
+    return out
+
+
+@dataclass(frozen=True)
+class BlendStats:
+    """Sums over hidden pixels, per partner, band and distance bin, that fix every blend's error.
+
+    ``n``, ``saa``, ``sab``, ``sbb``: float64 (partners, bands, bins) — pixel count and the sums of
+    ``a * a``, ``a * b``, ``b * b`` with ``a = dip - truth`` and ``b = classical - dip``.
+    ``gaps``: float64 (bands, bins), the real gap pixels of the tile in each bin.
+    Stored in the work store as one float64 array (:meth:`to_array`), summed over tiles with ``+``.
+    """
+
+    n: np.ndarray
+    saa: np.ndarray
+    sab: np.ndarray
+    sbb: np.ndarray
+    gaps: np.ndarray
+
+    @classmethod
+    def zeros(cls, partners: int, bands: int) -> "BlendStats":
+        z = np.zeros((partners, bands, N_BINS))
+        return cls(z, z.copy(), z.copy(), z.copy(), np.zeros((bands, N_BINS)))
+
+    @classmethod
+    def without_hidden(cls, partners: int, known: np.ndarray, gaps: np.ndarray) -> "BlendStats":
+        """No hidden pixel (a window with no room for them, a thin-gap tile): the gap counts alone."""
+        out = cls.zeros(partners, known.shape[0])
+        bins = distance_bins(known)
+        for b in range(known.shape[0]):
+            out.gaps[b] = np.bincount(bins[b][gaps[b]], minlength=N_BINS)[:N_BINS]
+        return out
+
+    @classmethod
+    def measure(cls, dip: np.ndarray, partners: list[np.ndarray], truth: np.ndarray, seen: np.ndarray,
+                hidden: np.ndarray, gaps: np.ndarray) -> "BlendStats":
+        """Statistics of one window.
+
+        ``dip``, each of ``partners`` (fills made from the ``seen`` pixels only) and ``truth``:
+        float (bands, H, W); ``hidden``: the pixels scored; ``gaps``: the real gap pixels whose bins
+        are counted (bins taken from ``seen | hidden``, what the final fill sees).
+        """
+        bands = truth.shape[0]
+        out = cls.without_hidden(len(partners), seen | hidden, gaps)
+        held_bins = distance_bins(seen)
+        for b in range(bands):
+            where = hidden[b]
+            if not where.any():
+                continue
+            k = held_bins[b][where]
+            a = dip[b][where].astype(np.float64) - truth[b][where]
+            for p, fill in enumerate(partners):
+                d = fill[b][where].astype(np.float64) - dip[b][where]
+                out.n[p, b] += np.bincount(k, minlength=N_BINS)[:N_BINS]
+                out.saa[p, b] += np.bincount(k, a * a, minlength=N_BINS)[:N_BINS]
+                out.sab[p, b] += np.bincount(k, a * d, minlength=N_BINS)[:N_BINS]
+                out.sbb[p, b] += np.bincount(k, d * d, minlength=N_BINS)[:N_BINS]
+        return out
+
+    def __add__(self, other: "BlendStats") -> "BlendStats":
+        return BlendStats(self.n + other.n, self.saa + other.saa, self.sab + other.sab, self.sbb + other.sbb,
+                          self.gaps + other.gaps)
+
+    @property
+    def partners(self) -> int:
+        return self.n.shape[0]
+
+    @property
+    def bands(self) -> int:
+        return self.n.shape[1]
+
+    def to_array(self) -> np.ndarray:
+        """(partners + 1, bands, bins, 4): the four sums per partner, then the gap counts in slot 0."""
+        sums = np.stack([self.n, self.saa, self.sab, self.sbb], axis=-1)
+        gaps = np.zeros((1,) + sums.shape[1:])
+        gaps[0, :, :, 0] = self.gaps
+        return np.concatenate([sums, gaps])
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray) -> "BlendStats":
+        arr = np.nan_to_num(np.asarray(arr, dtype=np.float64))
+        sums = arr[:-1]
+        return cls(sums[..., 0], sums[..., 1], sums[..., 2], sums[..., 3], arr[-1, :, :, 0])
+
+    def sse(self, weights: np.ndarray, partner: np.ndarray | None = None) -> np.ndarray:
+        """Squared error summed per band and bin (bands, bins) at ``weights`` (bands, bins), for each band's partner."""
+        p = np.zeros(self.bands, dtype=int) if partner is None else np.asarray(partner)
+        rows = np.arange(self.bands)
+        saa, sab, sbb = self.saa[p, rows], self.sab[p, rows], self.sbb[p, rows]
+        return np.maximum(saa + 2 * weights * sab + weights ** 2 * sbb, 0.0)
+
+
+@dataclass(frozen=True)
+class BlendWeights:
+    """Classical weight per band and distance bin, the partner of each band, and the error expected.
+
+    ``weights``: (bands, bins) in [0, 1]; ``partner``: (bands,) index into ``fit.blend_method``;
+    ``mse``: (bands, bins) mean squared error of the blend on the hidden pixels of each bin (in the
+    band scaling's [0, 1] units), carried into bins without hidden pixels from the nearest bin
+    below; ``hidden``: (bands, bins) hidden pixels behind each bin.
+    """
+
+    weights: np.ndarray
+    partner: np.ndarray
+    mse: np.ndarray
+    hidden: np.ndarray
+
+    def at(self, bins: np.ndarray) -> np.ndarray:
+        """Per-pixel weight for a (bands, H, W) array of bin codes (0 where known)."""
+        rows = np.arange(bins.shape[0])[:, None, None]
+        return np.where(bins == KNOWN, 0.0, self.weights[rows, np.minimum(bins, N_BINS - 1)])
+
+    def expected_rmse(self, gaps: np.ndarray) -> np.ndarray:
+        """Per band: the RMSE expected on gaps with these bin counts (bands, bins); NaN without gaps."""
+        total = gaps.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt((gaps * self.mse).sum(axis=1) / total)
+
+    def to_dict(self, names: list[str] | None = None) -> dict:
+        return {"bins": list(BIN_LABELS), "weights": np.round(self.weights, 4).tolist(),
+                "partner": [int(p) if names is None else names[int(p)] for p in self.partner],
+                "rmse": np.round(np.sqrt(self.mse), 5).tolist(), "hidden_pixels": self.hidden.astype(int).tolist()}
+
+
+def _shrunk_weights(stats: BlendStats, p: int, prior: np.ndarray, prior_pixels: float) -> np.ndarray:
+    """Each band's weight per bin, from bin 1 outwards: the bin's best weight, shrunk toward the last
+    bin's (bin 1: toward ``prior``) by ``prior_pixels`` pseudo-pixels."""
+    bands = stats.bands
+    out = np.zeros((bands, N_BINS))
+    for b in range(bands):
+        last = float(prior[b])
+        for k in range(N_BINS):
+            n, sab, sbb = stats.n[p, b, k], stats.sab[p, b, k], stats.sbb[p, b, k]
+            best = float(np.clip(-sab / sbb, 0.0, 1.0)) if sbb > 0 else last
+            w = (n * best + prior_pixels * last) / (n + prior_pixels) if n + prior_pixels > 0 else last
+            out[b, k] = last = w
+    return out
+
+
+def _carried_mse(stats: BlendStats, p: int, weights: np.ndarray) -> np.ndarray:
+    """Mean squared error per band and bin at ``weights``; a bin without hidden pixels takes the
+    nearest populated bin below it (or above, for leading empty bins)."""
+    sse = stats.sse(weights, np.full(stats.bands, p))
+    n = stats.n[p]
+    out = np.full(n.shape, np.nan)
+    np.divide(sse, n, out=out, where=n > 0)
+    for b in range(stats.bands):
+        have = np.flatnonzero(n[b] > 0)
+        if not have.size:
+            continue
+        idx = np.searchsorted(have, np.arange(N_BINS), side="right") - 1
+        out[b] = out[b][have[np.maximum(idx, 0)]]
+    return out
+
+
+def fit_weights(stats: BlendStats, *, prior: float | np.ndarray = 0.5, prior_pixels: float = 200.0,
+                base: BlendWeights | None = None) -> BlendWeights:
+    """The blend weights that minimise the error on the hidden pixels, per band and distance bin.
+
+    Parameters
+    ----------
+    stats : BlendStats
+        Summed over the tiles of a scene (or one tile's, with ``base``).
+    prior : float or (bands,) array
+        Weight of bin 1 when it has no hidden pixel (``fit.classical_blend``).
+    prior_pixels : float
+        Pseudo-pixels of the prior: a bin with that many hidden pixels is half its own estimate.
+    base : BlendWeights, optional
+        The scene's weights: a tile's statistics then refine them bin by bin (shrunk toward the
+        scene's weight of the same bin) with the scene's partner per band.
+
+    Examples
+    --------
+    >>> s = BlendStats.zeros(1, 1)
+    >>> s.n[0, 0, 0], s.saa[0, 0, 0], s.sab[0, 0, 0], s.sbb[0, 0, 0] = 1000, 4.0, -3.0, 4.0
+    >>> fit_weights(s).weights[0, :2].round(3).tolist()   # best 0.75 in bin 1, carried outward
+    [0.708, 0.708]
+    """
+    bands = stats.bands
+    prior = np.broadcast_to(np.asarray(prior, dtype=np.float64), (bands,))
+    if base is not None:
+        weights = np.zeros((bands, N_BINS))
+        for b in range(bands):
+            p = int(base.partner[b])
+            n, sab, sbb = stats.n[p, b], stats.sab[p, b], stats.sbb[p, b]
+            best = np.where(sbb > 0, np.clip(-sab / np.where(sbb > 0, sbb, 1), 0, 1), base.weights[b])
+            weights[b] = (n * best + prior_pixels * base.weights[b]) / (n + prior_pixels)
+        mse = np.stack([_carried_mse(stats, int(base.partner[b]), weights)[b] for b in range(bands)])
+        mse = np.where(np.isfinite(mse), mse, base.mse)
+        hidden = stats.n[base.partner, np.arange(bands)]
+        return BlendWeights(weights, base.partner.copy(), mse, hidden)
+    candidates = [_shrunk_weights(stats, p, prior, prior_pixels) for p in range(stats.partners)]
+    mses = [_carried_mse(stats, p, w) for p, w in enumerate(candidates)]
+    # the partner whose blend errs least where the real gaps are (bins weighted by gap pixels)
+    gap_share = stats.gaps / np.maximum(stats.gaps.sum(axis=1, keepdims=True), 1)
+    expected = np.stack([np.nansum(gap_share * m, axis=1) for m in mses])  # (partners, bands)
+    partner = np.argmin(np.where(np.isfinite(expected), expected, np.inf), axis=0)
+    rows = np.arange(bands)
+    weights = np.stack(candidates)[partner, rows]
+    mse = np.stack(mses)[partner, rows]
+    return BlendWeights(weights, partner, mse, stats.n[partner, rows])
+
+
+def histogram_match(stats: BlendStats) -> np.ndarray:
+    """Per band, how well the hidden pixels' distance histogram matches the gaps': 1 - total variation
+    distance (1 = the same shares in every bin, 0 = disjoint)."""
+    hidden = stats.n[0]
+    h = hidden / np.maximum(hidden.sum(axis=1, keepdims=True), 1)
+    g = stats.gaps / np.maximum(stats.gaps.sum(axis=1, keepdims=True), 1)
+    return 1 - 0.5 * np.abs(h - g).sum(axis=1)
