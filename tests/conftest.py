@@ -176,6 +176,15 @@ def mtl_xml(tree: list) -> str:
     return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', f"<{root}>", *emit(items, 1), f"</{root}>"]) + "\n"
 
 
+def mtl_json(tree: list) -> str:
+    """The same tree as Collection 2's ``_MTL.json``: nested objects, every value a string."""
+    import json
+
+    def obj(items):
+        return {k: obj(v) if isinstance(v, list) else str(v) for k, v in items}
+    return json.dumps(obj(tree), indent=2) + "\n"
+
+
 def landsat_mtl(*, product_id: str, l1_id: str, spacecraft: str, sensor: str, level: str, collection: int,
                 acquired: str, files: dict, qa: str | None, slc: str | None) -> list:
     """The MTL tree of a product, with the real groups and field names of its collection and level."""
@@ -251,7 +260,7 @@ def write_landsat_product(parent: Path, *, spacecraft: str = "LANDSAT_7", level:
     the pan band at twice the resolution). ``qa``: the QA_PIXEL array (Collection 2; default: bit 6,
     clear, everywhere). ``gap_masks``: key -> bool array, True = gap, written 0 = gap as USGS does,
     in ``gap_mask/`` or beside the bands (``gm_layout="top"``), gzipped with ``gm_gzip``. ``mtl``:
-    the metadata formats to write (``"txt"``, ``"xml"``).
+    the metadata formats to write (``"txt"``, ``"xml"``, ``"json"``).
     """
     code, sensor = SENSOR_CODES[spacecraft]
     ymd = acquired.replace("-", "")
@@ -296,7 +305,7 @@ def write_landsat_product(parent: Path, *, spacecraft: str = "LANDSAT_7", level:
     mtls = []
     for fmt in mtl:
         path = root / f"{product_id}_MTL.{fmt}"
-        path.write_text(mtl_text(tree) if fmt == "txt" else mtl_xml(tree))
+        path.write_text({"txt": mtl_text, "xml": mtl_xml, "json": mtl_json}[fmt](tree))
         mtls.append(path)
     return SimpleNamespace(folder=root, product_id=product_id, l1_id=l1_id, names=names, keys=keys, mtls=mtls,
                            qa=root / qa_name if qa_name else None, dtype=dtype,
@@ -310,7 +319,7 @@ def synth():
         CRS=CRS, TRANSFORM=TRANSFORM, RANGES=RANGES, NODATA=NODATA, smooth_field=smooth_field, to_range=to_range,
         stripe_mask=stripe_mask, write_geotiff=write_geotiff, inside_polygon=inside_polygon,
         distance_to_polygon=distance_to_polygon, distance_to_boundary=distance_to_boundary, rotated_vertices=rotated_vertices, slc_stripes=slc_stripes,
-        landsat_product=write_landsat_product, mtl_text=mtl_text, mtl_xml=mtl_xml,
+        landsat_product=write_landsat_product,
     )
 
 

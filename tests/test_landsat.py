@@ -116,13 +116,15 @@ def test_a_collection1_mtl_as_usgs_wrote_it(tmp_path, synth):
         assert scene.info.band_names == ("blue",)
 
 
-def test_txt_and_xml_metadata_read_alike(tmp_path, synth):
+@pytest.mark.parametrize("fmt", ["xml", "json"])
+def test_txt_xml_and_json_metadata_read_alike(tmp_path, synth, fmt):
     txt = synth.landsat_product(tmp_path / "a", mtl=("txt",))
-    xml = synth.landsat_product(tmp_path / "b", mtl=("xml",))
-    assert parse_mtl(txt.mtls[0]) == parse_mtl(xml.mtls[0])
-    a, b = read_product(txt.folder), read_product(xml.folder)
+    other = synth.landsat_product(tmp_path / "b", mtl=(fmt,))
+    assert parse_mtl(txt.mtls[0]) == parse_mtl(other.mtls[0])
+    a, b = read_product(txt.folder), read_product(other.folder)
     assert [(x.key, x.name, x.label, x.tags) for x in a.bands] == [(x.key, x.name, x.label, x.tags) for x in b.bands]
-    assert (a.product_id, a.level, a.acquired) == (b.product_id, b.level, b.acquired)
+    assert (a.product_id, a.level, a.acquired, a.slc_off) == (b.product_id, b.level, b.acquired, b.slc_off)
+    assert b.metadata_files == (other.mtls[0],)
 
 
 def test_a_damaged_or_foreign_metadata_file_is_refused(tmp_path, synth):
