@@ -219,7 +219,8 @@ def landsat_mtl(*, product_id: str, l1_id: str, spacecraft: str, sensor: str, le
                 ("OUTPUT_FORMAT", "GEOTIFF"), *[(f"FILE_NAME_BAND_{k}", v) for k, v in files.items()]]
     if qa:
         contents.append(("FILE_NAME_QUALITY_L1_PIXEL", qa))
-    contents += [("FILE_NAME_METADATA_ODL", f"{product_id}_MTL.txt"), ("FILE_NAME_METADATA_XML", f"{product_id}_MTL.xml")]
+    contents += [("FILE_NAME_METADATA_ODL", f"{product_id}_MTL.txt"),
+                 ("FILE_NAME_METADATA_XML", f"{product_id}_MTL.xml")]
     if slc:
         image.append(("SENSOR_MODE_SLC", slc))
     tree = [("PRODUCT_CONTENTS", contents), ("IMAGE_ATTRIBUTES", image),
@@ -280,7 +281,8 @@ def write_landsat_product(parent: Path, *, spacecraft: str = "LANDSAT_7", level:
     data = data or {}
     for i, k in enumerate(files if files is not None else keys):
         if k == "8":  # pan: 15 m, another grid
-            write_geotiff(root / names[k], np.full((2 * h, 2 * w), 100, dtype=dtype), transform=TRANSFORM * Affine.scale(0.5))
+            write_geotiff(root / names[k], np.full((2 * h, 2 * w), 100, dtype=dtype),
+                          transform=TRANSFORM * Affine.scale(0.5))
             continue
         values = data.get(k, to_range(fields[keys.index(k):keys.index(k) + 1], dtype)[0])
         write_geotiff(root / names[k], np.asarray(values).astype(dtype), nodata=nodata)

@@ -9,18 +9,18 @@ and the one-line errors.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from pathlib import Path
 from rasterio.windows import Window
 
 from tilefill import TilefillError, fill_batch
+from tilefill._grid import TileGrid
 from tilefill._landsat import parse_mtl, read_product
 from tilefill._runkey import params_digest, scene_files
-from tilefill._grid import TileGrid
 from tilefill._scene import open_scene
 from tilefill.cli import main
 
@@ -369,7 +369,7 @@ def test_fill_a_level2_folder_with_clouds_keeps_names_tags_and_known_pixels(tmp_
         assert ds.nodata == 0 and ds.dtypes[0] == "uint16"
         assert ds.tags()["LANDSAT_PRODUCT_ID"] == p.product_id and ds.tags()["TILEFILL_MASK_QA"] == "cloud,shadow"
         assert [ds.tags(i)["SCALE"] for i in ds.indexes] == ["2.75E-05"] * 6
-        assert [ds.tags(i)["LANDSAT_BAND"] for i in ds.indexes] == ["SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B7"]
+        assert [ds.tags(i)["LANDSAT_BAND"] for i in ds.indexes] == [f"SR_B{k}" for k in SR]
         got = ds.read()
     truth = np.stack([data[k] for k in SR])
     known = ~(fill | stripe | cloud)

@@ -598,7 +598,8 @@ def fill_batch(
 
 
 def _fill_one(scene: BatchScene, cfg: Config, clusters: LazyCluster, *, bands, footprint: str, restart: bool,
-              overwrite: bool, progress: bool, claim_ttl: float, mask_qa=None) -> tuple[SceneOutcome, FillReport | None]:
+              overwrite: bool, progress: bool, claim_ttl: float,
+              mask_qa=None) -> tuple[SceneOutcome, FillReport | None]:
     """One scene, under its claim; every error becomes a failed outcome and ``OUT.failed.json``."""
     start = time.perf_counter()
     name, out = str(scene.path), scene.output

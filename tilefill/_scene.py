@@ -116,7 +116,8 @@ class _FlagSet:
         return (raw & self.bits) != 0
 
     def describe(self) -> str:
-        return f"{','.join(s.name for s in self.sources)}:{self.rule}" + (f"={self.bits:#x}" if self.rule == "bits" else "")
+        bits = f"={self.bits:#x}" if self.rule == "bits" else ""
+        return f"{','.join(s.name for s in self.sources)}:{self.rule}{bits}"
 
 
 class Scene:
