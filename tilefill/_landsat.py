@@ -447,7 +447,10 @@ def read_product(folder: str | Path) -> LandsatProduct:
     ('L2SP', True, ['blue', 'green', 'red', 'nir', 'swir1', 'swir2'])
     """
     folder = Path(folder)
-    mtls = metadata_files(folder)
+    try:
+        mtls = metadata_files(folder)
+    except OSError as exc:
+        raise TilefillError(f"cannot list the folder {folder} ({exc.strerror or exc})") from None
     if not mtls:
         raise TilefillError(f"{folder} has no *_MTL.txt, *_MTL.xml or *_MTL.json: tilefill knows a Landsat product "
                             "folder by its metadata; put the product's MTL file back, or stack the bands into one "
