@@ -127,6 +127,193 @@ def slc_stripes(height: int, width: int, *, angle_deg: float = 13.0, period: int
     return np.mod(along + shift, period) < widths
 
 
+# --- Landsat product folders, as USGS names and describes them -----------------------------------------------
+
+SENSOR_CODES = {"LANDSAT_5": ("LT05", "TM"), "LANDSAT_7": ("LE07", "ETM"), "LANDSAT_8": ("LC08", "OLI_TIRS"),
+                "LANDSAT_9": ("LC09", "OLI_TIRS")}
+# FILE_NAME_BAND_<key> in the order real MTL files list them
+L1_KEYS = {"TM": ["1", "2", "3", "4", "5", "6", "7"],
+           "ETM": ["1", "2", "3", "4", "5", "6_VCID_1", "6_VCID_2", "7", "8"],
+           "OLI_TIRS": [str(n) for n in range(1, 12)]}
+L2_KEYS = {"TM": ["1", "2", "3", "4", "5", "ST_B6", "7"], "ETM": ["1", "2", "3", "4", "5", "ST_B6", "7"],
+           "OLI_TIRS": ["1", "2", "3", "4", "5", "6", "7", "ST_B10"]}
+SR_MULT, SR_ADD, ST_MULT, ST_ADD = "2.75E-05", "-0.2", "3.41802E-03", "149.0"
+
+
+class Bare(str):
+    """An MTL value written without quotes (numbers, dates), as USGS writes them."""
+
+
+def mtl_text(tree: list) -> str:
+    """ODL text (``GROUP = X`` ... ``END_GROUP = X``, two-space indents) of a tree of (key, value | subtree)."""
+    lines: list[str] = []
+
+    def emit(items, depth):
+        for key, value in items:
+            pad = "  " * depth
+            if isinstance(value, list):
+                lines.append(f"{pad}GROUP = {key}")
+                emit(value, depth + 1)
+                lines.append(f"{pad}END_GROUP = {key}")
+            else:
+                lines.append(f"{pad}{key} = {value if isinstance(value, Bare) else chr(34) + value + chr(34)}")
+    emit(tree, 0)
+    return "\n".join(lines) + "\nEND\n"
+
+
+def mtl_xml(tree: list) -> str:
+    """The same tree as Collection 2's ``_MTL.xml``: one element per group and field."""
+    def emit(items, depth):
+        out = []
+        for key, value in items:
+            pad = "  " * depth
+            if isinstance(value, list):
+                out += [f"{pad}<{key}>", *emit(value, depth + 1), f"{pad}</{key}>"]
+            else:
+                out.append(f"{pad}<{key}>{value}</{key}>")
+        return out
+    (root, items), = tree
+    return "\n".join(['<?xml version="1.0" encoding="UTF-8"?>', f"<{root}>", *emit(items, 1), f"</{root}>"]) + "\n"
+
+
+def mtl_json(tree: list) -> str:
+    """The same tree as Collection 2's ``_MTL.json``: nested objects, every value a string."""
+    import json
+
+    def obj(items):
+        return {k: obj(v) if isinstance(v, list) else str(v) for k, v in items}
+    return json.dumps(obj(tree), indent=2) + "\n"
+
+
+def landsat_mtl(*, product_id: str, l1_id: str, spacecraft: str, sensor: str, level: str, collection: int,
+                acquired: str, files: dict, qa: str | None, slc: str | None) -> list:
+    """The MTL tree of a product, with the real groups and field names of its collection and level."""
+    ymd = acquired.replace("-", "")
+    keys = list(files)
+    rescale = [(f"RADIANCE_MULT_BAND_{k}", Bare(f"{0.6 + 0.1 * i:.4E}")) for i, k in enumerate(keys)]
+    rescale += [(f"RADIANCE_ADD_BAND_{k}", Bare(f"{-1.5 - i:.5f}")) for i, k in enumerate(keys)]
+    rescale += [(f"REFLECTANCE_MULT_BAND_{k}", Bare(f"{1.9 + 0.1 * i:.4f}E-03"))
+                for i, k in enumerate(keys) if "6" not in k and k not in ("10", "11")]
+    thermal = [k for k in keys if k.startswith("6") or k in ("10", "11")]
+    constants = [(f"K{n}_CONSTANT_BAND_{k}", Bare("666.09" if n == 1 else "1282.71")) for k in thermal for n in (1, 2)]
+    image = [("SPACECRAFT_ID", spacecraft), ("SENSOR_ID", sensor), ("WRS_PATH", Bare("044")),
+             ("WRS_ROW", Bare("034")), ("DATE_ACQUIRED", Bare(acquired)), ("SCENE_CENTER_TIME", "18:43:19.5690620Z"),
+             ("CLOUD_COVER", Bare("12.00"))]
+    if collection == 1:
+        return [("L1_METADATA_FILE", [
+            ("METADATA_FILE_INFO", [("ORIGIN", "Image courtesy of the U.S. Geological Survey"),
+                                    ("REQUEST_ID", "0501906188198_00004"),
+                                    ("LANDSAT_SCENE_ID", f"{product_id[:2]}{product_id[3]}044034{ymd}EDC00"),
+                                    ("LANDSAT_PRODUCT_ID", product_id), ("COLLECTION_NUMBER", Bare("01")),
+                                    ("STATION_ID", "EDC")]),
+            ("PRODUCT_METADATA", [("DATA_TYPE", level), ("COLLECTION_CATEGORY", "T1"), ("OUTPUT_FORMAT", "GEOTIFF"),
+                                  *image, *[(f"FILE_NAME_BAND_{k}", v) for k, v in files.items()],
+                                  ("FILE_NAME_BAND_QUALITY", f"{product_id}_BQA.TIF"),
+                                  ("METADATA_FILE_NAME", f"{product_id}_MTL.txt")]),
+            ("RADIOMETRIC_RESCALING", rescale),
+            ("THERMAL_CONSTANTS", constants),
+            ("PROJECTION_PARAMETERS", [("MAP_PROJECTION", "UTM"), ("UTM_ZONE", Bare("33"))]),
+        ])]
+    contents = [("ORIGIN", "Image courtesy of the U.S. Geological Survey"), ("LANDSAT_PRODUCT_ID", product_id),
+                ("PROCESSING_LEVEL", level), ("COLLECTION_NUMBER", Bare("02")), ("COLLECTION_CATEGORY", "T1"),
+                ("OUTPUT_FORMAT", "GEOTIFF"), *[(f"FILE_NAME_BAND_{k}", v) for k, v in files.items()]]
+    if qa:
+        contents.append(("FILE_NAME_QUALITY_L1_PIXEL", qa))
+    contents += [("FILE_NAME_METADATA_ODL", f"{product_id}_MTL.txt"),
+                 ("FILE_NAME_METADATA_XML", f"{product_id}_MTL.xml")]
+    if slc:
+        image.append(("SENSOR_MODE_SLC", slc))
+    tree = [("PRODUCT_CONTENTS", contents), ("IMAGE_ATTRIBUTES", image),
+            ("PROJECTION_ATTRIBUTES", [("MAP_PROJECTION", "UTM"), ("UTM_ZONE", Bare("33"))])]
+    l1_record = [("LANDSAT_PRODUCT_ID", l1_id), ("PROCESSING_LEVEL", "L1TP")]
+    if level.startswith("L2"):
+        sr = [k for k in keys if not k.startswith("ST_")]
+        st = [k for k in keys if k.startswith("ST_")]
+        l1_keys = L1_KEYS[sensor][:]
+        tree += [
+            ("LEVEL2_PROCESSING_RECORD", [("LANDSAT_PRODUCT_ID", product_id), ("PROCESSING_LEVEL", level)]),
+            ("LEVEL2_SURFACE_REFLECTANCE_PARAMETERS",
+             [(f"REFLECTANCE_MAXIMUM_BAND_{k}", Bare("1.602213")) for k in sr]
+             + [(f"REFLECTANCE_MULT_BAND_{k}", Bare(SR_MULT)) for k in sr]
+             + [(f"REFLECTANCE_ADD_BAND_{k}", Bare(SR_ADD)) for k in sr]),
+            ("LEVEL2_SURFACE_TEMPERATURE_PARAMETERS",
+             [(f"TEMPERATURE_MULT_BAND_{k}", Bare(ST_MULT)) for k in st]
+             + [(f"TEMPERATURE_ADD_BAND_{k}", Bare(ST_ADD)) for k in st]),
+            # the Level-1 source names its own files: a reader must take the bands from PRODUCT_CONTENTS
+            ("LEVEL1_PROCESSING_RECORD", l1_record + [(f"FILE_NAME_BAND_{k}", f"{l1_id}_B{k}.TIF") for k in l1_keys]),
+            ("LEVEL1_RADIOMETRIC_RESCALING", [(f"RADIANCE_MULT_BAND_{k}", Bare("7.7874E-01")) for k in l1_keys]),
+        ]
+    else:
+        tree += [("LEVEL1_PROCESSING_RECORD", l1_record), ("LEVEL1_RADIOMETRIC_RESCALING", rescale),
+                 ("LEVEL1_THERMAL_CONSTANTS", constants)]
+    return [("LANDSAT_METADATA_FILE", tree)]
+
+
+def write_landsat_product(parent: Path, *, spacecraft: str = "LANDSAT_7", level: str = "L2SP", collection: int = 2,
+                          acquired: str = "2010-08-15", shape: tuple[int, int] = (64, 64), data: dict | None = None,
+                          files: list | None = None, qa: np.ndarray | None = None, gap_masks: dict | None = None,
+                          gm_layout: str = "gap_mask", gm_gzip: bool = False, mtl: tuple = ("txt",),
+                          folder: str | None = None, nodata=None, slc: str | None = None) -> SimpleNamespace:
+    """Write a Landsat product folder with USGS's file names and MTL structure; return what was written.
+
+    ``data`` maps MTL band keys (``"1"``, ``"6_VCID_1"``, ``"ST_B6"``) to 2-D arrays (default: smooth
+    fields); ``files`` lists the keys whose files are written (default: every band the MTL names;
+    the pan band at twice the resolution). ``qa``: the QA_PIXEL array (Collection 2; default: bit 6,
+    clear, everywhere). ``gap_masks``: key -> bool array, True = gap, written 0 = gap as USGS does,
+    in ``gap_mask/`` or beside the bands (``gm_layout="top"``), gzipped with ``gm_gzip``. ``mtl``:
+    the metadata formats to write (``"txt"``, ``"xml"``, ``"json"``).
+    """
+    code, sensor = SENSOR_CODES[spacecraft]
+    ymd = acquired.replace("-", "")
+    product_id = f"{code}_{level}_044034_{ymd}_20200911_{collection:02d}_T1"
+    l1_id = product_id.replace(level, "L1TP")
+    keys = (L2_KEYS if level.startswith("L2") else L1_KEYS)[sensor]
+
+    def label(k):
+        return k if k.startswith("ST_") else (f"SR_B{k}" if level.startswith("L2") else f"B{k}")
+
+    names = {k: f"{product_id}_{label(k)}.TIF" for k in keys}
+    dtype = "uint8" if not level.startswith("L2") and sensor != "OLI_TIRS" else "uint16"
+    root = parent / (folder or product_id)
+    root.mkdir(parents=True, exist_ok=True)
+    h, w = shape
+    fields = smooth_field(len(keys), h, w)
+    data = data or {}
+    for i, k in enumerate(files if files is not None else keys):
+        if k == "8":  # pan: 15 m, another grid
+            write_geotiff(root / names[k], np.full((2 * h, 2 * w), 100, dtype=dtype),
+                          transform=TRANSFORM * Affine.scale(0.5))
+            continue
+        values = data.get(k, to_range(fields[keys.index(k):keys.index(k) + 1], dtype)[0])
+        write_geotiff(root / names[k], np.asarray(values).astype(dtype), nodata=nodata)
+    qa_name = f"{product_id}_QA_PIXEL.TIF" if collection == 2 else None
+    if qa_name:
+        write_geotiff(root / qa_name, np.full(shape, 1 << 6, dtype=np.uint16) if qa is None else qa.astype(np.uint16))
+    else:
+        write_geotiff(root / f"{product_id}_BQA.TIF", np.zeros(shape, dtype=np.uint16))
+    for k, gaps in (gap_masks or {}).items():
+        gm_dir = root / "gap_mask" if gm_layout == "gap_mask" else root
+        gm_dir.mkdir(exist_ok=True)
+        gm = write_geotiff(gm_dir / f"{l1_id}_GM_B{k}.TIF", (~np.asarray(gaps)).astype(np.uint8))
+        if gm_gzip:
+            import gzip
+
+            gm.with_name(gm.name + ".gz").write_bytes(gzip.compress(gm.read_bytes()))
+            gm.unlink()
+    slc = slc or ("OFF" if spacecraft == "LANDSAT_7" and collection == 2 and acquired > "2003-05-31" else
+                  "ON" if spacecraft == "LANDSAT_7" and collection == 2 else None)
+    tree = landsat_mtl(product_id=product_id, l1_id=l1_id, spacecraft=spacecraft, sensor=sensor, level=level,
+                       collection=collection, acquired=acquired, files=names, qa=qa_name, slc=slc)
+    mtls = []
+    for fmt in mtl:
+        path = root / f"{product_id}_MTL.{fmt}"
+        path.write_text({"txt": mtl_text, "xml": mtl_xml, "json": mtl_json}[fmt](tree))
+        mtls.append(path)
+    return SimpleNamespace(folder=root, product_id=product_id, l1_id=l1_id, names=names, keys=keys, mtls=mtls,
+                           qa=root / qa_name if qa_name else None, dtype=dtype,
+                           path=lambda k: root / names[k])
+
+
 @pytest.fixture
 def synth():
     """The synthetic-data helpers of this conftest, as a namespace."""
@@ -134,6 +321,7 @@ def synth():
         CRS=CRS, TRANSFORM=TRANSFORM, RANGES=RANGES, NODATA=NODATA, smooth_field=smooth_field, to_range=to_range,
         stripe_mask=stripe_mask, write_geotiff=write_geotiff, inside_polygon=inside_polygon,
         distance_to_polygon=distance_to_polygon, distance_to_boundary=distance_to_boundary, rotated_vertices=rotated_vertices, slc_stripes=slc_stripes,
+        landsat_product=write_landsat_product,
     )
 
 

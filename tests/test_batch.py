@@ -46,25 +46,31 @@ def _scene(path: Path, shift: int = 0, dtype: str = "uint16", nodata=0) -> Path:
     return path
 
 
-def _landsat(folder: Path) -> Path:
+# the product in the archive's folder 2010/LE07_L1TP_TEST/: its output is named after the ID in its MTL
+LANDSAT_ID = "LE07_L1TP_044034_20100815_20200911_02_T1"
+
+
+def _landsat(parent: Path, synth) -> Path:
+    """A Landsat-7 Level-1 product folder (MTL, QA_PIXEL, B1 and B2 of 96 x 96 uint8, 0 = fill)."""
+    bands = {}
     for b in (1, 2):
-        single = _scene(folder / f"tmp_{b}.tif", shift=b, dtype="uint8", nodata=None)
+        single = _scene(parent / f"tmp_{b}.tif", shift=b, dtype="uint8", nodata=None)
         with rasterio.open(single) as src:
-            band = src.read(1)
+            bands[str(b)] = src.read(1)
         single.unlink()
-        with rasterio.open(folder / f"{folder.name}_B{b}.TIF", "w", driver="GTiff", dtype="uint8", count=1, height=96,
-                           width=96, crs="EPSG:32633", transform=rasterio.Affine(30, 0, 500000, 0, -30, 4200000)) as ds:
-            ds.write(band, 1)
-    return folder
+    product = synth.landsat_product(parent, level="L1TP", shape=(96, 96), data=bands, files=["1", "2"],
+                                    folder="LE07_L1TP_TEST")
+    assert product.product_id == LANDSAT_ID
+    return product.folder
 
 
 @pytest.fixture
-def archive(tmp_path):
+def archive(tmp_path, synth):
     """archive/{a.tif, 2010/b.tif, 2010/LE07_L1TP_TEST/ (Landsat), corrupt.tif, .hidden.tif, notes.txt}."""
     root = tmp_path / "archive"
     _scene(root / "a.tif")
     _scene(root / "2010" / "b.tif", shift=5)
-    _landsat(root / "2010" / "LE07_L1TP_TEST")
+    _landsat(root / "2010", synth)
     (root / "corrupt.tif").write_bytes(b"II*\x00 this was a GeoTIFF until the disk failed")
     _scene(root / ".hidden.tif")
     (root / "notes.txt").write_text("not a scene")
@@ -86,7 +92,7 @@ def test_scenes_from_trees_globs_and_manifests_mirror_the_input(archive, tmp_pat
     scenes, problems = find_scenes([archive], out)
     assert problems == []
     assert [(s.path.relative_to(archive), s.output.relative_to(out)) for s in scenes] == [
-        (Path("2010/LE07_L1TP_TEST"), Path("2010/LE07_L1TP_TEST.tif")),  # a Landsat folder is one scene
+        (Path("2010/LE07_L1TP_TEST"), Path(f"2010/{LANDSAT_ID}.tif")),  # a Landsat folder is one scene
         (Path("2010/b.tif"), Path("2010/b.tif")),
         (Path("a.tif"), Path("a.tif")),
         (Path("corrupt.tif"), Path("corrupt.tif")),
@@ -116,12 +122,12 @@ def test_a_corrupt_scene_fails_alone_and_the_rerun_skips_what_is_done(archive, t
     assert "batch: 4 scene(s): 3 filled, 0 already done (skipped), 0 claimed by another batch, 1 failed" in res.output
     assert f"failed: not a raster GDAL can read: {archive / 'corrupt.tif'}" in res.output
     assert "Traceback" not in res.output
-    for rel in ("a.tif", "2010/b.tif", "2010/LE07_L1TP_TEST.tif"):
+    for rel in ("a.tif", "2010/b.tif", f"2010/{LANDSAT_ID}.tif"):
         record = json.loads(done_path(out / rel).read_text())
         assert record["sha256"] == file_digest(out / rel, "sha256") and record["size"] == (out / rel).stat().st_size
         assert not default_store(out / rel).exists() and not claim_path(out / rel).exists()
-    with rasterio.open(out / "2010" / "LE07_L1TP_TEST.tif") as ds:
-        assert ds.descriptions == ("B1", "B2") and ds.count == 2
+    with rasterio.open(out / "2010" / f"{LANDSAT_ID}.tif") as ds:
+        assert ds.descriptions == ("blue", "green") and ds.count == 2
     assert not (out / "corrupt.tif").exists()
     failed = json.loads(failure_path(out / "corrupt.tif").read_text())
     assert failed["status"] == "failed" and "not a raster GDAL can read" in failed["error"]

@@ -244,13 +244,10 @@ def test_output_folder_missing_or_unwritable(tmp_path, small_scene, monkeypatch)
     _assert_clean_failure(_run(tmp_path, small_scene, "-o", out), tmp_path, "not writable", out)
 
 
-def test_bands_of_different_shape_in_a_landsat_folder(tmp_path):
-    folder = tmp_path / "LE07_TEST"
-    folder.mkdir()
-    _write(folder / "LE07_TEST_B1.TIF", np.ones((1, 64, 64), dtype=np.uint8))
-    _write(folder / "LE07_TEST_B8.TIF", np.ones((1, 128, 128), dtype=np.uint8))
+def test_bands_of_different_shape_in_a_landsat_folder(tmp_path, synth):
+    product = synth.landsat_product(tmp_path, level="L1TP", files=["1", "8"])
     out = tmp_path / "o.tif"
-    _assert_clean_failure(_run(tmp_path, folder, "-o", out, "--bands", "1,8"), tmp_path, "different shape", out)
+    _assert_clean_failure(_run(tmp_path, product.folder, "-o", out, "--bands", "1,8"), tmp_path, "different shape", out)
 
 
 def test_unknown_preset(tmp_path, small_scene):
@@ -331,31 +328,28 @@ def test_cog_output(tmp_path, small_scene):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "small.tif"]
 
 
-def test_landsat_product_folder_with_gap_masks(tmp_path):
-    """A Landsat L1 folder: per-band files, gap_mask/*_GM_B*.TIF with 0 = gap, no nodata declared."""
-    folder = tmp_path / "LE07_L1TP_TEST"
-    (folder / "gap_mask").mkdir(parents=True)
+def test_landsat_product_folder_with_gap_masks(tmp_path, synth):
+    """A Landsat-7 L1 product: per-band files, gap_mask/*_GM_B*.TIF(.gz) with 0 = gap, no nodata declared."""
     yy, xx = np.mgrid[0:96, 0:96]
     # stripes cross the scene edge to edge; the first and last rows carry data (see the footprint notes)
     stripes = ((yy + xx // 8) % 24 < 5) & (yy > 2) & (yy < 93)
-    for b in (1, 2, 3):
-        band = (80 + 10 * b + 40 * np.sin(xx / 9.0 + b) + 30 * np.cos(yy / 13.0)).astype(np.uint8)
-        _write(folder / f"LE07_L1TP_TEST_B{b}.TIF", np.where(stripes, 0, band)[None])
-        gm = folder / "gap_mask" / f"LE07_L1TP_TEST_GM_B{b}.TIF"
-        _write(gm, (~stripes).astype(np.uint8)[None])
-        if b == 3:  # USGS ships gap masks gzipped
-            import gzip
-            import shutil
+    keys = ["1", "2", "3"]
+    product = synth.landsat_product(
+        tmp_path, level="L1TP", collection=1, shape=(96, 96), files=keys + ["8"],  # pan: another grid
+        data={k: np.where(stripes, 0, (80 + 10 * b + 40 * np.sin(xx / 9.0 + b) + 30 * np.cos(yy / 13.0)).astype(np.uint8))
+              for b, k in enumerate(keys, start=1)},
+        gap_masks={k: stripes for k in keys})
+    import gzip
 
-            with open(gm, "rb") as f, gzip.open(str(gm) + ".gz", "wb") as g:
-                shutil.copyfileobj(f, g)
-            gm.unlink()
-    _write(folder / "LE07_L1TP_TEST_B8.TIF", np.ones((1, 192, 192), dtype=np.uint8))  # pan: other grid
+    gm = product.folder / "gap_mask" / f"{product.l1_id}_GM_B3.TIF"  # USGS ships gap masks gzipped
+    gm.with_name(gm.name + ".gz").write_bytes(gzip.compress(gm.read_bytes()))
+    gm.unlink()
     out = tmp_path / "o.tif"
-    res = _run(tmp_path, folder, "-o", out, "--config", TINY, "--iterations", "20", "--workers", "0")
+    res = _run(tmp_path, product.folder, "-o", out, "--config", TINY, "--iterations", "20", "--workers", "0")
     assert res.exit_code == 0, res.output
     with rasterio.open(out) as ds:
-        assert ds.descriptions == ("B1", "B2", "B3") and ds.nodata == 0
+        assert ds.descriptions == ("blue", "green", "red") and ds.nodata == 0
+        assert ds.tags()["LANDSAT_PRODUCT_ID"] == product.product_id and ds.tags(1)["LANDSAT_BAND"] == "B1"
         got = ds.read()
     assert (got[:, stripes] != 0).all()
 

@@ -196,7 +196,7 @@ def test_missing_scene_and_not_a_raster(tmp_path):
         open_scene(fake)
     empty = tmp_path / "empty_folder"
     empty.mkdir()
-    with pytest.raises(TilefillError, match="no Landsat band files"):
+    with pytest.raises(TilefillError, match="has no \\*_MTL.txt"):
         open_scene(empty)
 
 
@@ -215,28 +215,24 @@ LS = 64
 
 @pytest.fixture
 def landsat(tmp_path, synth):
-    """LE07_TEST_B1..B4 (64 x 64 uint8, 0 = fill, no nodata declared), a 128 x 128 B8, per-band gap masks."""
-    folder = tmp_path / "LE07_TEST"
-    (folder / "gap_mask").mkdir(parents=True)
+    """A Collection 1 Landsat-7 Level-1 product: B1..B4 (64 x 64 uint8, 0 = fill, no nodata declared) of the
+    nine bands its MTL names, the 128 x 128 pan B8, and gzipped per-band gap masks in gap_mask/."""
     field = synth.to_range(synth.smooth_field(4, LS, LS), "uint8")
     collar = np.zeros((LS, LS), dtype=bool)
     collar[:, :5] = True  # a fill collar on the west
     stripes = np.stack([synth.stripe_mask(LS, LS, period=16, width_px=3, shift=b) for b in range(4)])
-    for b in range(4):
-        band = np.where(collar | stripes[b], 0, field[b]).astype(np.uint8)
-        synth.write_geotiff(folder / f"LE07_TEST_B{b + 1}.TIF", band)
-        synth.write_geotiff(folder / "gap_mask" / f"LE07_TEST_GM_B{b + 1}.TIF", (~stripes[b]).astype(np.uint8))
-    pan_transform = synth.TRANSFORM @ synth.TRANSFORM.scale(0.5)
-    synth.write_geotiff(folder / "LE07_TEST_B8.TIF", np.full((2 * LS, 2 * LS), 100, dtype=np.uint8),
-                        transform=pan_transform)
-    (folder / "LE07_TEST_MTL.txt").write_text("GROUP = L1_METADATA_FILE\n")
-    return folder, field, collar, stripes
+    keys = ["1", "2", "3", "4"]
+    product = synth.landsat_product(
+        tmp_path, level="L1TP", collection=1, shape=(LS, LS), files=keys + ["8"], gm_gzip=True,
+        data={k: np.where(collar | stripes[b], 0, field[b]) for b, k in enumerate(keys)},
+        gap_masks={k: stripes[b] for b, k in enumerate(keys)})
+    return product, field, collar, stripes
 
 
 def test_landsat_folder_default_bands_skip_b8(landsat):
-    folder, field, collar, stripes = landsat
-    with open_scene(folder) as scene:
-        assert scene.info.band_names == ("B1", "B2", "B3", "B4")
+    product, field, collar, stripes = landsat
+    with open_scene(product.folder) as scene:
+        assert scene.info.band_names == ("blue", "green", "red", "nir")
         assert scene.shape == (4, LS, LS)
         assert scene.info.nodata == 0  # the USGS fill value
         assert scene.info.dtype == "uint8"
@@ -250,35 +246,36 @@ def test_landsat_folder_default_bands_skip_b8(landsat):
 
 
 def test_landsat_folder_band_selection(landsat):
-    folder, field, collar, stripes = landsat
-    with open_scene(folder, bands="2,4") as scene:
-        assert scene.info.band_names == ("B2", "B4")
-        assert scene.info.sources == (str(folder / "LE07_TEST_B2.TIF"), str(folder / "LE07_TEST_B4.TIF"))
+    product, field, collar, stripes = landsat
+    with open_scene(product.folder, bands="2,4") as scene:
+        assert scene.info.band_names == ("green", "nir")
+        assert scene.info.sources == (str(product.path("2")), str(product.path("4")))
         _, _, flagged = _read_all(scene)
     np.testing.assert_array_equal(flagged, stripes[[1, 3]])
 
 
 def test_landsat_folder_errors(landsat):
-    folder = landsat[0]
+    product = landsat[0]
     with pytest.raises(TilefillError, match="bands of different shape: B1 is 64x64, B8 is 128x128"):
-        open_scene(folder, bands="1,8")
-    with pytest.raises(TilefillError, match=r"no band file for band\(s\) \[5\]"):
-        open_scene(folder, bands="1,5")
-    (folder / "gap_mask" / "LE07_TEST_GM_B3.TIF").unlink()
-    with pytest.raises(TilefillError, match="gap masks for some selected bands but not all"):
-        open_scene(folder)
-    with open_scene(folder, bands="1,2") as scene:  # the selected bands still have theirs
+        open_scene(product.folder, bands="1,8")
+    with pytest.raises(TilefillError, match=r"band swir1 \(B5\) is selected but its file .*_B5.TIF is not in the"):
+        open_scene(product.folder, bands="1,5")
+    (product.folder / "gap_mask" / f"{product.l1_id}_GM_B3.TIF.gz").unlink()
+    with pytest.raises(TilefillError, match=r"gap masks for some selected bands but not all \(only B1, B2, B4\)"):
+        open_scene(product.folder)
+    with open_scene(product.folder, bands="1,2") as scene:  # the selected bands still have theirs
         assert scene.flagged(Window(0, 0, 4, 4)).shape == (2, 4, 4)
 
 
 def test_landsat_folder_with_declared_nodata_keeps_it(tmp_path, synth):
-    folder = tmp_path / "LC08"
-    folder.mkdir()
-    for b in (1, 2):
+    data = {}
+    for k in ("1", "2"):
         band = synth.to_range(synth.smooth_field(1, LS, LS), "uint16")[0]
         band[:3] = 65535
-        synth.write_geotiff(folder / f"LC08_X_B{b}.TIF", band, nodata=65535)
-    with open_scene(folder) as scene:
+        data[k] = band
+    product = synth.landsat_product(tmp_path, spacecraft="LANDSAT_8", level="L1TP", shape=(LS, LS), data=data,
+                                    files=["1", "2"], nodata=65535)
+    with open_scene(product.folder) as scene:
         assert scene.info.nodata == 65535
         values, data, flagged = _read_all(scene)
     assert flagged is None

@@ -1,10 +1,12 @@
 """Archives: fill many scenes on one Dask cluster, nightly, safely twice at once.
 
-Scenes come from globs, directory trees (GeoTIFFs; a folder holding ``*_B<n>.TIF`` files is a
-Landsat product folder, one scene) and manifest files (one path per line; ``#`` comments and
-blank lines ignored; relative paths are relative to the manifest). The output tree mirrors the
-input below the common root of the sources (``input_root`` pins it): ``archive/2010/a.tif`` ->
-``OUT/2010/a.tif``, a Landsat folder ``archive/LE07_.../`` -> ``OUT/LE07_....tif``.
+Scenes come from globs, directory trees (GeoTIFFs; a folder holding a Landsat ``*_MTL.txt`` /
+``.xml`` / ``.json`` or ``*_B<n>.TIF`` files is a Landsat product folder, one scene) and
+manifest files (one path per line; ``#`` comments and blank lines ignored; relative paths are
+relative to the manifest). The output tree mirrors the input below the common root of the
+sources (``input_root`` pins it): ``archive/2010/a.tif`` -> ``OUT/2010/a.tif``; a Landsat folder
+is named after its product ID: ``archive/2010/scene7/`` -> ``OUT/2010/LE07_L2SP_..._T1.tif``
+(after the folder when its metadata cannot be read; that scene then fails, saying why).
 
 Beside each output the batch keeps (hidden ones are transient):
 
@@ -47,7 +49,8 @@ from tilefill._grid import TileGrid
 from tilefill._pipeline import (FillReport, checked_config, default_store, json_safe, run_fill, write_failure,
                                 write_json)
 from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_files
-from tilefill._scene import _BAND_FILE, open_scene
+from tilefill._landsat import is_product_folder, product_id
+from tilefill._scene import open_scene
 from tilefill._schedule import LazyCluster
 
 logger = logging.getLogger("tilefill")
@@ -77,17 +80,13 @@ class Problem:
     failure: bool = True
 
 
-def _is_landsat_folder(folder: Path) -> bool:
-    return any(_BAND_FILE.match(f.name) and f.is_file() for f in folder.iterdir())
-
-
 def _is_geotiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
 def _walk(folder: Path, skip: Path) -> Iterator[Path]:
     """Scenes in a directory tree: Landsat product folders whole, other GeoTIFFs one by one."""
-    if _is_landsat_folder(folder):
+    if is_product_folder(folder):
         yield folder
         return
     for entry in sorted(folder.iterdir()):
@@ -120,7 +119,7 @@ def _expand(path: Path, named: str, skip: Path) -> tuple[list[tuple[Path, str]],
         return [], path.parent, [Problem(named, f"{named}: {path} not found")]
     if not _readable(path):
         return [], path.parent, [Problem(named, f"{named}: {path} is not readable (permissions)")]
-    if path.is_dir() and not _is_landsat_folder(path):
+    if path.is_dir() and not is_product_folder(path):
         found = [(p, named) for p in _walk(path, skip)]
         return found, path, [] if found else [Problem(named, f"{named}: no GeoTIFF or Landsat folder in {path}")]
     return [(path, named)], path.parent, []
@@ -195,7 +194,8 @@ def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manife
         except ValueError:
             problems.append(Problem(where, f"{where}: {path} lies outside the input root {root}"))
             continue
-        out = out_root / (rel.with_name(rel.name + ".tif") if real.is_dir() else rel)
+        # a product folder's output is named after its product ID, however the folder is named
+        out = out_root / (rel.with_name((product_id(real) or rel.name) + ".tif") if real.is_dir() else rel)
         if out == real:
             problems.append(Problem(where, f"{where}: the output would replace the input {path}; choose another "
                                            "--output-dir"))
@@ -227,7 +227,7 @@ def done_path(output: Path) -> Path:
     return output.with_name(output.name + DONE_SUFFIX)
 
 
-def _is_done(scene: BatchScene, cfg: Config, bands, footprint: str) -> bool:
+def _is_done(scene: BatchScene, cfg: Config, bands, footprint: str, mask_qa=None) -> bool:
     """Whether the scene's output is there as recorded and the recorded run key still holds.
 
     Reads no pixel when the parameters and the input files' sizes and times are unchanged; an
@@ -240,7 +240,7 @@ def _is_done(scene: BatchScene, cfg: Config, bands, footprint: str) -> bool:
             return False
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    with open_scene(scene.path, bands=bands) as src:
+    with open_scene(scene.path, bands=bands, mask_qa=mask_qa) as src:
         grid = TileGrid(src.info.height, src.info.width, cfg.tiles.size, cfg.tiles.overlap, src.info.affine)
         if params_digest(src, cfg, grid, footprint) != recorded.params:
             return False
@@ -508,7 +508,8 @@ def fill_batch(
     input_root: str | Path | None = None,
     config: str | Path | Config = "default",
     overrides: Mapping[str, Any] | None = None,
-    bands: Sequence[int] | str | None = None,
+    bands: Sequence[int | str] | str | None = None,
+    mask_qa: Sequence[str] | str | None = None,
     footprint: str = "hull",
     workers: int | None = None,
     gpus: int | None = None,
@@ -535,6 +536,9 @@ def fill_batch(
         The folder the output tree mirrors (default: the common folder of the sources).
     config, overrides, bands, footprint, workers, gpus, scheduler, scheduler_file, restart
         As for :func:`~tilefill.fill_scene`, for every scene.
+    mask_qa : str or list, optional
+        As for :func:`~tilefill.fill_scene`, for the Landsat product folders; GeoTIFF scenes are
+        filled without it (they have no QA_PIXEL band).
     overwrite : bool
         Fill scenes again even when they are done.
     claim_ttl : float
@@ -573,8 +577,9 @@ def fill_batch(
                 jlog.write(outcomes[-1].record())
             for k, scene in enumerate(scenes, start=1):
                 logger.info("[%d/%d] %s", k, len(scenes), scene.path)
-                outcome, report = _fill_one(scene, cfg, clusters, bands=bands, footprint=footprint, restart=restart,
-                                            overwrite=overwrite, progress=progress, claim_ttl=claim_ttl)
+                outcome, report = _fill_one(scene, cfg, clusters, bands=bands, mask_qa=mask_qa, footprint=footprint,
+                                            restart=restart, overwrite=overwrite, progress=progress,
+                                            claim_ttl=claim_ttl)
                 outcomes.append(outcome)
                 for rec in (_tile_records(str(scene.path), report) if report else ()):
                     jlog.write(rec)
@@ -593,10 +598,12 @@ def fill_batch(
 
 
 def _fill_one(scene: BatchScene, cfg: Config, clusters: LazyCluster, *, bands, footprint: str, restart: bool,
-              overwrite: bool, progress: bool, claim_ttl: float) -> tuple[SceneOutcome, FillReport | None]:
+              overwrite: bool, progress: bool, claim_ttl: float,
+              mask_qa=None) -> tuple[SceneOutcome, FillReport | None]:
     """One scene, under its claim; every error becomes a failed outcome and ``OUT.failed.json``."""
     start = time.perf_counter()
     name, out = str(scene.path), scene.output
+    mask_qa = mask_qa if scene.path.is_dir() else None  # only product folders have a QA_PIXEL band
 
     def outcome(status: str, error: str = "", report: FillReport | None = None) -> tuple[SceneOutcome, FillReport | None]:
         counts = dict(tiles_fitted=report.tiles_fitted, tiles_skipped=report.tiles_skipped,
@@ -604,7 +611,7 @@ def _fill_one(scene: BatchScene, cfg: Config, clusters: LazyCluster, *, bands, f
         return SceneOutcome(name, out, status, time.perf_counter() - start, error, **counts), report
 
     def done() -> bool:
-        return not overwrite and _is_done(scene, cfg, bands, footprint)
+        return not overwrite and _is_done(scene, cfg, bands, footprint, mask_qa)
 
     try:
         if done():  # the nightly common case: no claim, no cluster
@@ -626,7 +633,8 @@ def _fill_one(scene: BatchScene, cfg: Config, clusters: LazyCluster, *, bands, f
                 stale.unlink(missing_ok=True)
             store = default_store(out)
             report = run_fill(scene.path, out, cfg, clusters, store_path=store, keep_store=True, bands=bands,
-                              footprint=footprint, restart=restart, overwrite=True, progress=False, start=start)
+                              mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=True, progress=False,
+                              start=start)
             if not report.ok:  # run_fill wrote OUT.failed.json and kept the store
                 return outcome("failed", f"{scene.path}: {report.message}", report)
             _write_done(scene, report)

@@ -204,7 +204,8 @@ def fill_scene(
     output: str | Path,
     *,
     mask: str | Path | None = None,
-    bands: Sequence[int] | str | None = None,
+    bands: Sequence[int | str] | str | None = None,
+    mask_qa: Sequence[str] | str | None = None,
     config: str | Path | Config = "default",
     iterations: int | None = None,
     tile_size: int | None = None,
@@ -235,8 +236,12 @@ def fill_scene(
         The restored GeoTIFF; refused if it exists unless ``overwrite``.
     mask : str or Path, optional
         Gap mask raster of the scene's size, nonzero = gap.
-    bands : str or list of int, optional
-        1-based bands to restore (default: all).
+    bands : str or list, optional
+        1-based bands to restore (default: all); in a Landsat product folder also names
+        (``"blue,green,red,nir"``; default: its reflective bands).
+    mask_qa : str or list, optional
+        Landsat Collection 2 folders: QA_PIXEL conditions filled as gaps too (``"cloud,shadow"``;
+        also ``dilated_cloud``, ``cirrus``, ``snow``).
     config : str, Path or Config
         A preset name (``"default"``, ``"paper"``, ``"fast"``), a YAML file or a :class:`~tilefill.Config`.
     iterations, tile_size, overlap, seed, keep_known, per_band, method, cog
@@ -280,8 +285,8 @@ def fill_scene(
     store_path = (Path(workdir) / "tiles.zarr") if keep_store else default_store(out)
     with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file) as clusters:
         report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
-                          bands=bands, footprint=footprint, restart=restart, overwrite=overwrite, progress=progress,
-                          start=start)
+                          bands=bands, mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite,
+                          progress=progress, start=start)
     if not report.ok:
         raise FillFailed(report)
     return report
@@ -310,7 +315,8 @@ def default_store(out: Path) -> Path:
 
 
 def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *, store_path: Path, keep_store: bool,
-             mask: str | Path | None = None, bands: Sequence[int] | str | None = None, footprint: str = "hull",
+             mask: str | Path | None = None, bands: Sequence[int | str] | str | None = None,
+             mask_qa: Sequence[str] | str | None = None, footprint: str = "hull",
              restart: bool = False, overwrite: bool = False, progress: bool = True,
              start: float | None = None) -> FillReport:
     """One scene on a cluster that may serve many (``tilefill batch``): resume or build, fit, write.
@@ -329,8 +335,10 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
     out = check_output_path(out, overwrite)
     # absolute: workers of an existing cluster have working directories of their own
     store_path = Path(os.path.abspath(store_path))
-    with open_scene(scene, bands=bands, mask=mask) as src:
+    with open_scene(scene, bands=bands, mask=mask, mask_qa=mask_qa) as src:
         info = src.info
+        if src.product is not None:
+            log.info("%s", src.product.describe())
         grid = TileGrid(info.height, info.width, cfg.tiles.size, cfg.tiles.overlap, info.affine)
         log.info("scene %d x %d px, %d band(s) %s, %s; %d tiles of %d px", info.width, info.height, info.count,
                  ",".join(info.band_names), info.dtype, len(grid), grid.size)

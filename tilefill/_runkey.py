@@ -1,9 +1,11 @@
 """The run key: one hash of everything that decides a run's tile predictions.
 
-A key covers the input's content (every band file and gap-mask file, read in 1 MiB chunks
-through BLAKE2b, so a file rewritten in place under the same name is caught), the parameters
-(the config less its ``output`` and ``blend`` sections and ``name``, which change how the mosaic
-and the GeoTIFF are made but no tile; the selected bands; the footprint mode; the grid) and tilefill's version. The
+A key covers the input's content (every band file, mask, gap-mask and QA_PIXEL file and a
+Landsat product's metadata, read in 1 MiB chunks through BLAKE2b, so a file rewritten in place
+under the same name is caught), the parameters (the config less its ``output`` and ``blend``
+sections and ``name``, which change how the mosaic and the GeoTIFF are made but no tile; the
+selected bands; how each mask decides gaps, e.g. the QA_PIXEL bits; the footprint mode; the grid)
+and tilefill's version. The
 tile store keeps the key in its attributes: a store is resumed only by a run with the same
 key, and a store of another key is refused rather than mixed.
 
@@ -26,7 +28,6 @@ from tilefill._grid import TileGrid
 from tilefill._scene import Scene
 
 CHUNK = 1 << 20
-_VSIGZIP = "/vsigzip/"
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,8 @@ def file_digest(path: str | Path, algorithm: str = "blake2b") -> str:
 
 
 def scene_files(scene: Scene) -> list[str]:
-    """The files a scene is read from: its band files, then its gap-mask files, each once, in order."""
-    # Scene keeps its gap-mask sources private; a public accessor would belong in _scene.py
-    paths = [b.path for b in scene.bands] + [f.path for f in scene._flags]
-    plain = [p[len(_VSIGZIP):] if p.startswith(_VSIGZIP) else p for p in paths]
-    return list(dict.fromkeys(str(Path(p).resolve()) for p in plain))
+    """The files a scene is read from: band files, mask / gap-mask / QA files, Landsat metadata; each once, in order."""
+    return list(dict.fromkeys(str(Path(p).resolve()) for p in scene.input_files))
 
 
 def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str) -> dict:
@@ -107,6 +105,7 @@ def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str)
         "tilefill": __version__,
         "config": cfg,
         "bands": [[b.index, b.name] for b in scene.bands],
+        "gaps": scene.gap_rules,  # e.g. which QA_PIXEL bits are gaps
         "footprint": footprint,
         "grid": {"height": grid.height, "width": grid.width, "size": grid.size, "overlap": grid.overlap},
     }

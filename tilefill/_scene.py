@@ -1,7 +1,8 @@
 """Read and mask: open a scene, read it in windows, and decide which pixels are gaps.
 
-A scene is a multi-band GeoTIFF or a Landsat product folder (``*_B1.TIF``, ``*_B2.TIF``, ...,
-with optional ``gap_mask/*_GM_B*.TIF``). It is only ever read window by window.
+A scene is a multi-band GeoTIFF or a Landsat product folder, known by its metadata (see
+``tilefill._landsat``: which band files, their names, gap masks, QA_PIXEL). It is only ever
+read window by window.
 
 What is a gap, and what is the footprint
 ----------------------------------------
@@ -17,12 +18,13 @@ What is a gap, and what is the footprint
   stripe runs along the footprint's top or bottom edge, the stripe's sliver beyond the last
   data pixels is taken as collar; an explicit ``--mask`` that flags it settles it.
 * A *gap* is a pixel inside the footprint that carries no data, or that an explicit mask
-  raster (nonzero = gap) or a Landsat gap mask (0 = gap) flags.
+  raster (nonzero = gap), a Landsat gap mask (0 = gap) or, with ``mask_qa``, a QA_PIXEL bit
+  flags. An explicit mask replaces the product's gap masks; QA bits add to either.
+* In a Landsat Level-2 product, QA_PIXEL's fill bit (bit 0) is nodata in every band.
 """
 
 from __future__ import annotations
 
-import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +37,13 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from tilefill import TilefillError
+from tilefill._landsat import QA_FILL_BIT, LandsatBand, LandsatProduct, read_product, split_tokens
 
 # GDAL's block cache while a scene is open (default: 5% of RAM). Strips are read and written once,
 # so a larger cache only grows memory with the scene: 1.2 GB peak instead of 0.6 on 8000 x 7000 x 4
 GDAL_CACHE_BYTES = 256 * 2**20
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
-_BAND_FILE = re.compile(r"^(?P<stem>.+)_B(?P<band>\d+)\.tiff?$", re.IGNORECASE)
-_GM_FILE = re.compile(r"^(?P<stem>.+)_GM_B(?P<band>\d+)\.tiff?(?P<gz>\.gz)?$", re.IGNORECASE)
+_VSIGZIP = "/vsigzip/"
 
 
 @dataclass(frozen=True)
@@ -94,21 +96,48 @@ class _BandSource:
     name: str
 
 
+@dataclass(frozen=True)
+class _FlagSet:
+    """Rasters that flag pixels, one for every band or one per band, and the value that flags.
+
+    ``rule``: ``"nonzero"`` (an explicit mask), ``"zero"`` (Landsat gap masks) or ``"bits"``
+    (any of ``bits`` set: QA_PIXEL).
+    """
+
+    sources: tuple[_BandSource, ...]
+    rule: str
+    bits: int = 0
+
+    def evaluate(self, raw: np.ndarray) -> np.ndarray:
+        if self.rule == "nonzero":
+            return raw != 0
+        if self.rule == "zero":
+            return raw == 0
+        return (raw & self.bits) != 0
+
+    def describe(self) -> str:
+        bits = f"={self.bits:#x}" if self.rule == "bits" else ""
+        return f"{','.join(s.name for s in self.sources)}:{self.rule}{bits}"
+
+
 class Scene:
     """An open scene: windowed reads of its bands, their data masks and gap flags.
 
-    Use :func:`open_scene`; close it (or use it as a context manager) when done.
+    Use :func:`open_scene`; close it (or use it as a context manager) when done. ``product`` is
+    the Landsat product it was read from, or None.
     """
 
-    def __init__(self, bands: Sequence[_BandSource], info: SceneInfo, *, gap_flags: Sequence[_BandSource] = (),
-                 flags_nonzero_is_gap: bool = True, zero_is_nodata: bool = False):
+    def __init__(self, bands: Sequence[_BandSource], info: SceneInfo, *, gap_flags: Sequence[_FlagSet] = (),
+                 nodata_flags: Sequence[_FlagSet] = (), zero_is_nodata: bool = False,
+                 flags_mark_footprint: bool = False, product: LandsatProduct | None = None):
         self.bands = tuple(bands)
         self.info = info
         self._flags = tuple(gap_flags)
-        self._flags_nonzero_is_gap = flags_nonzero_is_gap
+        self._nodata_flags = tuple(nodata_flags)
         self._zero_is_nodata = zero_is_nodata
         # an explicit --mask marks gaps inside the scene; Landsat GM files do not say what the collar is
-        self.flags_mark_footprint = flags_nonzero_is_gap
+        self.flags_mark_footprint = flags_mark_footprint
+        self.product = product
         self._stack = ExitStack()
         # the output is written while the scene is open, so this covers writing too
         self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
@@ -133,6 +162,26 @@ class Scene:
     def shape(self) -> tuple[int, int, int]:
         return self.info.count, self.info.height, self.info.width
 
+    @property
+    def input_files(self) -> list[str]:
+        """Every file the scene's pixels and gaps come from: bands, masks, QA, then the product metadata.
+
+        Plain paths (``/vsigzip/`` removed), each once, in that order: what a run key hashes.
+        """
+        paths = [b.path for b in self.bands]
+        paths += [s.path for f in self._flags + self._nodata_flags for s in f.sources]
+        paths += [str(p) for p in (self.product.metadata_files if self.product else ())]
+        return list(dict.fromkeys(p[len(_VSIGZIP):] if p.startswith(_VSIGZIP) else p for p in paths))
+
+    @property
+    def gap_rules(self) -> list[str]:
+        """How each flag raster decides gaps and nodata, as text (for the run key)."""
+        return [f.describe() for f in self._flags] + [f"nodata:{f.describe()}" for f in self._nodata_flags]
+
+    def _flag(self, flags: _FlagSet, window: Window) -> np.ndarray:
+        raw = np.stack([self._ds(s.path).read(s.index, window=window) for s in flags.sources])
+        return flags.evaluate(raw)
+
     def read(self, window: Window) -> np.ndarray:
         """Pixel values of every band in ``window``, in the input's dtype: (bands, h, w)."""
         return np.stack([self._ds(b.path).read(b.index, window=window) for b in self.bands])
@@ -148,14 +197,17 @@ class Scene:
             out &= np.isfinite(values)
         if self._zero_is_nodata:
             out &= values != 0
+        for flags in self._nodata_flags:  # QA_PIXEL fill: nodata in every band
+            out &= ~self._flag(flags, window)
         return out
 
     def flagged(self, window: Window) -> np.ndarray | None:
-        """Gaps flagged by a mask raster or Landsat gap masks: bool (bands or 1, h, w), or None."""
-        if not self._flags:
-            return None
-        raw = np.stack([self._ds(f.path).read(f.index, window=window) for f in self._flags])
-        return raw != 0 if self._flags_nonzero_is_gap else raw == 0
+        """Gaps flagged by a mask raster, Landsat gap masks or QA bits: bool (bands or 1, h, w), or None."""
+        out = None
+        for flags in self._flags:
+            f = self._flag(flags, window)
+            out = f if out is None else out | f
+        return out
 
     def strips(self, height: int) -> Iterator[Window]:
         """Full-width windows of ``height`` rows, top to bottom."""
@@ -170,18 +222,18 @@ def _open_checked(path: Path) -> rasterio.DatasetReader:
         raise TilefillError(f"not a raster GDAL can read: {path}") from None
 
 
-def _parse_bands(bands: Sequence[int] | str | None) -> list[int] | None:
-    if bands is None or bands == "":
+def _parse_bands(bands: Sequence[int | str] | str | None) -> list[int] | None:
+    tokens = split_tokens(bands)
+    if tokens is None:
         return None
-    if isinstance(bands, str):
-        try:
-            bands = [int(b) for b in bands.replace(" ", "").split(",") if b]
-        except ValueError:
-            raise TilefillError(f"--bands takes band numbers separated by commas, e.g. 1,2,3,4; not {bands!r}") from None
-    bands = [int(b) for b in bands]
-    if len(set(bands)) != len(bands):
-        raise TilefillError(f"a band is selected twice in {bands}")
-    return bands
+    try:
+        numbers = [int(b) for b in tokens]
+    except ValueError:
+        raise TilefillError(f"--bands takes band numbers separated by commas, e.g. 1,2,3,4; not {','.join(tokens)!r} "
+                            "(names such as blue select bands of a Landsat product folder)") from None
+    if len(set(numbers)) != len(numbers):
+        raise TilefillError(f"a band is selected twice in {numbers}")
+    return numbers
 
 
 def _geotiff_bands(path: Path, bands: list[int] | None):
@@ -204,85 +256,110 @@ def _geotiff_bands(path: Path, bands: list[int] | None):
     return [_BandSource(str(path), i, n) for i, n in zip(indexes, names)], info, [str(path)]
 
 
-def _landsat_bands(folder: Path, bands: list[int] | None):
-    found = {}
-    for f in sorted(folder.iterdir()):
-        m = _BAND_FILE.match(f.name)
-        if m and f.is_file():
-            found.setdefault(int(m["band"]), f)
-    if not found:
-        raise TilefillError(f"{folder} holds no Landsat band files (*_B1.TIF, *_B2.TIF, ...)")
-    shapes = {}
-    for n, f in found.items():
-        with _open_checked(f) as ds:
-            shapes[n] = (ds.height, ds.width, ds.crs, ds.transform, ds.dtypes[0], ds.nodata)
-    if bands is None:
-        # Default: every band on the grid of the lowest band (B8 pan and odd-sized bands are left out)
-        ref = shapes[min(shapes)]
-        bands = [n for n in sorted(found) if shapes[n][:4] == ref[:4]]
-    missing = [b for b in bands if b not in found]
-    if missing:
-        raise TilefillError(f"{folder} has no band file for band(s) {missing}; it has {sorted(found)}")
-    first = shapes[bands[0]]
-    for b in bands[1:]:
-        h, w, crs, tr, dt, nd = shapes[b]
+def _check_grid(path: str, name: str, shape: tuple[int, int], what: str) -> None:
+    with rasterio.open(path) as ds:
+        if (ds.height, ds.width) != shape:
+            raise TilefillError(f"{what} {name} is {ds.height}x{ds.width} px but the bands are {shape[0]}x{shape[1]}")
+
+
+def _product_bands(product: LandsatProduct, chosen: list[LandsatBand]):
+    """Sources, metadata and files of the chosen bands, which must share one grid and dtype."""
+    grids = {}
+    for b in chosen:
+        with _open_checked(b.path) as ds:
+            grids[b.label] = (ds.height, ds.width, ds.crs, ds.transform, ds.dtypes[0], ds.nodata)
+    first_label = chosen[0].label
+    first = grids[first_label]
+    for label, (h, w, crs, tr, dt, nd) in grids.items():
         if (h, w) != first[:2]:
-            raise TilefillError(f"bands of different shape: B{bands[0]} is {first[0]}x{first[1]}, B{b} is {h}x{w}")
+            raise TilefillError(f"bands of different shape: {first_label} is {first[0]}x{first[1]}, {label} is {h}x{w}")
         if crs != first[2] or tr != first[3]:
-            raise TilefillError(f"bands on different grids: B{b} has another CRS or transform than B{bands[0]}")
+            raise TilefillError(f"bands on different grids: {label} has another CRS or transform than {first_label}")
         if dt != first[4]:
-            raise TilefillError(f"bands of different data types: B{bands[0]} is {first[4]}, B{b} is {dt}")
-    with rasterio.open(found[bands[0]]) as ds:
+            raise TilefillError(f"bands of different data types: {first_label} is {first[4]}, {label} is {dt}")
+    with rasterio.open(chosen[0].path) as ds:
         tags = ds.tags()
     info = dict(height=first[0], width=first[1], dtype=first[4], nodata=first[5], crs=first[2], transform=first[3],
-                tags=tags, band_tags=[{} for _ in bands])
-    sources = [_BandSource(str(found[b]), 1, f"B{b}") for b in bands]
-    gm_dir = folder / "gap_mask"
-    gm = {}
-    if gm_dir.is_dir():
-        for f in gm_dir.iterdir():
-            m = _GM_FILE.match(f.name)
-            if m:  # USGS ships them gzipped: GDAL reads them in place through /vsigzip/
-                gm[int(m["band"])] = f"/vsigzip/{f}" if m["gz"] else str(f)
-    flags = [_BandSource(gm[b], 1, f"GM_B{b}") for b in bands if b in gm]
-    if flags and len(flags) != len(bands):
-        raise TilefillError(f"{gm_dir} has gap masks for some selected bands but not all")
-    return sources, info, [str(found[b]) for b in bands], flags
+                tags={**tags, **product.tags()}, band_tags=[{"LANDSAT_BAND": b.label, **b.tags} for b in chosen])
+    sources = [_BandSource(str(b.path), 1, b.name) for b in chosen]
+    return sources, info, [str(b.path) for b in chosen]
 
 
-def open_scene(path: str | Path, *, bands: Sequence[int] | str | None = None, mask: str | Path | None = None) -> Scene:
+def _product_flags(product: LandsatProduct, chosen: list[LandsatBand], shape: tuple[int, int],
+                   mask_qa: list[str] | None) -> tuple[list[_FlagSet], list[_FlagSet]]:
+    """(gap flag sets, nodata flag sets) of a product: gap masks, QA_PIXEL's chosen bits, QA_PIXEL fill."""
+    gap, nodata = [], []
+    gm = [product.gap_mask(b.key) for b in chosen]
+    if any(gm):
+        if not all(gm):
+            have = ", ".join(b.label for b, g in zip(chosen, gm) if g)
+            raise TilefillError(f"{product.folder} has gap masks for some selected bands but not all (only {have})")
+        for g, b in zip(gm, chosen):
+            _check_grid(g, f"GM_{b.label}", shape, "gap mask")
+        gap.append(_FlagSet(tuple(_BandSource(g, 1, f"GM_{b.label}") for g, b in zip(gm, chosen)), "zero"))
+    bits = product.qa_bits(mask_qa)
+    qa = product.qa_pixel
+    if qa is not None and (bits or product.level2):
+        _check_grid(str(qa), qa.name, shape, "QA band")
+        source = (_BandSource(str(qa), 1, "QA_PIXEL"),)
+        if bits:
+            gap.append(_FlagSet(source, "bits", bits))
+        if product.level2:
+            nodata.append(_FlagSet(source, "bits", 1 << QA_FILL_BIT))
+    return gap, nodata
+
+
+def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = None, mask: str | Path | None = None,
+               mask_qa: Sequence[str] | str | None = None) -> Scene:
     """Open a GeoTIFF or a Landsat product folder for windowed reading.
 
     Parameters
     ----------
     path : str or Path
-        A raster GDAL reads (GeoTIFF, JPEG2000, ...), or a folder of ``*_B<n>.TIF`` files.
-    bands : list of int or str, optional
-        1-based band numbers (``"1,2,3,4"``); in a Landsat folder the numbers of the files.
+        A raster GDAL reads (GeoTIFF, JPEG2000, ...), or a Landsat product folder (Collection 1
+        or 2, Level-1 or Level-2, with its ``*_MTL.txt`` / ``.xml`` / ``.json``).
+    bands : list or str, optional
+        1-based band numbers (``"1,2,3,4"``); in a Landsat folder also common names or file labels
+        (``"blue,green,red,nir"``, ``"SR_B4"``, ``"thermal"``), see ``tilefill._landsat``.
     mask : str or Path, optional
-        A raster of the scene's size, nonzero = gap; one band for all bands or one per band.
+        A raster of the scene's size, nonzero = gap; one band for all bands or one per band. It
+        replaces a Landsat product's gap masks.
+    mask_qa : list or str, optional
+        Landsat Collection 2 only: QA_PIXEL conditions that are gaps too (``"cloud,shadow"``).
 
     Examples
     --------
     >>> with open_scene("scene.tif", bands="1,2,3") as scene:  # doctest: +SKIP
     ...     scene.shape
     (3, 7001, 8121)
+    >>> with open_scene("LC08_L2SP_044034_20200801_20200908_02_T1/", bands="red,nir",
+    ...                 mask_qa="cloud,shadow") as scene:  # doctest: +SKIP
+    ...     scene.info.band_names
+    ('red', 'nir')
     """
     path = Path(path)
-    band_list = _parse_bands(bands)
     if not path.exists():
         raise TilefillError(f"scene not found: {path}")
-    flags: list[_BandSource] = []
+    qa_names = split_tokens(mask_qa)
+    product = None
+    gap_flags: list[_FlagSet] = []
+    nodata_flags: list[_FlagSet] = []
     zero_is_nodata = False
     if path.is_dir():
-        sources, meta, files, flags = _landsat_bands(path, band_list)
+        product = read_product(path)
+        chosen = product.select(bands)
+        sources, meta, files = _product_bands(product, chosen)
+        gap_flags, nodata_flags = _product_flags(product, chosen, (meta["height"], meta["width"]), qa_names)
+        if qa_names:  # the output says which clouds (etc.) it filled
+            meta["tags"]["TILEFILL_MASK_QA"] = ",".join(t.lower() for t in qa_names)
         zero_is_nodata = meta["nodata"] is None
         if zero_is_nodata:
             meta["nodata"] = 0
-        nonzero_is_gap = False  # Landsat gap masks: 0 = gap
     else:
-        sources, meta, files = _geotiff_bands(path, band_list)
-        nonzero_is_gap = True
+        if qa_names:
+            raise TilefillError(f"--mask-qa reads the QA_PIXEL band of a Landsat Collection 2 product folder; "
+                                f"{path.name} is a single raster: give its gaps as --mask")
+        sources, meta, files = _geotiff_bands(path, _parse_bands(bands))
     if str(meta["dtype"]) not in SUPPORTED_DTYPES:
         raise TilefillError(f"unsupported data type {meta['dtype']}; supported: {', '.join(SUPPORTED_DTYPES)}")
     if mask is not None:
@@ -295,8 +372,9 @@ def open_scene(path: str | Path, *, bands: Sequence[int] | str | None = None, ma
                     f"mask {mask.name} is {ds.height}x{ds.width} px but the scene is {meta['height']}x{meta['width']}")
             if ds.count not in (1, len(sources)):
                 raise TilefillError(f"mask {mask.name} has {ds.count} bands; give 1, or one per selected band ({len(sources)})")
-            flags = [_BandSource(str(mask), i, f"mask_{i}") for i in ds.indexes]
-        nonzero_is_gap = True
+            explicit = _FlagSet(tuple(_BandSource(str(mask), i, f"mask_{i}") for i in ds.indexes), "nonzero")
+        # it replaces the product's gap masks (their zeros cover the collar too); QA bits lie inside the data
+        gap_flags = [explicit] + [f for f in gap_flags if f.rule != "zero"]
     crs = meta["crs"]
     info = SceneInfo(
         height=meta["height"], width=meta["width"], dtype=str(meta["dtype"]), nodata=meta["nodata"],
@@ -304,7 +382,8 @@ def open_scene(path: str | Path, *, bands: Sequence[int] | str | None = None, ma
         band_names=tuple(s.name for s in sources), tags=dict(meta["tags"]),
         band_tags=tuple(dict(t) for t in meta["band_tags"]), sources=tuple(files),
     )
-    return Scene(sources, info, gap_flags=flags, flags_nonzero_is_gap=nonzero_is_gap, zero_is_nodata=zero_is_nodata)
+    return Scene(sources, info, gap_flags=gap_flags, nodata_flags=nodata_flags, zero_is_nodata=zero_is_nodata,
+                 flags_mark_footprint=mask is not None, product=product)
 
 
 # --- footprint -------------------------------------------------------------------------------------

@@ -84,7 +84,12 @@ def fill_options(config_default: str = "default") -> list:
 def scene_options() -> list:
     """How a scene is read: shared by ``fill`` and ``batch``."""
     return [
-    click.option("--bands", default=None, help="Bands to restore, e.g. 1,2,3,4 (default: all)."),
+    click.option("--bands", default=None,
+                 help="Bands to restore: numbers (1,2,3,4) or, in a Landsat product folder, names (blue,green,red,nir; "
+                      "thermal). Default: all; in a Landsat folder its reflective bands."),
+    click.option("--mask-qa", "mask_qa", default=None, metavar="COND[,COND...]",
+                 help="Landsat Collection 2 folders: also fill pixels QA_PIXEL flags as cloud, shadow, dilated_cloud, "
+                      "cirrus or snow (e.g. cloud,shadow)."),
     click.option("--footprint", type=click.Choice(["hull", "full"]), default="hull", show_default=True,
                  help="Scene footprint: convex hull of the data pixels, or the whole raster."),
     ]
@@ -140,7 +145,7 @@ def main():
 
     \b
     tilefill scene.tif -o restored.tif --config fast --workers 2
-    tilefill LC07_L1TP_..._folder/ -o restored.tif --bands 1,2,3,4 --gpus 4
+    tilefill LE07_L2SP_..._02_T1/ -o restored.tif --bands blue,green,red,nir --gpus 4
     tilefill demo
     """
 
@@ -154,8 +159,8 @@ def main():
 @apply(scene_options())
 @apply(fill_options())
 @apply(run_options())
-def fill_cmd(scene, output, mask, bands, workdir, footprint, config, workers, gpus, overwrite, quiet, scheduler,
-             scheduler_file, restart, **kw):
+def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, workers, gpus, overwrite, quiet,
+             scheduler, scheduler_file, restart, **kw):
     """Fill the gaps of SCENE (a GeoTIFF or a Landsat product folder) and write OUTPUT.
 
     A run that fails or is interrupted keeps its finished tiles: the same command resumes it.
@@ -163,9 +168,10 @@ def fill_cmd(scene, output, mask, bands, workdir, footprint, config, workers, gp
     from tilefill._pipeline import fill_scene
 
     _setup_logging(quiet)
-    report = _run(fill_scene, scene, output, mask=mask, bands=bands, config=config, overrides=_config_overrides(**kw),
-                  workers=workers, gpus=gpus, workdir=workdir, footprint=footprint, overwrite=overwrite,
-                  progress=not quiet, scheduler=scheduler, scheduler_file=scheduler_file, restart=restart)
+    report = _run(fill_scene, scene, output, mask=mask, bands=bands, mask_qa=mask_qa, config=config,
+                  overrides=_config_overrides(**kw), workers=workers, gpus=gpus, workdir=workdir, footprint=footprint,
+                  overwrite=overwrite, progress=not quiet, scheduler=scheduler, scheduler_file=scheduler_file,
+                  restart=restart)
     if not quiet:
         click.echo(str(report), err=True)
     if report.unfilled_pixels:
@@ -186,9 +192,9 @@ def fill_cmd(scene, output, mask, bands, workdir, footprint, config, workers, gp
 @apply(scene_options())
 @apply(fill_options())
 @apply(run_options())
-def batch_cmd(sources, output_dir, manifest, log_path, input_root, bands, footprint, config, workers, gpus, overwrite,
-              quiet, scheduler, scheduler_file, restart, **kw):
-    """Fill every scene of SOURCES (globs, GeoTIFFs, folders searched for GeoTIFFs and Landsat folders).
+def batch_cmd(sources, output_dir, manifest, log_path, input_root, bands, mask_qa, footprint, config, workers, gpus,
+              overwrite, quiet, scheduler, scheduler_file, restart, **kw):
+    """Fill every scene of SOURCES (globs, GeoTIFFs, folders searched for GeoTIFFs and Landsat product folders).
 
     \b
     tilefill batch 'archive/**/*.tif' --output-dir restored/ --config fast --log nightly.jsonl
@@ -202,9 +208,9 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, bands, footpr
 
     _setup_logging(quiet)
     report = _run(fill_batch, list(sources), output_dir, manifest=manifest, log=log_path, input_root=input_root,
-                  bands=bands, footprint=footprint, config=config, overrides=_config_overrides(**kw), workers=workers,
-                  gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file, restart=restart, overwrite=overwrite,
-                  progress=not quiet)
+                  bands=bands, mask_qa=mask_qa, footprint=footprint, config=config, overrides=_config_overrides(**kw),
+                  workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file, restart=restart,
+                  overwrite=overwrite, progress=not quiet)
     click.echo(str(report), err=True)
     if report.failed:
         sys.exit(1)
