@@ -171,7 +171,10 @@ def estimate_tracking(report, truth, pred, gap, cfg) -> dict | None:
             "pairs": [[float(a), float(b)] for a, b in pairs]}
 
 
-def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=True, panels=None, keep_stores=False):
+def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=True, panels=None, keep_stores=False,
+             report_out=False):
+    """Fill one case with each method through the pipeline and score it; ``report_out``: each row keeps
+    its ``FillReport`` under "report" (not JSON)."""
     truth, gap, profile, names, scale = load_case(case, crop, seed)
     src = workdir / f"{case.replace(':', '_')}.tif"
     prof = {k: v for k, v in profile.items() if k not in ("nodata", "blockxsize", "blockysize", "tiled")}
@@ -200,6 +203,8 @@ def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=
                      "gaps": gaps_scores, "gaps_mean": summarise(gaps_scores),
                      "texture": texture_ratio(t, pred, gap), "by_distance": distance_scores(t, pred, gap),
                      "all": all_scores, "all_mean": summarise(all_scores)})
+        if report_out:
+            rows[-1]["report"] = report
         if method == "dip":
             rows[-1]["estimate"] = estimate_tracking(report, truth, pred / scale, gap, cfg)
             qjson = out.with_name(out.name + ".quality.json")

@@ -401,8 +401,8 @@ def test_simulate_gaps_writes_a_mask_on_the_scene_grid(tmp_path, small_scene):
 def test_demo_fills_every_gap_of_its_crop_and_scores_it(tmp_path):
     """The README's main job, on tiny settings: real Landsat-8 pixels, simulated stripes, all gaps filled."""
     out = tmp_path / "demo"
-    res = CliRunner().invoke(main, ["demo", "--out-dir", str(out), "--config", TINY, "--iterations", "2",
-                                    "--size", "128", "--workers", "0"])
+    res = CliRunner().invoke(main, ["demo", "--out-dir", str(out), "--config", TINY_RECIPE, "--iterations", "2",
+                                    "--size", "128", "--workers", "0", "--set", "blend.weights=distance"])
     assert res.exit_code == 0, res.output
     with rasterio.open(out / "slc_off.tif") as s, rasterio.open(out / "restored.tif") as r:
         corrupted, restored = s.read(), r.read()
@@ -411,4 +411,13 @@ def test_demo_fills_every_gap_of_its_crop_and_scores_it(tmp_path):
     # stripes cut by the crop's edges are gaps too (the crop has no collar): none stays nodata
     assert (restored[:, gap] > 0).all()
     assert np.array_equal(restored[:, ~gap], corrupted[:, ~gap])
-    assert "mean" in res.output and "GDAL RMSE" in res.output and (out / "quicklook.png").exists()
+    assert "mean" in res.output and "GDAL RMSE" in res.output and "biharmonic RMSE" in res.output
+    # the quicklook: corrupted | restored | original | estimated error, 6 px apart
+    from PIL import Image
+
+    look = np.asarray(Image.open(out / "quicklook.png").convert("RGB")).transpose(2, 0, 1)
+    assert look.shape[2] == 4 * 128 + 3 * 6
+    trust = look[:, :, 3 * (128 + 6):]
+    assert (trust[0][gap] > trust[2][gap]).all()  # gaps in the green-to-red ramp (no blue), known pixels grey
+    assert (trust[0][~gap] == trust[2][~gap]).all()
+    assert "estimated gap RMSE (OUT.quality.tif" in res.output

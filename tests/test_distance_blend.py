@@ -99,17 +99,6 @@ def test_stats_round_trip_through_the_store_array_and_add_up():
     assert histogram_match(a)[0] > 0.9
 
 
-def test_tile_scope_refines_the_scene_weights_only_where_the_tile_has_evidence():
-    scene = BlendStats.zeros(1, 1)
-    scene.n[0, 0, :2], scene.sbb[0, 0, :2], scene.sab[0, 0, :2], scene.saa[0, 0, :2] = 1e5, 1e5, -0.5e5, 1e5
-    base = fit_weights(scene, prior_pixels=0)
-    tile = BlendStats.zeros(1, 1)
-    tile.n[0, 0, 0], tile.sbb[0, 0, 0], tile.sab[0, 0, 0], tile.saa[0, 0, 0] = 1e4, 1e4, -1e4, 1e4
-    refined = fit_weights(tile, prior_pixels=100, base=base)
-    assert refined.weights[0, 0] == pytest.approx((1e4 * 1.0 + 100 * 0.5) / (1e4 + 100))
-    assert refined.weights[0, 1] == pytest.approx(base.weights[0, 1])  # no tile pixel in bin 2: the scene's
-
-
 # --- through the pipeline -------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -162,7 +151,7 @@ def test_blend_settings_reuse_the_fitted_tiles(tmp_path, synth, recipe, one_torc
     first = fill_scene(path, tmp_path / "distance.tif", config=recipe, workers=0, progress=False,
                        footprint="full", workdir=work)
     outputs = {}
-    for name, over in [("fixed", {"blend.weights": "fixed"}), ("tile", {"blend.scope": "tile"})]:
+    for name, over in [("fixed", {"blend.weights": "fixed"}), ("weak-prior", {"blend.prior_pixels": 5})]:
         rep = fill_scene(path, tmp_path / f"{name}.tif", config=recipe.override(over), workers=0, progress=False,
                          footprint="full", workdir=work)
         assert rep.tiles_fitted == 0 and rep.tiles_skipped == first.tiles_fitted

@@ -45,59 +45,128 @@ class WriteStats:
 
 @dataclass(frozen=True)
 class _Mosaic:
-    """What the mosaic needs beside the tiles: the scene's blend weights and each tile's refinement."""
+    """What the mosaic needs beside the tiles: the scene's blend weights and each tile's error ratio."""
 
     scene: BlendWeights | None = None
-    tiles: dict = field(default_factory=dict)  # tile -> BlendWeights refined by its own hidden pixels
     ratio: dict = field(default_factory=dict)  # tile -> (bands,) its hidden pixels' error over the scene curve's
     thin: frozenset = frozenset()  # tiles filled by the classical partner alone
+    stats: BlendStats | None = None  # the mosaic's own, on the scene's hidden pixels
 
-    def weights(self, index: int) -> BlendWeights | None:
-        return self.tiles.get(index, self.scene)
+
+def _hidden_stats(store: TileStore, thin: frozenset, strip: int = 256) -> BlendStats:
+    """The blend's statistics on the scene's hidden pixels, measured on the mosaic itself.
+
+    At a hidden pixel the mosaic at weight ``w`` is ``A + w * B``, with ``A`` and ``B`` the grid-weighted
+    means over the tiles covering it of DIP's fill (a thin-gap tile's: its partner's) and of the partner's
+    fill minus DIP's (a thin-gap tile's: 0): overlapping fits averaged exactly as at the real gaps. Distance
+    bins of hidden pixels are taken to the pixels the fits saw; the gap counts to all known pixels.
+    """
+    grid, bands, width, height = store.grid, store.info.count, store.info.width, store.info.height
+    partners = store.group["partners"].shape[1]
+    out = BlendStats.zeros(partners, bands)
+    fitted = set(store.tiles_to_fit)
+    cache: dict = {}
+    for y in range(0, height, strip):
+        h = min(strip, height - y)
+        y0, y1 = max(0, y - HALO), min(height, y + h + HALO)
+        gaps = np.asarray(store.group["gaps"][:, y0:y1, :])
+        hidden = np.asarray(store.group["hidden"][:, y0:y1, :])
+        known = ~gaps & np.asarray(store.group["footprint"][y0:y1, :])[None]
+        core = slice(y - y0, y - y0 + h)
+        gap_bins = distance_bins(known)[:, core]
+        for b in range(bands):
+            out.gaps[b] += np.bincount(gap_bins[b][gaps[b, core]], minlength=N_BINS)[:N_BINS]
+        hidden = hidden[:, core]
+        if not hidden.any():
+            continue
+        held_bins = distance_bins(known & ~np.asarray(store.group["hidden"][:, y0:y1, :]))[:, core]
+        a = np.zeros((partners, bands, h, width), dtype=np.float32)
+        d = np.zeros_like(a)
+        wsum = np.zeros((bands, h, width), dtype=np.float32)
+        for tile in grid.tiles_in_rows(y, y + h):
+            if tile.index not in fitted:
+                continue
+            if tile.index not in cache:
+                pred = store.read_tile(tile.index)
+                has = np.isfinite(pred[:, 0, 0])
+                cache[tile.index] = (np.nan_to_num(pred), np.nan_to_num(store.read_partners(tile.index)),
+                                     grid.weights(tile)[None] * has[:, None, None]) if has.any() else None
+            entry = cache[tile.index]
+            if entry is not None:
+                pred, fills, w = entry
+                r0, r1 = max(y, tile.y), min(y + h, tile.y + tile.size)
+                src = slice(r0 - tile.y, r1 - tile.y)
+                dst = (slice(None), slice(None), slice(r0 - y, r1 - y), slice(tile.x, tile.x + tile.size))
+                if tile.index in thin:
+                    a[dst] += w[:, src] * fills[:, :, src]
+                else:
+                    a[dst] += w[:, src] * pred[:, src]
+                    d[dst] += w[:, src] * (fills[:, :, src] - pred[:, src])
+                wsum[dst[1:]] += w[:, src]
+            if tile.y + tile.size <= y + h:
+                cache.pop(tile.index, None)
+        truth = np.asarray(store.group["scene"][:, y:y + h, :])
+        where = hidden & (wsum > 0)
+        norm = np.where(wsum > 0, wsum, 1)
+        for b in range(bands):
+            sel = where[b]
+            if not sel.any():
+                continue
+            k = held_bins[b][sel]
+            for p in range(partners):
+                err = a[p, b][sel] / norm[b][sel] - truth[b][sel]
+                diff = d[p, b][sel] / norm[b][sel]
+                out.n[p, b] += np.bincount(k, minlength=N_BINS)[:N_BINS]
+                out.saa[p, b] += np.bincount(k, err * err, minlength=N_BINS)[:N_BINS]
+                out.sab[p, b] += np.bincount(k, err * diff, minlength=N_BINS)[:N_BINS]
+                out.sbb[p, b] += np.bincount(k, diff * diff, minlength=N_BINS)[:N_BINS]
+    return out
 
 
 def _plan(store: TileStore, blend) -> _Mosaic:
-    """Fit the scene's blend weights from every tile's hidden pixels, and each tile's refinement and error ratio.
+    """Fit the scene's blend weights on the mosaic's hidden pixels, and each tile's error ratio.
 
     ``blend``: this run's :class:`~tilefill._config.BlendConfig` (a resumed store may have been fitted
-    under another: it is not part of the run key).
+    under another: it is not part of the run key). A tile's ratio is its own fit's error on its hidden
+    pixels over what the scene's tiles err there on average, at the same distances (shrunk toward 1
+    by ``blend.prior_pixels``): where a tile is harder than the scene, its error map is higher.
     """
     if not store.has_partners:
         return _Mosaic()
     iterations = np.asarray(store.group["tile_info"][:, TILE_INFO_FIELDS.index("iterations")])
     thin = frozenset(int(i) for i in np.flatnonzero(iterations == 0))
     cfg = store.config
-    if blend.weights != "distance":
+    if blend.weights != "distance" or "hidden" not in store.group:
         return _Mosaic(thin=thin)
+    stats = _hidden_stats(store, thin)
+    scene = fit_weights(stats, prior=cfg.fit.classical_blend, prior_pixels=blend.prior_pixels)
     arrays = store.blend_stats()
-    done = [int(i) for i in np.flatnonzero(np.isfinite(arrays[:, 0, 0, 0, 0]))]
+    done = [int(i) for i in np.flatnonzero(np.isfinite(arrays[:, 0, 0, 0, 0])) if int(i) not in thin]
     per_tile = {i: BlendStats.from_array(arrays[i]) for i in done}
-    total = BlendStats.from_array(np.nansum(arrays, axis=0))
-    scene = fit_weights(total, prior=cfg.fit.classical_blend, prior_pixels=blend.prior_pixels)
-    refined, ratio = {}, {}
+    single = sum(per_tile.values(), BlendStats.zeros(stats.partners, stats.bands))
+    rows = np.arange(stats.bands)
+    n_all = single.n[scene.partner, rows]
+    curve = np.divide(single.sse(scene.weights, scene.partner), n_all, out=np.zeros_like(n_all), where=n_all > 0)
+    ratio = {}
     for i, st in per_tile.items():
-        w = fit_weights(st, prior_pixels=blend.prior_pixels, base=scene) if blend.scope == "tile" else scene
-        if blend.scope == "tile":
-            refined[i] = w
-        rows = np.arange(st.bands)
-        n = st.n[w.partner, rows]
-        sse = st.sse(w.weights, w.partner).sum(axis=1)
-        expected = (n * w.mse).sum(axis=1)
+        n = st.n[scene.partner, rows]
+        sse = st.sse(scene.weights, scene.partner).sum(axis=1)
+        expected = (n * curve).sum(axis=1)
         hidden = n.sum(axis=1)
         raw = np.divide(sse, expected, out=np.ones_like(sse), where=expected > 0)
         ratio[i] = (hidden * raw + blend.prior_pixels) / (hidden + blend.prior_pixels)
-    return _Mosaic(scene, refined, ratio, thin)
+    return _Mosaic(scene, ratio, thin, stats)
 
 
 def _tile_estimates(plan: _Mosaic, store: TileStore) -> dict:
-    """Each fitted tile's estimated gap RMSE: the curve at its gap pixels' distances, scaled by its ratio."""
+    """Each fitted tile's estimated gap RMSE: the scene's curve at its gap pixels' distances, scaled by its ratio."""
     if plan.scene is None:
         return {}
     arrays = store.blend_stats()
     out = {}
     for i, ratio in plan.ratio.items():
         gaps = BlendStats.from_array(arrays[i]).gaps
-        rmse = plan.weights(i).expected_rmse(gaps) * np.sqrt(ratio)
+        rmse = plan.scene.expected_rmse(gaps) * np.sqrt(ratio)
         if np.isfinite(rmse).any():
             out[i] = float(np.nanmean(rmse))
     return out
@@ -158,7 +227,7 @@ def _tile_fill(store: TileStore, plan: _Mosaic, index: int) -> tuple[np.ndarray,
     if not store.has_partners:
         return pred, None
     partners = store.read_partners(index)
-    weights = plan.weights(index)
+    weights = plan.scene
     if weights is None:
         return pred, partners[0]
     return pred, partners[weights.partner, np.arange(partners.shape[1])]
@@ -197,14 +266,14 @@ def _blend_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, *
                 if tile.index in plan.thin:
                     mix = np.ones((bands, 1, 1), dtype=np.float32)
                 elif plan.scene is not None:
-                    mix = plan.weights(tile.index).at(bins[dst]).astype(np.float32)
+                    mix = plan.scene.at(bins[dst]).astype(np.float32)
                 else:
                     mix = tile_weights[tile.index].astype(np.float32)[:, None, None]
                 value = value + mix * (partner[:, src] - value)
             acc[dst] += w[:, src] * value
             wsum[dst] += w[:, src]
             if estimate and tile.index in plan.ratio:
-                weights = plan.weights(tile.index)
+                weights = plan.scene
                 rmse = np.sqrt(weights.mse[np.arange(bands)[:, None, None], np.minimum(bins[dst], N_BINS - 1)]
                                * plan.ratio[tile.index][:, None, None])
                 err[dst] += w[:, src] * np.nan_to_num(rmse).astype(np.float32)
@@ -309,9 +378,8 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
         raise
     blend = None
     if plan.scene is not None:
-        total = BlendStats.from_array(np.nansum(store.blend_stats(), axis=0))
-        blend = {**plan.scene.to_dict(list(cfg.fit.blend_methods)), "scope": run.blend.scope,
-                 "gap_pixels": total.gaps.astype(int).tolist(),
-                 "histogram_match": np.round(histogram_match(total), 3).tolist(),
-                 "estimated_rmse": np.round(plan.scene.expected_rmse(total.gaps), 5).tolist()}
+        blend = {**plan.scene.to_dict(list(cfg.fit.blend_methods)),
+                 "gap_pixels": plan.stats.gaps.astype(int).tolist(),
+                 "histogram_match": np.round(histogram_match(plan.stats), 3).tolist(),
+                 "estimated_rmse": np.round(plan.scene.expected_rmse(plan.stats.gaps), 5).tolist()}
     return WriteStats(filled, unfilled, _tile_estimates(plan, store), blend)

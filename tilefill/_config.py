@@ -143,22 +143,18 @@ class BlendConfig:
 
     ``weights: fixed`` takes each tile's weight (``fit.classical_blend``, or the one ``fit.blend_auto``
     chose). ``weights: distance`` fits one weight per band and per distance of the pixel to known data
-    (bins 1, 2, 3, 4-5, 6-8, 9-16, 17-32, 33+ px) on the hidden pixels of all tiles
-    (``fit.validation``), and picks each band's partner among ``fit.blend_method``; ``scope: tile``
-    refines the scene's weights with each tile's own hidden pixels. ``prior_pixels``: hidden pixels a
-    bin needs to count as much as its prior (the previous bin's weight; bin 1's is
-    ``fit.classical_blend``). Decided after the tiles are fitted: changing it reuses a kept work store.
+    (bins 1, 2, 3, 4-5, 6-8, 9-16, 17-32, 33+ px) on the scene's hidden pixels (``fit.validation``), scored
+    on the mosaic itself, and picks each band's partner among ``fit.blend_method``. ``prior_pixels``:
+    hidden pixels a bin needs to count as much as its prior (the previous bin's weight; bin 1's is
+    ``fit.classical_blend``). Decided after the fits: changing it reuses a kept work store.
     """
 
     weights: str = "fixed"
-    scope: str = "scene"
     prior_pixels: float = 200.0
 
     def __post_init__(self):
         if self.weights not in ("fixed", "distance"):
             raise TilefillError(f"blend.weights must be fixed or distance, not {self.weights!r}")
-        if self.scope not in ("scene", "tile"):
-            raise TilefillError(f"blend.scope must be scene or tile, not {self.scope!r}")
         if self.prior_pixels < 0:
             raise TilefillError("blend.prior_pixels must be at least 0")
 

@@ -13,11 +13,13 @@ statistics of the blend's squared error on its hidden pixels (:class:`BlendStats
 
     SSE(w) = Saa + 2 w Sab + w^2 Sbb,   best w = -Sab / Sbb (clipped to [0, 1]).
 
-The mosaic stage sums the tiles' statistics over the scene (far more pixels than one tile
-sees) and fits one weight per band and bin (:func:`fit_weights`), shrunk toward the previous
-bin's weight where few hidden pixels fall in a bin (``blend.prior_pixels``); with
-``blend.scope: tile`` each tile's own statistics refine the scene's weights the same way. Weight
-1.0 (the classical fill alone) is a possible answer. Where several classical partners were
+The hidden pixels are drawn once for the scene (:class:`SceneHoldout`), so no tile sees them, and
+the mosaic measures the statistics on itself (overlapping tiles averaged, as at the real gaps; a
+single tile's fit errs more than the average of two, which biased weights fitted per tile toward
+the classical fill by 0.1-0.4 on the paper's image). It fits one weight per band and bin over the
+whole scene (:func:`fit_weights`: far more pixels than one tile sees), shrunk toward the previous
+bin's weight where few hidden pixels fall in a bin (``blend.prior_pixels``). Weight 1.0 (the
+classical fill alone) is a possible answer. Where several classical partners were
 computed (``fit.blend_method: [biharmonic, gdal]``), each band takes the partner whose blend
 has the lowest error expected on the real gaps: each bin's mean error on the hidden pixels,
 weighted by the share of the real gap pixels in that bin.
@@ -36,6 +38,52 @@ N_BINS = len(BIN_LABELS)
 # Rows and columns of context that make a pixel's bin exact: beyond the last edge all bins are one.
 HALO = 34
 KNOWN = 255  # bin code of a known pixel
+
+
+HOLDOUT_SHIFT = 16  # rows the gaps' shapes move to make the hidden stripes: half an SLC scan period
+HOLDOUT_CELL = 32  # the hidden shapes are kept in random cells of this side
+
+
+class SceneHoldout:
+    """Known pixels hidden from every fit of a scene, drawn once for the whole scene.
+
+    The gaps' own shapes (in any band), moved :data:`HOLDOUT_SHIFT` rows down onto known pixels, kept
+    in random :data:`HOLDOUT_CELL` px cells so that about ``share`` of the known pixels are hidden:
+    stripes as wide as the real ones (thin hidden lines would flatter every smooth interpolator).
+    One mask for the scene, not one per tile, so that no tile sees them and the mosaic's prediction
+    there, overlaps averaged as at the real gaps, is scored as the output is made.
+
+    Drawn strip by strip (:meth:`strip`), given the gap rows just above each strip.
+
+    Examples
+    --------
+    >>> gaps = np.zeros((64, 64), bool); gaps[4:8] = gaps[36:40] = True
+    >>> holdout = SceneHoldout((64, 64), share=1.0, candidates=int((np.roll(gaps, 16, 0) & ~gaps).sum()),
+    ...                        known=int((~gaps).sum()), seed=0)
+    >>> hidden = holdout.strip(0, gaps, np.zeros((16, 64), bool))
+    >>> np.flatnonzero(hidden.any(axis=1)).tolist()  # the stripes moved 16 rows down
+    [20, 21, 22, 23, 52, 53, 54, 55]
+    """
+
+    def __init__(self, shape: tuple[int, int], *, share: float, candidates: int, known: int, seed: int):
+        h, w = shape
+        p = min(1.0, share * known / candidates) if candidates else 0.0
+        cells = np.random.default_rng(seed).random((-(-h // HOLDOUT_CELL), -(-w // HOLDOUT_CELL)))
+        self.cells = cells < p
+
+    @staticmethod
+    def shapes(gaps: np.ndarray, above: np.ndarray) -> np.ndarray:
+        """Where the gaps' shapes land in a strip: ``gaps`` (h, w) of the strip, ``above`` the
+        :data:`HOLDOUT_SHIFT` gap rows above it (zeros at the top of the scene)."""
+        moved = np.concatenate([above, gaps])[:gaps.shape[0]]
+        return moved & ~gaps
+
+    def strip(self, y: int, gaps: np.ndarray, above: np.ndarray) -> np.ndarray:
+        """The hidden pixels (h, w) of the strip starting at row ``y`` (to be and-ed with each band's known pixels)."""
+        h, w = gaps.shape
+        rows = (np.arange(y, y + h) // HOLDOUT_CELL)[:, None]
+        cols = (np.arange(w) // HOLDOUT_CELL)[None, :]
+        return self.shapes(gaps, above) & self.cells[rows, cols]
 
 
 def distance_bins(known: np.ndarray) -> np.ndarray:
@@ -224,21 +272,17 @@ def _carried_mse(stats: BlendStats, p: int, weights: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_weights(stats: BlendStats, *, prior: float | np.ndarray = 0.5, prior_pixels: float = 200.0,
-                base: BlendWeights | None = None) -> BlendWeights:
+def fit_weights(stats: BlendStats, *, prior: float | np.ndarray = 0.5, prior_pixels: float = 200.0) -> BlendWeights:
     """The blend weights that minimise the error on the hidden pixels, per band and distance bin.
 
     Parameters
     ----------
     stats : BlendStats
-        Summed over the tiles of a scene (or one tile's, with ``base``).
+        Measured on the scene's hidden pixels.
     prior : float or (bands,) array
         Weight of bin 1 when it has no hidden pixel (``fit.classical_blend``).
     prior_pixels : float
         Pseudo-pixels of the prior: a bin with that many hidden pixels is half its own estimate.
-    base : BlendWeights, optional
-        The scene's weights: a tile's statistics then refine them bin by bin (shrunk toward the
-        scene's weight of the same bin) with the scene's partner per band.
 
     Examples
     --------
@@ -249,17 +293,6 @@ def fit_weights(stats: BlendStats, *, prior: float | np.ndarray = 0.5, prior_pix
     """
     bands = stats.bands
     prior = np.broadcast_to(np.asarray(prior, dtype=np.float64), (bands,))
-    if base is not None:
-        weights = np.zeros((bands, N_BINS))
-        for b in range(bands):
-            p = int(base.partner[b])
-            n, sab, sbb = stats.n[p, b], stats.sab[p, b], stats.sbb[p, b]
-            best = np.where(sbb > 0, np.clip(-sab / np.where(sbb > 0, sbb, 1), 0, 1), base.weights[b])
-            weights[b] = (n * best + prior_pixels * base.weights[b]) / (n + prior_pixels)
-        mse = np.stack([_carried_mse(stats, int(base.partner[b]), weights)[b] for b in range(bands)])
-        mse = np.where(np.isfinite(mse), mse, base.mse)
-        hidden = stats.n[base.partner, np.arange(bands)]
-        return BlendWeights(weights, base.partner.copy(), mse, hidden)
     candidates = [_shrunk_weights(stats, p, prior, prior_pixels) for p in range(stats.partners)]
     mses = [_carried_mse(stats, p, w) for p, w in enumerate(candidates)]
     # the partner whose blend errs least where the real gaps are (bins weighted by gap pixels)

@@ -77,7 +77,8 @@ class WindowFill:
         return ((1 - w) * self.prediction + w * self.partners[0]).astype(np.float32)
 
 
-def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int]], config) -> list[WindowFill]:
+def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int]], config,
+                    holdouts: list[np.ndarray | None] | None = None) -> list[WindowFill]:
     """Fill several same-sized windows ``(image, known, seed)``; one :class:`WindowFill` each.
 
     DIP and a classical fill (``fit.blend_method``) err in different places, so their weighted
@@ -92,7 +93,8 @@ def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int
     DIP fits them all at once, one network each in one grouped network (``engine.tiles_per_task``
     tiles per task fill a GPU that one small tile leaves idle); the seeds are the windows' own,
     so a window gets the fit it would get alone, up to rounding. A classical ``method`` fills
-    each window alone.
+    each window alone. ``holdouts``: each window's hidden pixels (the scene's, from the work store);
+    by default drawn per window from ``fit.validation`` and its seed.
     """
     from tilefill._classical import fill_classical
 
@@ -104,18 +106,28 @@ def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int
 
     _set_threads()
     fit = config.fit
-    hidden = [holdout_mask(known, fit.validation, seed + 2) if fit.validation else None
-              for _image, known, seed in windows]
+    hidden = holdouts if holdouts is not None else [
+        holdout_mask(known, fit.validation, seed + 2) if fit.validation else None for _image, known, seed in windows]
     fits = fit_windows(windows, config.network, fit, engine=config.engine, holdouts=hidden)
     return [_with_classical(image, known, held, res, fit)
             for (image, known, _seed), held, res in zip(windows, hidden, fits)]
 
 
-def classical_alone(image: np.ndarray, known: np.ndarray, fit) -> WindowFill:
-    """A thin-gap window (``fit.thin_gap_px``): the first partner alone, no fit; weight 1 on every band."""
+def _partner_fills(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | None, methods) -> tuple[np.ndarray, list]:
+    """Each partner's fill from every known pixel, except at the hidden pixels: there its fill made
+    without them (so the mosaic can score it), and those fills themselves."""
     from tilefill._classical import fill_classical
 
-    partners = np.stack([fill_classical(m, image, known) for m in fit.blend_methods])
+    fills = np.stack([fill_classical(m, image, known) for m in methods])
+    if hidden is None or not hidden.any():
+        return fills, []
+    held = [fill_classical(m, image, known & ~hidden) for m in methods]
+    return np.where(hidden[None], np.stack(held), fills), held
+
+
+def classical_alone(image: np.ndarray, known: np.ndarray, fit, hidden: np.ndarray | None = None) -> WindowFill:
+    """A thin-gap window (``fit.thin_gap_px``): the first partner alone, no fit; weight 1 on every band."""
+    partners, _held = _partner_fills(image, known, hidden if fit.blends else None, fit.blend_methods)
     info = {"final_loss": float("nan"), "iterations": 0, "device": "cpu"}
     if not fit.blends:
         return WindowFill(partners[0], info)
@@ -141,10 +153,10 @@ def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | N
         return WindowFill(dip, {**info, "estimated_rmse": float(finite.mean()) if finite.size else float("nan")})
     methods = fit.blend_methods
     stats = BlendStats.without_hidden(len(methods), known, ~known)
-    if hidden is not None and hidden.any():
+    # the classical fills must not see the hidden pixels either, or their score there would be a lie
+    partners, held_fills = _partner_fills(image, known, hidden, methods)
+    if held_fills:
         seen = known & ~hidden
-        # the classical fills must not see the hidden pixels either, or their score there would be a lie
-        held_fills = [fill_classical(m, image, seen) for m in methods]
         classical_val = held_fills[0]
         stats = BlendStats.measure(dip, held_fills, image, seen, hidden, ~known)
         errs = np.array([[np.sqrt(np.mean(((1 - w) * dip[b] + w * classical_val[b] - image[b])[hidden[b]] ** 2))
@@ -156,7 +168,6 @@ def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | N
             best = np.nanargmin(np.where(np.isnan(errs), np.inf, errs), axis=0)
             weights = BLEND_WEIGHTS[best]
         estimated = np.array([errs[np.argmin(np.abs(BLEND_WEIGHTS - weights[b])), b] for b in range(bands)])
-    partners = np.stack([fill_classical(m, image, known) for m in methods])
     finite = estimated[np.isfinite(estimated)] if estimated.size else estimated
     info.update(estimated_rmse=float(finite.mean()) if finite.size else float("nan"),
                 blend_weights=weights.tolist(), blend_auto=auto)
@@ -260,12 +271,15 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
                 gap_reach(known) <= cfg.fit.thin_gap_px:
             method = "thin"  # thin gaps only: the classical fill is the better one here
         groups.setdefault((method, side), []).append(i)
+    hidden = {i: store.read_hidden(*windows[i][:3]) for i in indices} if cfg.method == "dip" else {}
     for (method, side), group in groups.items():
         t0 = time.perf_counter()
         if method == "dip":
-            filled = run_method_many(method, [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group], cfg)
+            holdouts = [hidden[i] for i in group] if all(hidden[i] is not None for i in group) else None
+            filled = run_method_many(method, [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group], cfg,
+                                     holdouts)
         else:  # a classical method, or the thin-gap tiles of a DIP run (the first partner alone)
-            filled = [classical_alone(windows[i][3], windows[i][4], cfg.fit) if cfg.method == "dip"
+            filled = [classical_alone(windows[i][3], windows[i][4], cfg.fit, hidden.get(i)) if cfg.method == "dip"
                       else run_method_many(method, [(windows[i][3], windows[i][4], 0)], cfg)[0] for i in group]
         seconds = read_share + (time.perf_counter() - t0) / len(group)
         for i, fill in zip(group, filled):

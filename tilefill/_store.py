@@ -9,9 +9,16 @@ Layout of ``<workdir>/tiles.zarr``::
     tile_info  float64 (n_tiles, 5)   one chunk per tile: final loss, seconds, iterations, window side,
                                       estimated gap RMSE (self-validation, [0, 1] units; NaN: none)
 
-and, where DIP is blended with classical partners (``fit.blend_method``), one chunk per tile of:
+and, where DIP is blended with classical partners (``fit.blend_method``):
 
-    partners     float32 (n_tiles, P, bands, T, T)  each partner's fill of the tile
+    hidden       bool    (bands, H, W)  known pixels no fit sees (``fit.validation``), drawn once for the
+                                        scene (tilefill._distance_blend.SceneHoldout): the blend's weights
+                                        and error estimates are measured there
+
+and one chunk per tile of:
+
+    partners     float32 (n_tiles, P, bands, T, T)  each partner's fill of the tile (at hidden pixels:
+                                                    its fill made without them)
     tile_weights float64 (n_tiles, bands)           the tile's own partner weight (fixed or blend_auto)
     blend_stats  float64 (n_tiles, P + 1, bands, bins, 4)  the hidden pixels' blend statistics
                                                     (tilefill._distance_blend.BlendStats)
@@ -40,6 +47,7 @@ from rasterio.windows import Window
 
 from tilefill import TilefillError, __version__
 from tilefill._config import Config, load_config
+from tilefill._distance_blend import HOLDOUT_SHIFT, SceneHoldout
 from tilefill._grid import TileGrid
 from tilefill._scene import Scene, SceneInfo, footprint_extents, footprint_window
 
@@ -107,6 +115,12 @@ class TileStore:
     @property
     def tiles_to_fit(self) -> list[int]:
         return list(self.meta["tiles_to_fit"])
+
+    def read_hidden(self, y: int, x: int, side: int) -> np.ndarray | None:
+        """The scene's hidden pixels in a square window (bands, side, side); None if the store has none."""
+        if "hidden" not in self.group:
+            return None
+        return np.asarray(self.group["hidden"][:, y:y + side, x:x + side])
 
     def read_window(self, y: int, x: int, side: int) -> tuple[np.ndarray, np.ndarray]:
         """Scaled values and the known-pixel mask of a square window: float32 and bool (bands, side, side)."""
@@ -220,6 +234,21 @@ def _create_or_replace(path: Path, run_key: str | None) -> zarr.Group:
     return group
 
 
+def _write_holdout(group: zarr.Group, holdout: SceneHoldout) -> None:
+    """The scene's hidden pixels, strip by strip from the gaps just written."""
+    gaps_arr, fp_arr = group["gaps"], group["footprint"]
+    bands, height, width = gaps_arr.shape
+    hidden = group.create_array("hidden", shape=(bands, height, width), chunks=(bands, CHUNK, CHUNK), dtype="bool",
+                                fill_value=False)
+    above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
+    for y in range(0, height, STRIP):
+        gaps = np.asarray(gaps_arr[:, y:y + STRIP, :])
+        known = ~gaps & np.asarray(fp_arr[y:y + STRIP, :])[None]
+        any_gap = gaps.any(axis=0)
+        hidden[:, y:y + STRIP, :] = known & holdout.strip(y, any_gap, above)[None]
+        above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
+
+
 def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, *, footprint: str = "hull",
                 run_key: str | None = None) -> TileStore:
     """Read the scene in strips, find gaps and footprint, and write the tile store.
@@ -295,6 +324,9 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     # gap pixels per row under each tile column: enough to tell which tiles have gaps
     col_gap_rows = np.zeros((height, len(grid.col_starts)), dtype=np.int64)
     total_gaps = 0
+    holdout = config.method == "dip" and config.fit.blends and config.fit.validation > 0
+    above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
+    candidates = known_everywhere = 0
     for win in scene.strips(STRIP):
         y, h = win.row_off, win.height
         values = scene.read(win)
@@ -310,12 +342,19 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
         fp_arr[y:y + h, :] = inside
         any_gap = gaps.any(axis=0)
         total_gaps += int(gaps.sum())
+        if holdout:
+            candidates += int((SceneHoldout.shapes(any_gap, above) & inside).sum())
+            known_everywhere += int(known.all(axis=0).sum())
+            above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
         for c, x in enumerate(grid.col_starts):
             col_gap_rows[y:y + h, c] = any_gap[:, x:x + size].sum(axis=1)
     cum = np.concatenate([np.zeros((1, col_gap_rows.shape[1]), dtype=np.int64), np.cumsum(col_gap_rows, axis=0)])
     to_fit = [t.index for t in grid if cum[t.y + size, t.col] - cum[t.y, t.col] > 0]
     if not config.fit.keep_known:
         to_fit = [t.index for t in grid]  # the full reconstruction replaces every pixel
+    if holdout:
+        _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation, candidates=candidates,
+                                           known=known_everywhere, seed=config.fit.seed))
 
     group.attrs["tilefill"] = {
         "version": __version__,
