@@ -46,7 +46,7 @@ def _fit_in_worker(preset: str, tile: int, iterations: int) -> dict:
     from tilefill._gaps import slc_off_mask
 
     torch.set_num_threads(1)
-    cfg = load_config(preset, {"fit.iterations": iterations, "fit.validation": 0.0})
+    cfg = load_config(preset, {"fit.iterations": iterations, "fit.validation": 0.0, "fit.blend_auto": False})
     data = load_sample("landsat8")[0][:, :tile, :tile].astype(np.float32)
     lo, hi = data.min(axis=(1, 2), keepdims=True), data.max(axis=(1, 2), keepdims=True)
     image = (data - lo) / (hi - lo)
@@ -71,6 +71,8 @@ def measure(env, preset: str, tile: int, iterations: int) -> dict:
     else:
         for k, v in env.items():
             environ[k] = v  # None: the variable is not set at all
+            if v is None:  # the nanny copies its settings into this process's environment: undo an earlier one
+                os.environ.pop(k, None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host=LOOPBACK,
                           dashboard_address=None) as cluster, Client(cluster) as client:
