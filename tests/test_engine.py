@@ -240,11 +240,11 @@ def test_a_group_over_the_memory_budget_is_fitted_in_sub_groups(tiny_network):
 def test_out_of_memory_halves_the_group_and_the_runtime_remembers(tiny_network, monkeypatch):
     real, sizes = _dip._fit_group, []
 
-    def fake_gpu(problems, network, fit, rt):  # a device with room for 2 networks at a time
+    def fake_gpu(problems, network, fit, rt, on_iteration=None):  # a device with room for 2 networks at a time
         sizes.append(len(problems))
         if len(problems) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(problems, network, fit, rt)
+        return real(problems, network, fit, rt, on_iteration)
 
     monkeypatch.setattr(_dip, "_fit_group", fake_gpu)
     probs = _problems(5)
@@ -258,7 +258,7 @@ def test_out_of_memory_halves_the_group_and_the_runtime_remembers(tiny_network, 
     fit_problems(probs, tiny_network, fit, runtime=rt)
     assert sizes == [2, 2, 1]  # learnt: no out-of-memory error again
 
-    def no_room(problems, network, fit, rt):
+    def no_room(problems, network, fit, rt, on_iteration=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
     monkeypatch.setattr(_dip, "_fit_group", no_room)

@@ -144,12 +144,13 @@ class SkipNet(nn.Module):
             singles.append(cls(cin, cout, cfg))
         if len(seeds) == 1:
             return singles[0]
-        net = cls(cin, cout, cfg, groups=len(seeds))
+        with torch.device("meta"):  # no initialisation of its own: every value is copied from the singles
+            net = cls(cin, cout, cfg, groups=len(seeds))
+        net = net.to_empty(device="cpu")
         with torch.no_grad():
-            # every parameter and BN buffer stacks along dim 0, network after network
+            # every parameter and BN buffer stacks along dim 0, network after network; counters are shared
             for mine, theirs in zip(net.state_dict().values(), zip(*(s.state_dict().values() for s in singles))):
-                if mine.ndim:
-                    mine.copy_(torch.cat(theirs, 0))
+                mine.copy_(torch.cat(theirs, 0) if mine.ndim else theirs[0])
         return net
 
 
@@ -527,7 +528,8 @@ class FitTracker:
         return self.best_out if self.best_out is not None else self.ema
 
 
-def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, rt: Runtime) -> list[DipResult]:
+def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, rt: Runtime,
+               on_iteration: Callable[[int], None] | None = None) -> list[DipResult]:
     """The plain loop: K same-sized problems in one grouped network, on the runtime's device."""
     c, h, w = problems[0].image.shape
     k = len(problems)
@@ -566,7 +568,10 @@ def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, 
         scaler.update()
         losses = inputs.smoothed(losses, per_net.detach())
         done = it + 1
-        if tracker.step(it, lambda: inputs.prediction(out, forward)):
+        stop = tracker.step(it, lambda: inputs.prediction(out, forward))
+        if on_iteration is not None:
+            on_iteration(done)
+        if stop:
             break
     with torch.no_grad():
         final = tracker.result()
@@ -582,14 +587,16 @@ def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, 
 
 def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig, *,
                  engine: EngineConfig | None = None, device: str | torch.device | None = None,
-                 runtime: Runtime | None = None) -> list[DipResult]:
+                 runtime: Runtime | None = None, on_iteration: Callable[[int], None] | None = None
+                 ) -> list[DipResult]:
     """Fit one DIP network per problem, all at once (grouped convolutions); same-sized windows only.
 
     ``runtime`` (default: this process's for ``engine`` and ``device``, else ``fit.device``) says
     where and how. A group larger than the GPU's memory budget is fitted in sub-groups that fit
     (estimated by :func:`network_memory`), in order; a sub-group that runs out of memory anyway
     is halved and fitted again, and the runtime remembers the size that fitted. Each result's
-    ``seconds`` is the wall time of the whole call.
+    ``seconds`` is the wall time of the whole call. ``on_iteration(n)`` is called after each
+    iteration n (from 1) of each (sub-)group: benchmarks time the loop with it.
 
     Examples
     --------
@@ -621,7 +628,7 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
     while pending:
         group = pending.pop(0)
         try:
-            results += _fit_group(group, network, fit, rt)
+            results += _fit_group(group, network, fit, rt, on_iteration)
             largest = max(largest, len(group))
             continue
         except torch.cuda.OutOfMemoryError:
