@@ -231,25 +231,25 @@ def _problems(tiny_network, n=3, size=64):
 def test_batched_networks_get_the_gradients_they_get_alone(tiny_network):
     """K networks as one grouped module: each network's gradient is its own, as if fitted alone.
 
-    (Biases of convolutions followed by BatchNorm have a true gradient of 0; what they get is
-    rounding noise, so they are left out.)
+    In float64: in float32 the grouped and single kernels round differently, and the deepest
+    BatchNorm (2 x 2 px) amplifies that by input-dependent amounts (up to 4% of some BatchNorm
+    weights' gradients), which says nothing about whether the networks share anything.
     """
     import torch
 
     from tilefill._dip import SkipNet
 
     seeds = [3, 4, 5]
-    grouped = SkipNet.stacked(2, 2, tiny_network, seeds)
-    x, t = torch.rand(1, 6, 64, 64), torch.rand(1, 6, 64, 64)
+    grouped = SkipNet.stacked(2, 2, tiny_network, seeds).double()
+    gen = torch.Generator().manual_seed(0)
+    x, t = (torch.rand(1, 6, 64, 64, generator=gen, dtype=torch.float64) for _ in range(2))
     ((grouped(x) - t) ** 2).view(3, -1).mean(dim=1).sum().backward()
     for i, s in enumerate(seeds):
-        single = SkipNet.stacked(2, 2, tiny_network, [s])
+        single = SkipNet.stacked(2, 2, tiny_network, [s]).double()
         ((single(x[:, 2 * i:2 * i + 2]) - t[:, 2 * i:2 * i + 2]) ** 2).mean().backward()
         for (name, pg), ps in zip(grouped.named_parameters(), single.parameters()):
-            if name.endswith("bias") and ps.grad.abs().max() < 1e-7:
-                continue
             n = ps.shape[0]
-            torch.testing.assert_close(pg.grad[i * n:(i + 1) * n], ps.grad, atol=1e-6, rtol=1e-3, msg=name)
+            torch.testing.assert_close(pg.grad[i * n:(i + 1) * n], ps.grad, atol=1e-12, rtol=1e-9, msg=name)
 
 
 def test_batched_fits_reach_the_losses_of_single_fits(tiny_network):
