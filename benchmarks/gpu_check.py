@@ -43,6 +43,7 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,8 @@ class Report:
 
     def save(self) -> None:
         self.data["elapsed_s"] = round(self.elapsed(), 1)
-        for name, text in (("gpu_check.json", json.dumps(_plain(self.data), indent=1)), ("gpu_check.md", markdown(self))):
+        texts = {"gpu_check.json": json.dumps(_plain(self.data), indent=1), "gpu_check.md": markdown(self)}
+        for name, text in texts.items():
             tmp = self.out / f".{name}.tmp"
             tmp.write_text(text + "\n")
             os.replace(tmp, self.out / name)
@@ -330,12 +332,16 @@ def run_cli(argv: list[str], in_process: bool, timeout: float) -> tuple[int, str
     """The tilefill command: a fresh process (as a user runs it), or this one (the CPU smoke run)."""
     if not in_process:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # a session of its own: on timeout its Dask workers go too, and free the GPU for the next step
+        proc = subprocess.Popen([sys.executable, "-m", "tilefill.cli", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         try:
-            proc = subprocess.run([sys.executable, "-m", "tilefill.cli", *argv], capture_output=True, text=True,
-                                  env=env, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            return 124, (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc)
-        return proc.returncode, proc.stderr + proc.stdout
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            return 124, (out or "") + f"\ntimed out after {timeout:.0f} s"
+        return proc.returncode, out
     from tilefill.cli import main
 
     err = io.StringIO()
@@ -366,6 +372,8 @@ def run_cli_variant(report: Report, args, name: str, crop) -> None:
     argv = [str(scene), "-o", str(out), "--mask", str(mask), "--config", args.cli_preset, "--footprint", "full",
             "--workdir", str(work), "--overwrite", "--restart", *where, *[a for s in sets for a in ("--set", s)]]
     say(f"  tilefill {' '.join(shlex.quote(a) for a in argv)}")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # this process's cached blocks, for the worker's fits
     t = time.perf_counter()
     code, log = run_cli(argv, args.cpu_smoke, timeout=max(30.0, args.budget - report.elapsed()))
     wall = time.perf_counter() - t
@@ -471,7 +479,8 @@ def markdown(report: Report) -> str:
     m = d["meta"]
     lines = [f"# GPU check: {m.get('device')}", "",
              f"tilefill {m.get('tilefill')}, torch {m.get('torch')}, CUDA {m.get('cuda')}, cuDNN {m.get('cudnn')}, "
-             f"{m.get('date')}; {'CPU smoke run (toy sizes: no figure here is a GPU figure)' if m.get('cpu_smoke') else ''}",
+             f"{m.get('date')}" + ("; CPU smoke run (toy sizes: no figure here is a GPU figure)"
+                                   if m.get("cpu_smoke") else ""),
              f"elapsed {d['elapsed_s']:.0f} s of a {m.get('budget_s')} s budget", ""]
     if d["ceilings"]:
         c = d["ceilings"]
@@ -484,7 +493,8 @@ def markdown(report: Report) -> str:
                   for k, v in d["targets"].items()] + [""]
     cols = [("engine", "engine", ""), ("preset", "preset", ""), ("k", "K", ""), ("precision", "precision", ""),
             ("iterations_per_s", "it/s", ".1f"), ("tiles_per_s", "tiles/s", ".3f"), ("tflops", "TFLOP/s", ".1f"),
-            ("peak_share", "of peak", ".1%"), ("peak_memory_gb", "peak GB", ".2f"), ("estimate_gb", "estimate GB", ".2f")]
+            ("peak_share", "of peak", ".1%"), ("peak_memory_gb", "peak GB", ".2f"),
+            ("estimate_gb", "estimate GB", ".2f")]
     if d["reference"] or d["engine"]:
         lines += ["## Engine and reference (b, c)", ""] + _table(d["reference"] + d["engine"], cols) + [""]
         for name, s in d.get("speedups", {}).items():
@@ -497,7 +507,8 @@ def markdown(report: Report) -> str:
         lines += ["## Full 8000 x 7000 x 4 scene on one GPU (d), extrapolated from measured tiles/s", ""]
         lines += _table(d["scene"], [("preset", "preset", ""), ("source", "tiles/s from", ""),
                                      ("precision", "precision", ""), ("k", "K", ""), ("variant", "CLI run", ""),
-                                     ("grid", "tiles", ""), ("with_gaps", "with gaps", ""), ("dip_fits", "DIP fits", ""),
+                                     ("grid", "tiles", ""), ("with_gaps", "with gaps", ""),
+                                     ("dip_fits", "DIP fits", ""),
                                      ("tiles_per_s", "tiles/s", ".3f"), ("minutes", "minutes", ".1f")]) + [""]
     if d["cli"]:
         lines += ["## The CLI with --gpus 1 (a smoke run: --workers 0) on a real Landsat-8 crop (a)", ""]
@@ -598,7 +609,8 @@ def main(argv=None) -> None:
     report.save()
     sizes = {preset(p, smoke).tiles.size for p in args.presets}
     tiles_by_size = {s: real_tiles(s, max(args.batches + [8]), sample=args.sample) for s in sizes}
-    step(report, args, "ceilings", 10, lambda: report.data["ceilings"].update(ceilings(device, smoke, args.peak_tflops)))
+    step(report, args, "ceilings", 10,
+         lambda: report.data["ceilings"].update(ceilings(device, smoke, args.peak_tflops)))
     if not report.data["ceilings"]:  # the % columns need a peak
         report.data["ceilings"] = {"bf16_peak_tflops": args.peak_tflops or 1.0, "fp32_peak_tflops": 1.0,
                                    "bf16_matmul_tflops": float("nan"), "tf32_matmul_tflops": float("nan"),

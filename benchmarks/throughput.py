@@ -128,16 +128,17 @@ def main(argv=None):
     gap_px = float(np.mean([(~k[0]).sum() for _, k in tiles]))
     rows = []
 
-    def row(name, sec_per_it, k, mem, precision):
+    def row(name, sec_per_it, k, mem, precision, compile_seconds=0.0):
         its = k / sec_per_it  # network-iterations per second
         r = {"engine": name, "batch": k, "precision": precision, "sec_per_iteration": sec_per_it,
              "iterations_per_s": its, "tiles_per_s": its / fit_its, "gap_mpx_per_s": its / fit_its * gap_px / 1e6,
-             "tflops": flops * its / 1e12, "peak_memory_gb": mem}
+             "tflops": flops * its / 1e12, "peak_memory_gb": mem, "compile_seconds": compile_seconds}
         if args.peak_tflops:
             r["utilisation"] = r["tflops"] / args.peak_tflops
         rows.append(r)
         print(f"{name:<10} batch {k:>3} {precision:<5} {its:8.2f} it/s  {r['tiles_per_s'] * 3600:8.1f} tiles/h  "
-              f"{r['tflops']:7.3f} TFLOP/s  {mem:5.2f} GB", flush=True)
+              f"{r['tflops']:7.3f} TFLOP/s  {mem:5.2f} GB" + (f"  compiled in {compile_seconds:.1f} s"
+                                                              if compile_seconds else ""), flush=True)
         return r
 
     # reference: fp32, one tile at a time
@@ -152,15 +153,16 @@ def main(argv=None):
     for precision in args.precision.split(","):
         eng = EngineConfig(precision=precision, channels_last=args.channels_last, compile=args.compile)
         for k in batches:
-            times = []
+            times, compiled = [], 0.0
+            rt = Runtime(eng, device)  # one per configuration: with --compile, its repeats reuse one compilation
             for rep in range(args.repeats):
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 probs = [Problem(img, known, seed=rep * 100 + i) for i, (img, known) in enumerate(tiles[:k])]
-                seconds, _ = time_engine(probs, cfg.network, cfg.fit, Runtime(eng, device), args.warmup,
-                                         args.iterations)
+                seconds, res = time_engine(probs, cfg.network, cfg.fit, rt, args.warmup, args.iterations)
                 times.append(seconds)
-            row("tilefill", float(np.median(times)), k, peak_memory_gb(device), precision)
+                compiled += res[0].compile_seconds
+            row("tilefill", float(np.median(times)), k, peak_memory_gb(device), precision, compiled)
     best = max(r["tiles_per_s"] for r in rows if r["engine"] == "tilefill")
     speedup = best / ref["tiles_per_s"]
     print(f"best tilefill / reference: {speedup:.2f}x tiles/s")

@@ -509,7 +509,8 @@ class FitTracker:
             return False
         current = self.ema if self.ema is not None else prediction()
         k, c, held = self.k, self.c, self.held
-        err = ((current - self.target) ** 2 * held).reshape(k, c, -1).sum(-1) / held.reshape(k, c, -1).sum(-1).clamp(min=1)
+        sq = ((current - self.target) ** 2 * held).reshape(k, c, -1).sum(-1)
+        err = sq / held.reshape(k, c, -1).sum(-1).clamp(min=1)
         rmse = err.sqrt()
         score = rmse.mean(dim=1)
         better = score < self.best_score
@@ -585,6 +586,11 @@ def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, 
             for i in range(k)]
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """A device allocation failed: the caching allocator's error, or a library's that reports it as text."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig, *,
                  engine: EngineConfig | None = None, device: str | torch.device | None = None,
                  runtime: Runtime | None = None, on_iteration: Callable[[int], None] | None = None
@@ -631,8 +637,9 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
             results += _fit_group(group, network, fit, rt, on_iteration)
             largest = max(largest, len(group))
             continue
-        except torch.cuda.OutOfMemoryError:
-            pass  # out of the handler first: its traceback holds the failed fit's tensors
+        except RuntimeError as exc:  # out of the handler before the retry: its traceback holds the fit's tensors
+            if not _out_of_memory(exc):
+                raise
         if len(group) == 1:
             raise RuntimeError(f"one network on a {h} x {w} window needs more GPU memory than is free: use smaller "
                                "tiles (--tile-size) or a smaller network")
