@@ -131,7 +131,8 @@ def test_a_store_resumes_under_other_engine_settings(scene, tmp_path, monkeypatc
     assert stored["fit"]["device"] == "auto"  # what the workers fit the remaining tiles with
     assert (_read(out)[:, scene[2]] != 0).all()
     with pytest.raises(Exception, match="holds another run"):  # the method's settings are in the key
-        fill_scene(path, out, config=TINY, iterations=4, workers=0, progress=False, workdir=work, footprint="full", overwrite=True)
+        fill_scene(path, out, config=TINY, iterations=4, workers=0, progress=False, workdir=work, footprint="full",
+                   overwrite=True)
 
 
 # --- device requests this machine cannot meet -----------------------------------------------------------
