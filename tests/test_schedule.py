@@ -410,7 +410,8 @@ GPU_SCRIPT = textwrap.dedent("""
             out["workers_torch"] = sorted(client.run(lambda: "torch" in sys.modules).values())
             out["client_torch_in_run"] = "torch" in sys.modules
         out["client_torch_after"] = "torch" in sys.modules
-        try:  # with the CUDA check on, a CPU-only worker is refused
+        os.environ["CUDA_VISIBLE_DEVICES"] = "99"  # a device no machine has: refused on a GPU machine too
+        try:  # with the CUDA check on, a worker without a GPU is refused
             with start_cluster(gpus=1):
                 out["check_cuda"] = "no error"
         except TilefillError as exc:

@@ -567,7 +567,8 @@ def fill_batch(
     jlog = JsonLines(Path(log) if log else None)
     outcomes: list[SceneOutcome] = []
     try:
-        with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file) as clusters:
+        with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file,
+                         device=cfg.fit.device) as clusters:
             for p in problems:
                 if p.failure:
                     logger.warning("%s", p.message)

@@ -161,20 +161,35 @@ class BlendConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How the fits run on the device: numerics (speed, not method)."""
+    """How the fits run on the device: numerics, batching, memory. Speed, not method: none of these
+    settings is part of the run key, so a work store resumes under other engine settings."""
 
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; the loss stays fp32)
+    # fp32 | bf16 | fp16: autocast of the network's body; its 1x1 output layer and sigmoid, the loss,
+    # the EMA and the prediction stay fp32
+    precision: str = "fp32"
     tf32: bool = True  # TF32 matmuls/convs on Ampere+ GPUs
     channels_last: bool = False
-    compile: bool = False  # torch.compile the network
+    compile: bool = False  # torch.compile the network, once per worker process and input shape
+    # torch.compile's backend: inductor generates kernels; aot_eager traces the same graphs without
+    # generating code (minutes faster to compile on a CPU; what the tests use)
+    compile_backend: str = "inductor"
     # tiles per task, fitted together as one grouped network: small tiles alone leave a GPU idle
     tiles_per_task: int = 1
+    # Reproducible GPU fits (cuDNN without autotuning, deterministic kernels): a refitted tile equals
+    # the first fit bit for bit on the same GPU model and software. Slower; CPU fits are so already
+    deterministic: bool = False
+    # Share of a GPU's memory one task's networks may take: a larger group is fitted in sub-groups
+    memory_fraction: float = 0.9
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise TilefillError(f"engine.precision must be fp32, bf16 or fp16, not {self.precision!r}")
         if self.tiles_per_task < 1:
             raise TilefillError(f"engine.tiles_per_task must be at least 1, not {self.tiles_per_task}")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise TilefillError(f"engine.compile_backend must name a torch.compile backend, not {self.compile_backend!r}")
+        if not 0 < self.memory_fraction <= 1:
+            raise TilefillError(f"engine.memory_fraction must be in (0, 1], not {self.memory_fraction}")
 
 
 @dataclass(frozen=True)

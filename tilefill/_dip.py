@@ -16,19 +16,31 @@ no weight, no statistic and no gradient, yet run as one kernel per layer, which 
 a GPU. K counts ensemble members, bands fitted one at a time, and tiles batched together;
 with K = 1 it is the paper's plain loop. Each network is initialised, fed z and noise from its
 own seed, so a network fitted in a batch matches the same network fitted alone.
+
+A fit is three parts, each testable alone: an input strategy (:class:`FixedInput` for noise and
+meshgrid, :class:`ContextInput`) says what the networks see each iteration and what their loss
+counts; a :class:`FitTracker` keeps the EMA of the outputs, the validation on hidden pixels,
+the patience and each network's best output; and a plain loop (:func:`_fit_group`) steps Adam.
+Where and how the loop runs (device, precision, compiled network, memory) is the process's
+:class:`~tilefill._runtime.Runtime`; :func:`fit_problems` splits a group that would not fit the
+GPU's memory into sub-groups, and halves a sub-group that runs out of it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import math
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from tilefill._config import EngineConfig, FitConfig, NetworkConfig
+from tilefill._runtime import AUTOCAST, Runtime, get_runtime, network_key
+from tilefill._runtime import resolve_device as pick_device  # noqa: F401 - the name callers know
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -44,9 +56,15 @@ def _bn_act(channels: int, slope: float, groups: int) -> list[nn.Module]:
 
 
 def _group_cat(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
-    """Concatenate channels network by network, so each group of channels stays one network's."""
+    """Concatenate channels network by network, so each group of channels stays one network's.
+
+    A pure copy, so every way of doing it gives the same values: views for the default layout,
+    chunks for channels_last (whose strides forbid the views, and which this keeps channels_last).
+    """
     if groups == 1:
         return torch.cat([a, b], dim=1)
+    if not a.is_contiguous():
+        return torch.cat([t for pair in zip(a.chunk(groups, 1), b.chunk(groups, 1)) for t in pair], dim=1)
     n, _, h, w = a.shape
     return torch.cat([a.view(n, groups, -1, h, w), b.view(n, groups, -1, h, w)], dim=2).view(n, -1, h, w)
 
@@ -104,8 +122,18 @@ class SkipNet(nn.Module):
         self.body = _Level(cin, 0, cfg, groups)
         self.head = nn.Sequential(_conv(cfg.channels_up[0], cout, 1, groups=groups), nn.Sigmoid())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
+    def forward(self, x: torch.Tensor, autocast: torch.dtype | None = None) -> torch.Tensor:
+        """The output in [0, 1]; ``autocast`` (bf16, fp16) runs the body in that precision.
+
+        The 1x1 output layer and its sigmoid always run in fp32: in bf16 the sigmoid's output
+        moves in steps of 0.004 near 1, and the loss, the EMA and the prediction that fills the
+        gaps would inherit them. It costs ``cout / channels`` of one body layer.
+        """
+        if autocast is None:
+            return self.head(self.body(x))
+        with torch.autocast(x.device.type, dtype=autocast):
+            features = self.body(x)
+        return self.head(features.float())
 
     @classmethod
     def stacked(cls, cin: int, cout: int, cfg: NetworkConfig, seeds: list[int]) -> "SkipNet":
@@ -116,12 +144,13 @@ class SkipNet(nn.Module):
             singles.append(cls(cin, cout, cfg))
         if len(seeds) == 1:
             return singles[0]
-        net = cls(cin, cout, cfg, groups=len(seeds))
+        with torch.device("meta"):  # no initialisation of its own: every value is copied from the singles
+            net = cls(cin, cout, cfg, groups=len(seeds))
+        net = net.to_empty(device="cpu")
         with torch.no_grad():
-            # every parameter and BN buffer stacks along dim 0, network after network
+            # every parameter and BN buffer stacks along dim 0, network after network; counters are shared
             for mine, theirs in zip(net.state_dict().values(), zip(*(s.state_dict().values() for s in singles))):
-                if mine.ndim:
-                    mine.copy_(torch.cat(theirs, 0))
+                mine.copy_(torch.cat(theirs, 0) if mine.ndim else theirs[0])
         return net
 
 
@@ -141,6 +170,53 @@ def flops_per_iteration(cin: int, cout: int, cfg: NetworkConfig, height: int, wi
     for h in handles:
         h.remove()
     return 3 * 2 * float(macs)
+
+
+# The estimate's margin over what it counts (autograd's saved tensors, parameters, Adam's state):
+# the backward's transient gradients, cuDNN workspaces, allocator rounding. A guess until measured
+# on a GPU: benchmarks/gpu_check.py reports measured peak / estimate for every group size.
+MEMORY_MARGIN = 1.3
+
+
+@functools.lru_cache(maxsize=32)
+def _saved_bytes(cin: int, cout: int, cfg: NetworkConfig, precision: str, device: str) -> tuple[float, int]:
+    """(bytes autograd saves per input pixel, parameter count) of one network, counted on a 64 px input.
+
+    Every feature map scales with the window's area, so one small forward measures any size. On a
+    GPU it runs there, in the precision's autocast (what it saves is that device's). On a CPU it
+    runs in fp32 for every precision: CPU autocast saves other dtypes than CUDA's, and emulated
+    bf16 takes seconds; fp32 over-counts a half-precision fit (by 1.6x on this CPU's autocast).
+    """
+    on_gpu = device != "cpu"
+    net = SkipNet(cin, cout, cfg).to(device)
+    sizes: dict = {}
+
+    def pack(t):
+        sizes[(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(torch.rand(1, cin, 64, 64, device=device), AUTOCAST[precision] if on_gpu else None)
+    return sum(sizes.values()) / (64 * 64), sum(p.numel() for p in net.parameters())
+
+
+def network_memory(cin: int, cout: int, cfg: NetworkConfig, height: int, width: int, precision: str = "fp32",
+                   device: str = "cpu") -> int:
+    """Device memory one network's fit takes, in bytes (an estimate, with :data:`MEMORY_MARGIN`).
+
+    What autograd saves for the backward (per pixel, as measured by :func:`_saved_bytes` on
+    ``device``), the parameters with their gradients and Adam's two moments (fp32), and the
+    window's fp32 buffers (input, target, masks, EMA, best output).
+
+    Examples
+    --------
+    >>> from tilefill._config import NetworkConfig
+    >>> round(network_memory(4, 4, NetworkConfig(), 256, 256) / 2**30, 1)  # the paper's network, 256 px
+    1.0
+    """
+    per_px, params = _saved_bytes(cin, cout, cfg, precision, str(torch.device(device).type))
+    buffers = 8 * 4 * (cin + cout) * height * width
+    return int(MEMORY_MARGIN * (per_px * height * width + 16 * params + buffers))
 
 
 @dataclass(frozen=True)
@@ -169,12 +245,8 @@ class DipResult:
     # RMSE on known pixels hidden from the fit (fit.validation > 0), per band, in [0, 1] units:
     # an estimate of the gap RMSE made without ground truth; NaN when not measured
     validation_rmse: tuple[float, ...] = field(default=())
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    compile_seconds: float = 0.0  # of ``seconds``, spent in torch.compile (first fits of a shape in a process)
+    networks_per_group: int = 0  # the most networks fitted at once (fewer than asked: memory split them)
 
 
 def holdout_mask(known: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -281,9 +353,256 @@ def _input(channels: int, height: int, width: int, fit: FitConfig, gen: torch.Ge
     return torch.rand((1, channels, height, width), generator=gen) * fit.input_scale
 
 
+class FitInputs:
+    """What K networks see each iteration and which pixels their loss counts: one input kind.
+
+    ``target`` and ``mask`` are (1, K*C, H, W): the windows' values (0 where unknown) and the
+    pixels the fit may learn from. ``z`` is what the networks see when they predict the gaps.
+    """
+
+    channels_in = 1  # the network's input channels per band
+    stride = 1  # iterations between predictions averaged into the EMA
+
+    def __init__(self, problems: list[Problem], fit: FitConfig, target: torch.Tensor, mask: torch.Tensor,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        self.k, self.c = len(problems), problems[0].image.shape[0]
+        self.fit, self.target, self.mask, self.memory_format = fit, target, mask, memory_format
+        self.z: torch.Tensor
+
+    def next(self) -> torch.Tensor:
+        """This iteration's input."""
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor) -> torch.Tensor:
+        """Each network's loss on this iteration's output: (K,)."""
+        raise NotImplementedError
+
+    def smoothed(self, losses: torch.Tensor, per_net: torch.Tensor) -> torch.Tensor:
+        """The running loss each network reports, after this iteration's ``per_net``."""
+        return per_net
+
+    def prediction(self, out: torch.Tensor, forward: Callable) -> torch.Tensor:
+        """Each network's current prediction of its window (fp32), given this iteration's output."""
+        return out.detach()
+
+    def final(self, forward: Callable) -> torch.Tensor:
+        """The prediction from ``z`` alone: the paper's output, BatchNorm still in training mode."""
+        return forward(self.z)
+
+
+class FixedInput(FitInputs):
+    """The paper's input: a fixed z per network (noise, or the meshgrid), plus fresh noise each iteration.
+
+    z comes from the network's seed; the per-iteration noise from its own stream (seed + 1) on
+    the device, so a network fitted in a group sees what it would see alone. The loss is each
+    network's own mean over its elements, the public DIP code's ``mse(out * mask, img * mask)``.
+    """
+
+    def __init__(self, problems, fit, target, mask, memory_format=torch.contiguous_format):
+        super().__init__(problems, fit, target, mask, memory_format)
+        dev, (c, h, w) = target.device, problems[0].image.shape
+        gens = [torch.Generator(device="cpu").manual_seed(p.seed) for p in problems]
+        self.z = torch.cat([_input(c, h, w, fit, g) for g in gens], dim=1).to(dev).contiguous(
+            memory_format=memory_format)
+        self.noise_gens = [torch.Generator(device=dev).manual_seed(p.seed + 1) for p in problems] \
+            if fit.input_noise else []
+
+    def next(self) -> torch.Tensor:
+        if not self.noise_gens:
+            return self.z
+        _, _, h, w = self.z.shape
+        dev = self.z.device
+        noise = torch.cat([torch.randn((1, self.c, h, w), generator=g, device=dev) for g in self.noise_gens], dim=1)
+        return self.z + noise * self.fit.input_noise
+
+    def loss(self, out: torch.Tensor) -> torch.Tensor:
+        # summing the networks' means keeps every network's gradient its own
+        return ((out * self.mask - self.target * self.mask) ** 2).reshape(self.k, -1).mean(dim=1)
+
+
+class ContextInput(FitInputs):
+    """``fit.input: context``: the window itself, gaps pre-filled, plus its visibility mask.
+
+    Each iteration more gap-shaped stripes of known pixels (:class:`_ContextStripes`, from the
+    network's seed + 3) are hidden from that input, and the loss is each network's mean error
+    on them. The prediction is a separate pass over the whole window (``z``), taken every
+    ``stride`` iterations for the EMA.
+    """
+
+    channels_in = 2
+    stride = 5
+
+    def __init__(self, problems, fit, target, mask, memory_format=torch.contiguous_format):
+        super().__init__(problems, fit, target, mask, memory_format)
+        self.stripes = [_ContextStripes(p.known, p.seed + 3, target.device) for p in problems]
+        self.z = _group_cat(context_fill(target, mask), mask, self.k).contiguous(memory_format=memory_format)
+        self.hidden = torch.zeros_like(mask)
+
+    def next(self) -> torch.Tensor:
+        # hide more gap-shaped stripes of known pixels; the network learns to predict them from around
+        draws = torch.stack([st.draw() for st in self.stripes]).repeat_interleave(self.c, 0)[None]
+        self.hidden = draws.to(self.mask.dtype) * self.mask
+        visible = self.mask - self.hidden
+        return _group_cat(context_fill(self.target, visible), visible, self.k).contiguous(
+            memory_format=self.memory_format)
+
+    def loss(self, out: torch.Tensor) -> torch.Tensor:
+        hid = self.hidden.reshape(self.k, -1)
+        return ((out - self.target) ** 2 * self.hidden).reshape(self.k, -1).sum(dim=1) / hid.sum(dim=1).clamp(min=1)
+
+    def smoothed(self, losses: torch.Tensor, per_net: torch.Tensor) -> torch.Tensor:
+        # one iteration's stripes are few, and now and then none: a smoothed loss, kept where none
+        has = self.hidden.reshape(self.k, -1).sum(dim=1) > 0
+        smooth = torch.where(torch.isnan(losses), per_net, 0.9 * losses + 0.1 * per_net)
+        return torch.where(has, smooth, losses)
+
+    def prediction(self, out: torch.Tensor, forward: Callable) -> torch.Tensor:
+        with torch.no_grad():
+            return forward(self.z)
+
+
+INPUTS = {"noise": FixedInput, "meshgrid": FixedInput, "context": ContextInput}
+
+
+class FitTracker:
+    """A fit's outputs over its iterations, per network: their EMA, validation, patience, the best one.
+
+    ``fit.ema``: an exponential average of the predictions over the second half of the fit (one
+    step every ``stride`` iterations, of decay ``ema ** stride``). With hidden pixels (``held``,
+    1 where a known pixel is kept out of the loss), every ``fit.check_every`` iterations and at
+    the end the prediction (the EMA's, when there is one) is scored there by RMSE per band; each
+    network keeps the prediction that scored best, and :meth:`step` says stop once every
+    network went ``fit.patience`` checks without a better score.
+
+    Examples
+    --------
+    >>> t = FitTracker(FitConfig(iterations=4, ema=0.5), k=1, c=1, target=torch.zeros(1, 1, 2, 2))
+    >>> [t.step(it, lambda: torch.full((1, 1, 2, 2), float(it))) for it in range(4)]
+    [False, False, False, False]
+    >>> float(t.result()[0, 0, 0, 0])  # 0.5 * 2 + 0.5 * 3
+    2.5
+    """
+
+    def __init__(self, fit: FitConfig, k: int, c: int, target: torch.Tensor, held: torch.Tensor | None = None,
+                 stride: int = 1):
+        dev = target.device
+        self.fit, self.k, self.c, self.target, self.held, self.stride = fit, k, c, target, held, stride
+        self.ema: torch.Tensor | None = None
+        self.best_score = torch.full((k,), float("inf"), device=dev)
+        self.best_rmse = torch.full((k, c), float("nan"), device=dev)  # that score per band
+        self.best_out: torch.Tensor | None = None
+        self.stale = torch.zeros(k, dtype=torch.long, device=dev)
+
+    def step(self, it: int, prediction: Callable[[], torch.Tensor]) -> bool:
+        """After iteration ``it`` (from 0): average and score as due; True when the fit should stop.
+
+        ``prediction()`` gives the networks' current prediction; it is called only when needed.
+        """
+        fit, done = self.fit, it + 1
+        # average the second half: the first outputs are far off
+        if fit.ema and it >= fit.iterations // 2 and (it % self.stride == 0 or done == fit.iterations):
+            step = prediction()
+            decay = fit.ema ** self.stride
+            self.ema = step.clone() if self.ema is None else self.ema.mul_(decay).add_(step, alpha=1 - decay)
+        due = done % fit.check_every == 0 or done == fit.iterations
+        if self.held is None or not due or (fit.ema and self.ema is None):
+            return False
+        current = self.ema if self.ema is not None else prediction()
+        k, c, held = self.k, self.c, self.held
+        sq = ((current - self.target) ** 2 * held).reshape(k, c, -1).sum(-1)
+        err = sq / held.reshape(k, c, -1).sum(-1).clamp(min=1)
+        rmse = err.sqrt()
+        score = rmse.mean(dim=1)
+        better = score < self.best_score
+        self.best_score = torch.where(better, score, self.best_score)
+        self.best_rmse[better] = rmse[better]
+        if self.best_out is None:
+            self.best_out = current.clone()
+        else:  # each network keeps its own best output
+            sel = better.repeat_interleave(c).view(1, k * c, 1, 1)
+            self.best_out = torch.where(sel, current, self.best_out)
+        self.stale = torch.where(better, torch.zeros_like(self.stale), self.stale + 1)
+        return bool(fit.patience and bool((self.stale >= fit.patience).all()))
+
+    def result(self) -> torch.Tensor | None:
+        """The output that predicted the hidden pixels best, else the EMA; None: neither was kept."""
+        return self.best_out if self.best_out is not None else self.ema
+
+
+def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, rt: Runtime,
+               on_iteration: Callable[[int], None] | None = None) -> list[DipResult]:
+    """The plain loop: K same-sized problems in one grouped network, on the runtime's device."""
+    c, h, w = problems[0].image.shape
+    k = len(problems)
+    dev = rt.device
+    rt.activate()
+    kind = INPUTS[fit.input]
+    cin = kind.channels_in * c
+    net, model = rt.network(lambda: SkipNet.stacked(cin, c, network, [p.seed for p in problems]),
+                            network_key(network, cin, c, k, h, w))
+    held = [p.holdout if p.holdout is not None else
+            holdout_mask(p.known, fit.validation, p.seed + 2) if fit.validation else np.zeros_like(p.known)
+            for p in problems]
+    train = np.concatenate([p.known & ~hd for p, hd in zip(problems, held)])
+    # unknown pixels never reach the loss, whatever they hold (even NaN)
+    target = torch.from_numpy(np.concatenate([np.where(p.known, p.image, 0) for p in problems]).astype(np.float32))
+    target, mask = target[None].to(dev), torch.from_numpy(train.astype(np.float32))[None].to(dev)
+    held_t = torch.from_numpy(np.concatenate(held).astype(np.float32))[None].to(dev) if any(h.any() for h in held) else None
+    inputs = kind(problems, fit, target, mask, rt.memory_format)
+    tracker = FitTracker(fit, k, c, target, held_t, inputs.stride)
+    opt = torch.optim.Adam(net.parameters(), lr=fit.learning_rate)
+    scaler = rt.grad_scaler()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = rt.call(model, x)
+        return out if out.is_contiguous() else out.contiguous()  # channels_last: the loss and EMA in one layout
+
+    losses = torch.full((k,), float("nan"), device=dev)
+    done = 0
+    for it in range(fit.iterations):
+        opt.zero_grad(set_to_none=True)
+        out = forward(inputs.next())
+        per_net = inputs.loss(out)
+        with rt.compiling(model, "backward"):
+            scaler.scale(per_net.sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        losses = inputs.smoothed(losses, per_net.detach())
+        done = it + 1
+        stop = tracker.step(it, lambda: inputs.prediction(out, forward))
+        if on_iteration is not None:
+            on_iteration(done)
+        if stop:
+            break
+    with torch.no_grad():
+        final = tracker.result()
+        if final is None:
+            final = inputs.final(forward)
+    rt.synchronize()
+    final = final[0].cpu().numpy().reshape(k, c, h, w).astype(np.float32)
+    losses = losses.cpu().numpy()
+    val = tracker.best_rmse.cpu().numpy()
+    return [DipResult(final[i], float(losses[i]), done, 0.0, str(dev), tuple(float(v) for v in val[i]))
+            for i in range(k)]
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """A device allocation failed: the caching allocator's error, or a library's that reports it as text."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
 def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig, *,
-                 engine: EngineConfig | None = None, device: str | torch.device | None = None) -> list[DipResult]:
+                 engine: EngineConfig | None = None, device: str | torch.device | None = None,
+                 runtime: Runtime | None = None, on_iteration: Callable[[int], None] | None = None
+                 ) -> list[DipResult]:
     """Fit one DIP network per problem, all at once (grouped convolutions); same-sized windows only.
+
+    ``runtime`` (default: this process's for ``engine`` and ``device``, else ``fit.device``) says
+    where and how. A group larger than the GPU's memory budget is fitted in sub-groups that fit
+    (estimated by :func:`network_memory`), in order; a sub-group that runs out of memory anyway
+    is halved and fitted again, and the runtime remembers the size that fitted. Each result's
+    ``seconds`` is the wall time of the whole call. ``on_iteration(n)`` is called after each
+    iteration n (from 1) of each (sub-)group: benchmarks time the loop with it.
 
     Examples
     --------
@@ -297,143 +616,44 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
     """
     if "+" in fit.input:
         raise ValueError("fit_problems fits one input kind; fit_windows splits fit.input = 'noise+context'")
-    engine = engine or EngineConfig()
-    dev = device if isinstance(device, torch.device) else pick_device(device or fit.device)
+    rt = runtime or get_runtime(engine, device if device is not None else fit.device)
     shapes = {p.image.shape for p in problems}
     if len(shapes) != 1:
         raise ValueError(f"problems fitted together must share one shape, got {sorted(shapes)}")
     c, h, w = shapes.pop()
-    k = len(problems)
-    start = time.perf_counter()
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = engine.tf32
-        torch.backends.cudnn.allow_tf32 = engine.tf32
-        torch.backends.cudnn.benchmark = True
-
-    context = fit.input == "context"
-    gens = [torch.Generator(device="cpu").manual_seed(p.seed) for p in problems]
-    # the context input is the window itself plus its visibility mask: twice the channels
-    net = SkipNet.stacked(2 * c if context else c, c, network, [p.seed for p in problems]).to(dev)
-    z = None if context else torch.cat([_input(c, h, w, fit, g) for g in gens], dim=1).to(dev)
-    # per-network noise streams, so a batched network sees what it would see alone
-    noisy = fit.input_noise and not context
-    noise_gens = [torch.Generator(device=dev).manual_seed(p.seed + 1) for p in problems] if noisy else []
-    held = [p.holdout if p.holdout is not None else
-            holdout_mask(p.known, fit.validation, p.seed + 2) if fit.validation else np.zeros_like(p.known)
-            for p in problems]
-    train = np.concatenate([p.known & ~hd for p, hd in zip(problems, held)])
-    # unknown pixels never reach the loss, whatever they hold (even NaN)
-    target = torch.from_numpy(np.concatenate([np.where(p.known, p.image, 0) for p in problems]).astype(np.float32))
-    target, mask = target[None].to(dev), torch.from_numpy(train.astype(np.float32))[None].to(dev)
-    held_t = torch.from_numpy(np.concatenate(held).astype(np.float32))[None].to(dev) if any(h.any() for h in held) else None
-    memory = torch.channels_last if engine.channels_last else torch.contiguous_format
-    if context:
-        stripes = [_ContextStripes(p.known, p.seed + 3, dev) for p in problems]
-        z = _group_cat(context_fill(target, mask), mask, k)  # what the network sees when it predicts the gaps
-    net = net.to(memory_format=memory)
-    z = z.contiguous(memory_format=memory)
-    model = torch.compile(net) if engine.compile else net
-    opt = torch.optim.Adam(net.parameters(), lr=fit.learning_rate)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(engine.precision)
-    scaler = torch.amp.GradScaler(dev.type, enabled=engine.precision == "fp16")
-
-    def forward(x):
-        ctx = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-        with ctx:
-            return model(x).float()
-
-    ema = None
-    # context: the prediction is a separate forward pass of the whole window, run every few
-    # iterations in the second half (each one an average step of decay ema ** stride)
-    stride = 5 if context else 1
-    # per network: best validation RMSE (mean over its bands), that RMSE per band, its output then
-    best_score = torch.full((k,), float("inf"), device=dev)
-    best_rmse = torch.full((k, c), float("nan"), device=dev)
-    best_out = None
-    stale = torch.zeros(k, dtype=torch.long, device=dev)
-    losses = torch.full((k,), float("nan"), device=dev)
-    done = 0
-    for it in range(fit.iterations):
-        opt.zero_grad(set_to_none=True)
-        if context:
-            # hide more gap-shaped stripes of known pixels; the network learns to predict them from around
-            hid = torch.stack([st.draw() for st in stripes]).repeat_interleave(c, 0)[None].to(mask.dtype) * mask
-            visible = mask - hid
-            x = _group_cat(context_fill(target, visible), visible, k).contiguous(memory_format=memory)
-        elif fit.input_noise:
-            noise = torch.cat([torch.randn((1, c, h, w), generator=g, device=dev) for g in noise_gens], dim=1)
-            x = z + noise * fit.input_noise
-        else:
-            x = z
-        out = forward(x)
-        if context:  # each network's mean over the pixels it had to predict
-            per_net = ((out - target) ** 2 * hid).view(k, -1).sum(dim=1) / hid.view(k, -1).sum(dim=1).clamp(min=1)
-        else:
-            # each network's own mean over its elements (the public DIP code's mse(out * mask, img * mask));
-            # summing them keeps every network's gradient its own
-            per_net = ((out * mask - target * mask) ** 2).view(k, -1).mean(dim=1)
-        scaler.scale(per_net.sum()).backward()
-        scaler.step(opt)
-        scaler.update()
-        if context:  # a smoothed loss: one iteration's stripes are few, and now and then none
-            has = hid.view(k, -1).sum(dim=1) > 0
-            smooth = torch.where(torch.isnan(losses), per_net.detach(), 0.9 * losses + 0.1 * per_net.detach())
-            losses = torch.where(has, smooth, losses)
-        else:
-            losses = per_net.detach()
-        done = it + 1
-        # average the second half: the first outputs are far off
-        if fit.ema and it >= fit.iterations // 2 and (it % stride == 0 or done == fit.iterations):
-            if context:
-                with torch.no_grad():
-                    step = forward(z)
-            else:
-                step = out.detach()
-            decay = fit.ema ** stride
-            ema = step.clone() if ema is None else ema.mul_(decay).add_(step, alpha=1 - decay)
-        if held_t is not None and (done % fit.check_every == 0 or done == fit.iterations) and (
-                ema is not None or not fit.ema):
-            if ema is not None:
-                current = ema
-            elif context:
-                with torch.no_grad():
-                    current = forward(z)
-            else:
-                current = out.detach()
-            err = ((current - target) ** 2 * held_t).view(k, c, -1).sum(-1) / held_t.view(k, c, -1).sum(-1).clamp(min=1)
-            rmse = err.sqrt()
-            score = rmse.mean(dim=1)
-            better = score < best_score
-            best_score = torch.where(better, score, best_score)
-            best_rmse[better] = rmse[better]
-            if best_out is None:
-                best_out = current.clone()
-            else:  # each network keeps its own best output
-                sel = better.repeat_interleave(c).view(1, k * c, 1, 1)
-                best_out = torch.where(sel, current, best_out)
-            stale = torch.where(better, torch.zeros_like(stale), stale + 1)
-            if fit.patience and bool((stale >= fit.patience).all()):
-                break
-    with torch.no_grad():
-        if best_out is not None:
-            final = best_out  # the output that predicted the hidden pixels best
-        elif ema is not None:
-            final = ema
-        else:
-            final = forward(z)  # the paper: output from z alone (no noise), BatchNorm still in training mode
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    final = final[0].cpu().numpy().reshape(k, c, h, w).astype(np.float32)
-    seconds = time.perf_counter() - start
-    losses = losses.cpu().numpy()
-    val = best_rmse.cpu().numpy()
-    return [DipResult(final[i], float(losses[i]), done, seconds, str(dev), tuple(float(v) for v in val[i]))
-            for i in range(k)]
+    cin = INPUTS[fit.input].channels_in * c
+    start, compiled = time.perf_counter(), rt.compile_seconds
+    key = (network, cin, h, w)
+    budget = rt.budget()
+    per_network = network_memory(cin, c, network, h, w, rt.engine.precision, rt.device.type) \
+        if budget is not None else 0
+    sizes = rt.group_sizes(len(problems), per_network, key, budget)
+    pending = [problems[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
+    results: list[DipResult] = []
+    largest = 0
+    while pending:
+        group = pending.pop(0)
+        try:
+            results += _fit_group(group, network, fit, rt, on_iteration)
+            largest = max(largest, len(group))
+            continue
+        except RuntimeError as exc:  # out of the handler before the retry: its traceback holds the fit's tensors
+            if not _out_of_memory(exc):
+                raise
+        if len(group) == 1:
+            raise RuntimeError(f"one network on a {h} x {w} window needs more GPU memory than is free: use smaller "
+                               "tiles (--tile-size) or a smaller network")
+        rt.release()
+        half = math.ceil(len(group) / 2)
+        rt.learn_cap(key, half)
+        pending[:0] = [group[:half], group[half:]]
+    seconds, compiled = time.perf_counter() - start, rt.compile_seconds - compiled
+    return [replace(r, seconds=seconds, compile_seconds=compiled, networks_per_group=largest) for r in results]
 
 
 def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: FitConfig, *, seed: int = 0,
             device: str | torch.device | None = None, engine: EngineConfig | None = None,
-            holdout: np.ndarray | None = None) -> DipResult:
+            holdout: np.ndarray | None = None, runtime: Runtime | None = None) -> DipResult:
     """Fit DIP to the known pixels of one window and return its prediction.
 
     All bands in one network (the paper's composite), or one network per band with
@@ -449,6 +669,9 @@ def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: F
         The architecture and the optimisation settings.
     seed : int
         Seeds the weights, z and the per-iteration noise, so a fit is reproducible.
+    device, engine, runtime
+        Where and how it runs: ``runtime``, else this process's runtime for ``engine`` (default
+        settings) and ``device`` (default ``fit.device``); see :mod:`tilefill._runtime`.
 
     Examples
     --------
@@ -464,12 +687,12 @@ def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: F
     if image.ndim != 3 or image.shape != known.shape:
         raise ValueError("image and known must both be (bands, H, W)")
     return fit_windows([(image, known, seed)], network, fit, engine=engine, device=device,
-                       holdouts=None if holdout is None else [holdout])[0]
+                       holdouts=None if holdout is None else [holdout], runtime=runtime)[0]
 
 
 def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: NetworkConfig, fit: FitConfig, *,
                 engine: EngineConfig | None = None, device: str | torch.device | None = None,
-                holdouts: list[np.ndarray] | None = None) -> list[DipResult]:
+                holdouts: list[np.ndarray] | None = None, runtime: Runtime | None = None) -> list[DipResult]:
     """Fit several same-sized windows ``(image, known, seed)`` together; one result per window.
 
     Each window becomes ``ensemble`` problems per input kind (``fit.input: noise+context`` fits
@@ -495,7 +718,8 @@ def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: Netw
                     sl = slice(b, b + 1) if fit.per_band else b
                     problems.append(Problem(image[sl], known[sl], seed + 7919 * j + 104_729 * m + 1_000_033 * q,
                                             None if hold is None else hold[sl]))
-        fitted = fit_problems(problems, network, replace(fit, input=kind), engine=engine, device=device)
+        fitted = fit_problems(problems, network, replace(fit, input=kind), engine=engine, device=device,
+                              runtime=runtime)
         per_window = len(split) * fit.ensemble
         for w in range(len(windows)):
             rs = fitted[w * per_window:(w + 1) * per_window]
@@ -511,8 +735,9 @@ def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: Netw
                                else float("nan") for b in range(bands))
         else:
             validation = (float("nan"),) * bands
-        # seconds: each kind is one grouped fit, run one after another
-        seconds = sum(r.seconds for r in rs[::len(split) * fit.ensemble])
-        out.append(DipResult(prediction, float(np.mean([r.final_loss for r in rs])), rs[0].iterations, seconds,
-                             rs[0].device, validation))
+        # seconds: each kind is one call of fit_problems, run one after another
+        firsts = rs[::len(split) * fit.ensemble]
+        out.append(DipResult(prediction, float(np.mean([r.final_loss for r in rs])), rs[0].iterations,
+                             sum(r.seconds for r in firsts), rs[0].device, validation,
+                             sum(r.compile_seconds for r in firsts), max(r.networks_per_group for r in rs)))
     return out

@@ -283,7 +283,8 @@ def fill_scene(
     out = check_output_path(output, overwrite)
     keep_store = workdir is not None
     store_path = (Path(workdir) / "tiles.zarr") if keep_store else default_store(out)
-    with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file) as clusters:
+    with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file,
+                     device=cfg.fit.device) as clusters:
         report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
                           bands=bands, mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite,
                           progress=progress, start=start)
@@ -343,7 +344,7 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
         log.info("scene %d x %d px, %d band(s) %s, %s; %d tiles of %d px", info.width, info.height, info.count,
                  ",".join(info.band_names), info.dtype, len(grid), grid.size)
         key = run_key(src, cfg, grid, footprint=footprint)
-        store = resumable_store(store_path, key.digest, restart=restart)
+        store = resumable_store(store_path, key.digest, restart=restart, config=cfg)
         if store is None:
             store = build_store(src, grid, cfg, store_path, footprint=footprint, run_key=key.digest)
         to_fit = store.tiles_to_fit

@@ -3,9 +3,9 @@
 A key covers the input's content (every band file, mask, gap-mask and QA_PIXEL file and a
 Landsat product's metadata, read in 1 MiB chunks through BLAKE2b, so a file rewritten in place
 under the same name is caught), the parameters (the config less its ``output`` and ``blend``
-sections and ``name``, which change how the mosaic and the GeoTIFF are made but no tile; the
-selected bands; how each mask decides gaps, e.g. the QA_PIXEL bits; the footprint mode; the grid)
-and tilefill's version. The
+sections and ``name``, which change how the mosaic and the GeoTIFF are made but no tile, and less
+the speed settings of :func:`speed_settings`; the selected bands; how each mask decides gaps, e.g.
+the QA_PIXEL bits; the footprint mode; the grid) and tilefill's version. The
 tile store keeps the key in its attributes: a store is resumed only by a run with the same
 key, and a store of another key is refused rather than mixed.
 
@@ -16,6 +16,7 @@ the parameters are unchanged, the recorded key stands.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -95,12 +96,34 @@ def scene_files(scene: Scene) -> list[str]:
     return list(dict.fromkeys(str(Path(p).resolve()) for p in scene.input_files))
 
 
+def speed_settings(config: Config) -> dict:
+    """The settings that decide how fast tiles are fitted, not what they are: ``engine.*`` and ``fit.device``.
+
+    A run key leaves them out, so a work store resumes under other ones (a store begun on CPU
+    workers finishes on a GPU, in bf16, 8 tiles per task); the resumed run fits its remaining
+    tiles with its own.
+
+    Examples
+    --------
+    >>> from tilefill import load_config
+    >>> speed_settings(load_config("fast"))["engine.precision"]
+    'fp32'
+    """
+    out = {f"engine.{k}": v for k, v in dataclasses.asdict(config.engine).items()}
+    out["fit.device"] = config.fit.device
+    return out
+
+
 def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str) -> dict:
     """The parameters a key covers, as plain JSON-able values."""
     cfg = config.to_dict()
     cfg.pop("output")  # decides how the GeoTIFF is written, which every run redoes; never a tile
     cfg.pop("blend")  # how the mosaic weighs the tiles' fills, decided after every tile is done
     cfg.pop("name")
+    for key in speed_settings(config):  # speed, not method
+        section, leaf = key.split(".")
+        cfg[section].pop(leaf)
+    cfg = {k: v for k, v in cfg.items() if v != {}}
     return {
         "tilefill": __version__,
         "config": cfg,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -50,11 +51,53 @@ def default_workers() -> int:
 
 def _visible_gpus(n: int) -> list[str]:
     # Respect a CUDA_VISIBLE_DEVICES the user already set (e.g. a SLURM allocation): take its first n.
+    # Set but empty means no GPU, as CUDA reads it
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    pool = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(n)]
+    pool = [str(i) for i in range(n)] if visible is None else [d.strip() for d in visible.split(",") if d.strip()]
     if len(pool) < n:
-        raise TilefillError(f"--gpus {n} but CUDA_VISIBLE_DEVICES lists only {len(pool)} device(s): {visible}")
+        raise TilefillError(f"--gpus {n} but CUDA_VISIBLE_DEVICES lists only {len(pool)} device(s): {visible!r}")
     return pool[:n]
+
+
+def _cuda_device_count() -> int:
+    """CUDA devices a fresh process with this environment sees: asked in a child, so this one never touches CUDA."""
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                             capture_output=True, text=True, timeout=300, check=True)
+        return int(out.stdout.split()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        raise TilefillError(f"could not ask torch how many CUDA devices are visible ({type(exc).__name__})") from None
+
+
+def check_devices(*, device: str = "auto", workers: int | None = None, gpus: int | None = None,
+                  external: bool = False) -> None:
+    """Refuse, before any work, a device this machine cannot give: ``--gpus N`` beyond the GPUs it has,
+    ``fit.device=cuda`` where no worker would see one. An existing cluster's workers are asked on connect.
+    """
+    if external:
+        return
+    if gpus:
+        _visible_gpus(gpus)
+        have = _cuda_device_count()
+        if have < gpus:
+            raise TilefillError(f"--gpus {gpus} but {have or 'no'} CUDA device(s) are visible here"
+                                + (f"; use --gpus {have}" if have else "; use --workers for CPU workers"))
+    elif device == "cuda":
+        if workers != 0:
+            raise TilefillError("fit.device=cuda but the CPU workers tilefill starts see no GPU: use --gpus N "
+                                "(one worker per GPU), or --workers 0 to fit in this process")
+        if not _cuda_device_count():
+            raise TilefillError("fit.device=cuda but no CUDA device is visible here; use fit.device=auto or cpu")
+
+
+def _check_cuda_workers(client, what: str) -> None:
+    """Refuse a cluster whose tile workers (those advertising GPU=1, if any) see no CUDA device."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU", 0) >= 1]
+    for addr, probe in client.run(_worker_probe, workers=gpu or None).items():
+        if not probe["cuda"]:
+            raise TilefillError(f"{what}: a worker sees no CUDA device ({addr}, CUDA_VISIBLE_DEVICES="
+                                f"{probe['visible']}); use --workers for CPU")
 
 
 def dask_setup(worker) -> None:
@@ -257,11 +300,7 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, schedu
     client = Client(cluster)
     try:
         if gpus and check_cuda:
-            for addr, probe in client.run(_worker_probe).items():
-                if not probe["cuda"]:
-                    raise TilefillError(
-                        f"--gpus {gpus}: a worker sees no CUDA device (CUDA_VISIBLE_DEVICES={probe['visible']}); "
-                        "use --workers for CPU")
+            _check_cuda_workers(client, f"--gpus {gpus}")
         yield Cluster(client, gpu=bool(gpus), description=desc)
     finally:
         client.close()
@@ -282,15 +321,25 @@ class LazyCluster:
     ...     run_tiles(clusters.get(), "b/tiles.zarr", [3])   # the same workers
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, device: str = "auto", **kwargs):
         self._external = check_cluster_args(**{k: v for k, v in kwargs.items() if k != "check_cuda"})
+        if kwargs.get("check_cuda", True):  # device: fit.device, refused here if no worker could use it
+            check_devices(device=device, workers=kwargs.get("workers"), gpus=kwargs.get("gpus"),
+                          external=self._external)
+        self._device = device
         self._kwargs = kwargs
         self._stack = ExitStack()
         self._cluster: Cluster | None = None
 
     def __enter__(self) -> "LazyCluster":
         if self._external:
-            self.get()
+            cluster = self.get()
+            if self._device == "cuda" and self._kwargs.get("check_cuda", True):
+                try:
+                    _check_cuda_workers(cluster.client, "fit.device=cuda")
+                except BaseException:
+                    self._stack.close()
+                    raise
         return self
 
     def __exit__(self, *exc) -> None:

@@ -197,12 +197,14 @@ def _read_meta(path: Path) -> dict | None:
         return None
 
 
-def resumable_store(path: str | Path, run_key: str, *, restart: bool = False) -> TileStore | None:
+def resumable_store(path: str | Path, run_key: str, *, restart: bool = False,
+                    config: Config | None = None) -> TileStore | None:
     """The store at ``path`` if it holds this run's finished tiles; None if there is nothing to resume.
 
     A complete store made under another key is refused: its tiles belong to another input or
     other parameters, and mixing them would write a scene neither run asked for. ``restart``
-    discards whatever is there (:func:`build_store` replaces it).
+    discards whatever is there (:func:`build_store` replaces it). ``config``: the resuming run's,
+    whose speed settings (``engine.*``, ``fit.device``: not in the key) the remaining tiles get.
 
     Examples
     --------
@@ -218,7 +220,14 @@ def resumable_store(path: str | Path, run_key: str, *, restart: bool = False) ->
         raise TilefillError(
             f"work store {path} holds another run (key {old}, this run {run_key[:16]}: the input or the parameters "
             "changed); pass --restart (or delete it) to start over, or choose another --workdir")
-    return TileStore.open(path, mode="r+")
+    store = TileStore.open(path, mode="r+")
+    if config is not None:
+        from tilefill._runkey import speed_settings
+
+        store.config = store.config.override(speed_settings(config))
+        store.meta = {**store.meta, "config": store.config.to_dict()}
+        store.group.attrs["tilefill"] = store.meta  # what the workers read
+    return store
 
 
 def _create_or_replace(path: Path, run_key: str | None) -> zarr.Group:
