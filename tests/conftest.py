@@ -386,3 +386,25 @@ def interruptible():
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def listening_sockets(pid: int) -> list[tuple[str, int, int]]:
+    """``(address, port, pid)`` of every socket listening in process ``pid`` and all its descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for proc in procs:
+        try:
+            found += [(c.laddr.ip, c.laddr.port, proc.pid) for c in proc.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass  # gone between the listing and the look
+    return found
+
+
+LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")

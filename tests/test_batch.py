@@ -81,7 +81,7 @@ def _records(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def _batch_cli(*args) -> "click.testing.Result":
+def _batch_cli(*args):
     return CliRunner().invoke(main, ["batch", *map(str, args)])
 
 
@@ -354,3 +354,68 @@ def test_no_sources_and_sources_without_scenes(tmp_path):
     with pytest.raises(TilefillError, match="name the scenes"):
         fill_batch([], tmp_path / "out")
     assert _batch.CLAIM_TTL >= 60
+
+
+# --- verify -----------------------------------------------------------------------------------------------------
+
+def test_verify_rehashes_done_outputs_and_fills_damaged_ones_again(archive, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "log.jsonl"
+    sources = [archive / "a.tif", archive / "2010" / "b.tif"]
+    gdal = ["--method", "gdal", "--config", TINY, "--workers", "0", "--input-root", archive]
+    res = _batch_cli(*sources, "--output-dir", out, *gdal)
+    assert res.exit_code == 0 and "2 filled" in res.output, res.output
+    a, b = out / "a.tif", out / "2010" / "b.tif"
+    with rasterio.open(a) as ds:
+        pixels = ds.read()
+    rotten = bytearray(a.read_bytes())  # bit rot: one byte flipped, the size unchanged
+    rotten[len(rotten) // 2] ^= 0xFF
+    a.write_bytes(bytes(rotten))
+    size = b.stat().st_size
+    b.write_bytes(b.read_bytes()[:-100])  # a copy that stopped short
+
+    # without --verify only the size is compared: the short copy is found, the flipped byte is not
+    res = _batch_cli(*sources, "--output-dir", out, *gdal, "--log", log)
+    assert res.exit_code == 0 and "1 filled, 1 already done (skipped)" in res.output, res.output
+    assert f"damaged: {b}: the output has {size - 100} bytes, its record {size}" in res.output
+    assert a.read_bytes() == bytes(rotten)
+
+    res = _batch_cli(*sources, "--output-dir", out, *gdal, "--log", log, "--verify")
+    assert res.exit_code == 0 and "1 filled, 1 already done (skipped)" in res.output, res.output
+    assert "verified: 1 output(s) match their record, 1 damaged (filled again)" in res.output
+    assert f"damaged: {a}: the output's SHA-256 differs from its record" in res.output
+    record = json.loads(done_path(a).read_text())
+    assert record["sha256"] == file_digest(a, "sha256") and a.read_bytes() != bytes(rotten)
+    with rasterio.open(a) as ds:
+        np.testing.assert_array_equal(ds.read(), pixels)
+    scenes = [r for r in _records(log) if r["type"] == "scene"]
+    assert sorted((Path(r["scene"]).name, r["status"], r["verified"], bool(r["damaged"])) for r in scenes[-2:]) == [
+        ("a.tif", "done", False, True), ("b.tif", "skipped", True, False)]
+    assert _records(log)[-1]["verified"] == 1 and _records(log)[-1]["damaged"] == 1
+
+
+# --- a fault that stops scene after scene ---------------------------------------------------------------------------
+
+def test_the_same_fault_stopping_two_scenes_in_a_row_stops_the_batch(tmp_path, monkeypatch):
+    from tilefill import _schedule
+
+    archive = tmp_path / "archive"
+    for i in range(4):
+        _scene(archive / f"s{i}.tif", shift=i)
+
+    def broken(path, index):
+        raise OSError(28, f"No space left on device: '{path}/tiles/c/{index}/0/0/0'")
+
+    monkeypatch.setattr(_schedule, "fill_tile", broken)
+    out, log = tmp_path / "out", tmp_path / "log.jsonl"
+    res = _batch_cli(archive, "--output-dir", out, "--log", log, *FAST)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines()[-1].startswith(
+        "Error: the same error stopped 2 scenes in a row (OSError: [Errno 28] No space left on device: ")
+    records = _records(log)
+    status = {Path(r["scene"]).name: r["status"] for r in records if r["type"] == "scene"}
+    assert status["s0.tif"] == status["s1.tif"] == "failed" and "s3.tif" not in status  # never reached
+    assert set(status.values()) <= {"failed", "interrupted"}
+    for name in ("s0.tif", "s1.tif"):
+        assert json.loads(failure_path(out / name).read_text())["stopped"].startswith("OSError: [Errno 28]")
+    assert records[-1]["type"] == "summary" and records[-1]["status"] == "error"
+    assert not list(out.rglob(".*.claim"))

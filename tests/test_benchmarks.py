@@ -32,7 +32,9 @@ def test_quality_benchmark_scores_methods_on_real_pixels(tmp_path, monkeypatch):
 
     # the fits ran on the CPU (tiny.yaml pins them there); the report names the machine's device
     assert result["meta"]["device"].startswith("cpu") != torch.cuda.is_available() and result["meta"]["seed"] == 0
-    assert next(tmp_path.glob("quality-*.md")).read_text().count("| dip |") == 1
+    # one row in the scores table, one in the table by distance to known pixels
+    assert next(tmp_path.glob("quality-*.md")).read_text().count("| dip |") == 2
+    assert [b["bin"] for b in rows["dip"]["by_distance"]] == [b["bin"] for b in rows["gdal"]["by_distance"]]
     # each tile's self-validated estimate is set against its true gap RMSE
     est = rows["dip"]["estimate"]
     assert est["tiles"] == len(est["pairs"]) >= 3 and -1 <= est["spearman"] <= 1

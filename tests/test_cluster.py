@@ -2,9 +2,11 @@
 
 One cluster (a scheduler, three single-threaded workers with one torch thread each) serves the
 module: a clean run through ``--scheduler``; a run whose worker is killed with SIGKILL mid-tile;
-a run whose ``tilefill`` process is killed with SIGKILL, then run again; a batch. Outputs must
-equal the clean run's pixel for pixel. A second, smaller cluster checks GPU resources. Every
-process is started in its own session and killed in a finalizer, whatever the test did.
+a run whose ``tilefill`` process is killed with SIGKILL, then run again; a fault injected into
+every tile; a batch (whose scenes must overlap). Outputs must equal the clean run's pixel for
+pixel. Smaller clusters of their own check GPU resources, a worker whose torch is broken, every
+worker killed (the run must stop, not hang), and a scheduler that speaks TLS only. Every process
+is started in its own session and killed in a finalizer, whatever the test did.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from distributed import get_task_stream
 
 from tilefill import TilefillError
 from tilefill import _schedule
-from tilefill._pipeline import default_store
+from tilefill._pipeline import default_store, worker_log_path
 from tilefill._schedule import run_tiles, start_cluster
 from tilefill.cli import main
 
@@ -39,34 +42,50 @@ WORKER_ENV = {"TILEFILL_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 class DaskProcesses:
-    """A scheduler and workers as real processes, each in its own session (killed as a group)."""
+    """A scheduler and workers as real processes, each in its own session (killed as a group).
 
-    def __init__(self, folder: Path):
+    ``tls``: ``{"ca": ..., "cert": ..., "key": ...}`` files for a cluster that speaks TLS only.
+    """
+
+    def __init__(self, folder: Path, tls: dict | None = None):
         self.folder = folder
         self.file = folder / "scheduler.json"
         self.procs: list[subprocess.Popen] = []
         self.client = None
+        self.tls = tls
+        self._tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]] if tls else []
 
-    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **WORKER_ENV}, start_new_session=True, cwd=self.folder)
+                                env={**os.environ, **WORKER_ENV, **(env or {})}, start_new_session=True,
+                                cwd=self.folder)
         self.procs.append(proc)
         return proc
 
-    def start(self, workers: list[list[str]]) -> "DaskProcesses":
-        from distributed import Client
+    def add_worker(self, extra: list[str] = (), env: dict | None = None) -> subprocess.Popen:
+        """One more ``dask worker`` (with its nanny), in a session of its own."""
+        n = len(self.procs) - 1
+        return self._spawn(["worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--no-dashboard",
+                            "--host", "127.0.0.1", "--name", f"w{n}", "--death-timeout", "60", *self._tls_args,
+                            *extra], f"worker{n}", env)
 
+    def start(self, workers: list[list[str]], env: dict | None = None) -> "DaskProcesses":
+        from distributed import Client
+        from distributed.security import Security
+
+        tls = ["--protocol", "tls", *self._tls_args] if self.tls else []
         self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-                     str(self.file), "--idle-timeout", "600"], "scheduler")
+                     str(self.file), "--idle-timeout", "600", *tls], "scheduler")
         deadline = time.monotonic() + 60
         while not self.file.is_file() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert self.file.is_file(), (self.folder / "scheduler.log").read_text()
-        for i, extra in enumerate(workers):
-            self._spawn(["worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--no-dashboard",
-                         "--host", "127.0.0.1", "--name", f"w{i}", "--death-timeout", "60", *extra], f"worker{i}")
-        self.client = Client(scheduler_file=str(self.file), set_as_default=False, timeout=30)
+        for extra in workers:
+            self.add_worker(extra, env)
+        security = Security(tls_ca_file=self.tls["ca"], tls_client_cert=self.tls["cert"],
+                            tls_client_key=self.tls["key"], require_encryption=True) if self.tls else None
+        self.client = Client(scheduler_file=str(self.file), set_as_default=False, timeout=30, security=security)
         self.client.wait_for_workers(len(workers), timeout=90)
         return self
 
@@ -169,15 +188,33 @@ def test_a_scheduler_that_does_not_answer_fails_fast_in_one_line(tmp_path, scene
 
 def test_workers_that_cannot_see_the_work_store_are_named(tmp_path):
     class Client:  # two workers: this machine, and one that mounts another filesystem
-        def run(self, fn, path):
-            return {"tcp://10.0.0.7:4000": fn(path.replace(str(tmp_path), "/elsewhere")),
-                    "tcp://10.0.0.8:4000": fn(path)}
+        def run(self, fn, path, modules):
+            return {"tcp://10.0.0.7:4000": fn(path.replace(str(tmp_path), "/elsewhere"), modules),
+                    "tcp://10.0.0.8:4000": fn(path, modules)}
 
     cluster = _schedule.Cluster(Client())
     with pytest.raises(TilefillError, match=r"1 of 2 Dask worker\(s\) cannot see the work store .* tcp://10.0.0.7"):
-        cluster.check_sees(tmp_path)
-    cluster.check_sees("/")  # every worker sees /
-    _schedule.Cluster(None).check_sees("/nowhere")  # in-process: nothing to check
+        cluster.check_workers(tmp_path, torch=False)
+    cluster.check_workers("/", torch=False)  # every worker sees /
+    _schedule.Cluster(None).check_workers("/nowhere")  # in-process: nothing to check
+
+
+def test_a_worker_that_cannot_import_torch_is_named_before_any_tile(tmp_path, scene):
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise ImportError("this torch build does not match the driver")\n')
+    procs = DaskProcesses(tmp_path)
+    try:
+        procs.start([[]], env={"PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])})
+        out = tmp_path / "out.tif"
+        res = CliRunner().invoke(main, [str(scene), "-o", str(out), *FILL, "--scheduler-file", str(procs.file)])
+    finally:
+        procs.close()
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert re.fullmatch(r"Error: 1 of 1 Dask worker\(s\) cannot import torch \(e\.g\. tcp://127\.0\.0\.1:\d+: "
+                        r"ImportError: this torch build does not match the driver\); install tilefill and torch on "
+                        r"every worker", res.output.strip().splitlines()[-1]), res.output
+    assert not out.exists() and not (tmp_path / "out.tif.failed.json").exists()
 
 
 def test_gpu_workers_advertise_gpu_and_tiles_go_only_to_them(tmp_path, scene):
@@ -257,6 +294,128 @@ def test_the_cli_killed_mid_run_then_run_again_skips_what_was_done(cluster, scen
     print(f"\ntilefill killed (SIGKILL) after 5+ of 16 tiles: the rerun skipped {skipped}, fitted {fitted}")
 
 
+def test_a_fault_in_every_tile_stops_the_run_and_its_tracebacks_go_to_the_log(cluster, scene, tmp_path):
+    def break_tiles():  # in each worker: every fit fails after its window is read, as a broken device would
+        import tilefill._fill
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
+
+        tilefill._fill.real_run_method_many = tilefill._fill.run_method_many
+        tilefill._fill.run_method_many = broken
+
+    def mend_tiles():
+        import tilefill._fill
+
+        tilefill._fill.run_method_many = tilefill._fill.real_run_method_many
+
+    out = tmp_path / "out.tif"
+    cluster.client.run(break_tiles)
+    try:
+        res = CliRunner().invoke(main, [str(scene), "-o", str(out), *FILL, "--scheduler", cluster.address])
+    finally:
+        cluster.client.run(mend_tiles)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("Error: stopped: 3 tile tasks in a row failed with the same error (RuntimeError: cuDNN "
+                           "error: CUDNN_STATUS_INTERNAL_ERROR)"), last
+    # workers tilefill did not start keep their own logs: the command writes the tracebacks beside the store
+    log = worker_log_path(default_store(out))
+    assert str(log) in last and log.read_text().count("Traceback (most recent call last)") >= 3
+    assert "in broken" in log.read_text() and default_store(out).is_dir() and not out.exists()
+
+
+def test_when_every_worker_is_gone_the_run_stops_and_the_rerun_resumes(tmp_path, scene):
+    procs = DaskProcesses(tmp_path)
+    try:
+        procs.start([[]])
+        out = tmp_path / "out.tif"
+        cmd = _cli(str(scene), "-o", str(out), "--config", TINY, "--iterations", "10", "--scheduler-file",
+                   str(procs.file), "--worker-wait", "5")
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        try:
+            _wait_for_tiles(proc, 2)
+            os.killpg(procs.procs[1].pid, signal.SIGKILL)  # the worker and its nanny: nothing restarts it
+            killed = time.monotonic()
+            _, err = proc.communicate(timeout=90)
+            ended = time.monotonic() - killed
+        finally:
+            proc.kill()
+        assert proc.returncode == 1 and "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]
+        assert re.match(r"Error: no Dask worker to run tiles for 5 s: stopped with \d+ of 16 tiles of this run done; "
+                        rf"they are kept in {re.escape(str(default_store(out)))}", last), last
+        assert "waiting up to 5 s for workers to come back" in err
+        assert not out.exists() and default_store(out).is_dir()
+        procs.add_worker()
+        procs.client.wait_for_workers(1, timeout=90)
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
+    finally:
+        procs.close()
+    assert again.returncode == 0, again.stderr
+    skipped = int(re.search(r"resuming run \w+: (\d+) of 16 tiles are already done", again.stderr)[1])
+    assert skipped >= 2 and f"{16 - skipped} fitted" in again.stderr
+    print(f"\nevery worker killed: the command ended {ended:.1f} s later (--worker-wait 5); the rerun on a new "
+          f"worker skipped {skipped} of 16 tiles")
+
+
+def _certificate(folder: Path) -> dict:
+    """A self-signed certificate and key for 127.0.0.1, used as CA, server and client certificate (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tilefill-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return {"ca": str(folder / "cert.pem"), "cert": str(folder / "cert.pem"), "key": str(folder / "key.pem")}
+
+
+def test_a_tls_cluster_is_reached_with_dasks_tls_settings(tmp_path, scene):
+    pytest.importorskip("cryptography", reason="the test makes its certificate with cryptography")
+    import dask
+
+    tls = _certificate(tmp_path)
+    procs = DaskProcesses(tmp_path, tls=tls)
+    try:
+        procs.start([[]])
+        address = procs.address
+        assert address.startswith("tls://127.0.0.1:")
+        out = tmp_path / "out.tif"
+        args = [str(scene), "-o", str(out), "--method", "gdal", "--config", TINY]
+        plain = CliRunner().invoke(main, [*args, "--scheduler", address])
+        tcp = CliRunner().invoke(main, [*args, "--scheduler", address.replace("tls://", "tcp://")])
+        settings = {"distributed.comm.tls.ca-file": tls["ca"], "distributed.comm.tls.client.cert": tls["cert"],
+                    "distributed.comm.tls.client.key": tls["key"]}
+        with dask.config.set({**settings, "distributed.comm.require-encryption": True}):
+            refused = CliRunner().invoke(main, [*args, "--scheduler", address.replace("tls://", "tcp://")])
+        with dask.config.set(settings):
+            secured = CliRunner().invoke(main, [*args, "--scheduler", address])
+    finally:
+        procs.close()
+    assert plain.exit_code == 1 and plain.output.strip() == (
+        f"Error: {address} uses TLS: set Dask's TLS settings for the client (distributed.comm.tls.ca-file, "
+        ".client.cert, .client.key; see README, Running on a Dask cluster)"), plain.output
+    assert tcp.exit_code == 1 and "(a scheduler that uses TLS is reached as tls://)" in tcp.output, tcp.output
+    assert "Traceback" not in tcp.output and len(tcp.output.strip().splitlines()) == 1
+    assert refused.exit_code == 1 and "requires encryption" in refused.output, refused.output
+    assert secured.exit_code == 0, secured.output
+    assert f"on Dask cluster at {address}: 1 worker(s)" in secured.output and out.is_file()
+
+
 # --- a batch on the cluster ----------------------------------------------------------------------------------
 
 def test_a_batch_runs_every_scene_on_the_one_cluster(cluster, tmp_path):
@@ -265,9 +424,10 @@ def test_a_batch_runs_every_scene_on_the_one_cluster(cluster, tmp_path):
                tmp_path / "archive" / f"s{i // 2}" / f"scene{i}.tif", shift=i)
     log = tmp_path / "batch.jsonl"
     start = time.monotonic()
-    res = CliRunner().invoke(main, ["batch", str(tmp_path / "archive"), "--output-dir", str(tmp_path / "out"),
-                                    "--config", TINY, "--iterations", "10", "--scheduler", cluster.address,
-                                    "--log", str(log)])
+    with get_task_stream(client=cluster.client) as stream:
+        res = CliRunner().invoke(main, ["batch", str(tmp_path / "archive"), "--output-dir", str(tmp_path / "out"),
+                                        "--config", TINY, "--iterations", "10", "--scheduler", cluster.address,
+                                        "--log", str(log)])
     wall = time.monotonic() - start
     assert res.exit_code == 0, res.output
     records = [json.loads(line) for line in log.read_text().splitlines()]
@@ -279,4 +439,16 @@ def test_a_batch_runs_every_scene_on_the_one_cluster(cluster, tmp_path):
     assert summary["cluster"].startswith(f"Dask cluster at {cluster.address}")
     for i in range(4):
         assert (tmp_path / "out" / f"s{i // 2}" / f"scene{i}.tif.done.json").is_file()
-    print(f"\nbatch of 4 scenes ({SIZE} x {SIZE} px, 16 tiles of 10 iterations each) on 3 workers: {wall:.1f} s wall")
+    # scenes overlap: the next scene's tiles were queued, and ran, before the last tile of the one before ended
+    spans = {}
+    for task in stream.data:
+        scene = re.search(r"\.(scene\d)\.tif\.tilefill\.zarr", str(task["key"]))[1]
+        for ss in task["startstops"]:
+            if ss["action"] == "compute":
+                lo, hi = spans.get(scene, (ss["start"], ss["stop"]))
+                spans[scene] = (min(lo, ss["start"]), max(hi, ss["stop"]))
+    order = sorted(spans.values())
+    overlaps = sum(nxt[0] < cur[1] for cur, nxt in zip(order, order[1:]))
+    assert len(spans) == 4 and overlaps >= 1, spans
+    print(f"\nbatch of 4 scenes ({SIZE} x {SIZE} px, 16 tiles of 10 iterations each) on 3 workers: {wall:.1f} s wall, "
+          f"{overlaps} of 3 scene boundaries overlapped")

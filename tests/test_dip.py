@@ -432,3 +432,21 @@ def test_noise_and_context_members_are_averaged(tiny_network):
     expected = [np.sqrt(np.mean((both.prediction[b] - img[b])[hidden[b]] ** 2)) for b in range(img.shape[0])]
     assert both.validation_rmse == pytest.approx(expected, rel=1e-5)
     assert noise.validation_rmse != pytest.approx(expected, rel=1e-3)
+
+
+def test_a_network_without_hidden_pixels_gives_in_a_group_what_it_gives_alone():
+    """Its group-mates' hidden pixels must not turn its output into their kind of result."""
+    from tilefill._dip import FitTracker
+
+    target = torch.zeros(1, 2, 4, 4)
+    held = torch.zeros(1, 2, 4, 4)
+    held[0, 1, :2] = 1  # network 1 (one band each) has hidden pixels, network 0 none
+    tracker = FitTracker(FitConfig(iterations=2, patience=1, check_every=1), k=2, c=1, target=target, held=held)
+    outs = [torch.full((1, 2, 4, 4), 0.5), torch.full((1, 2, 4, 4), 0.9)]
+    stops = [tracker.step(it, lambda: outs[it]) for it in range(2)]
+    plain = torch.full((1, 2, 4, 4), -1.0)
+    result = tracker.result(lambda: plain)
+    assert stops == [False, True]  # network 1 went a check without improving; network 0 has no say
+    assert float(result[0, 0, 0, 0]) == -1.0  # network 0: its plain output, as alone
+    assert float(result[0, 1, 0, 0]) == 0.5  # network 1: its best on the hidden pixels
+    assert torch.isnan(tracker.best_rmse[0]).all() and float(tracker.best_rmse[1, 0]) == pytest.approx(0.5)

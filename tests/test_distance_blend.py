@@ -38,6 +38,23 @@ def _measured(rng, truth, gap, hidden, dip_noise, classical_noise):
     return BlendStats.measure(dip, [classical], truth, seen, hidden, gap)
 
 
+@pytest.mark.parametrize("size", [96, 160, 640])
+def test_the_scene_holdout_hides_its_share_of_known_pixels_however_small_the_scene(size):
+    from tilefill._distance_blend import HOLDOUT_SHIFT, SceneHoldout
+    from tilefill._gaps import slc_off_mask
+
+    gaps = slc_off_mask((size, size), seed=3, angle_deg=10, scene_width=6000, x_offset=300)
+    above = np.zeros((HOLDOUT_SHIFT, size), bool)
+    counts = SceneHoldout.count(SceneHoldout.shapes(gaps, above), 0)
+    known = int((~gaps).sum())
+    for seed in range(5):
+        holdout = SceneHoldout((size, size), share=0.05, cell_candidates=counts, known=known, seed=seed)
+        hidden = holdout.strip(0, gaps, above)
+        assert not (hidden & gaps).any()
+        # the cells are taken until the share is reached: at least 5%, at most one cell more
+        assert 0.05 * known <= hidden.sum() <= 0.05 * known + counts.max()
+
+
 def test_fitted_weights_follow_each_fills_error_with_distance():
     rng = np.random.default_rng(0)
     gap = _stripes()[None]

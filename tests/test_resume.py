@@ -197,7 +197,7 @@ def test_a_tile_that_keeps_failing_fails_the_run_and_names_the_tile(scene, tmp_p
     failed = json.loads(failure_path(out).read_text())
     assert failed["status"] == "failed" and failed["output"] == str(out)
     assert failed["failed_tiles"] == [{"tile": 4, "cause": report.failures[4]}]
-    assert failed["tiles"] == {"in_grid": 9, "to_fit": 9, "skipped": 0, "fitted": 8, "failed": 1}
+    assert failed["tiles"] == {"in_grid": 9, "to_fit": 9, "skipped": 0, "fitted": 8, "failed": 1, "not_tried": 0}
     # the CLI: one line, exit 1, still no output
     res = CliRunner().invoke(main, [str(scene), "-o", str(out), "--config", TINY, "--iterations", "5",
                                     "--workers", "0", "-q"])

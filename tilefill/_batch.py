@@ -38,6 +38,8 @@ import shutil
 import socket
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,12 +48,13 @@ from typing import Any, Iterator, Mapping, Sequence
 from tilefill import TilefillError, __version__
 from tilefill._config import Config
 from tilefill._grid import TileGrid
-from tilefill._pipeline import (FillReport, checked_config, default_store, json_safe, run_fill, write_failure,
-                                write_json)
-from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_files
 from tilefill._landsat import is_product_folder, product_id
+from tilefill._pipeline import (FillReport, PreparedFill, checked_config, default_store, finish_fill, json_safe,
+                                prepare_fill, start_fit, write_failure, write_json)
+from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_files
 from tilefill._scene import open_scene
-from tilefill._schedule import LazyCluster
+from tilefill._schedule import (POLL, WORKER_WAIT, ClusterLost, LazyCluster, Terminated, TileJob,
+                                error_signature)
 
 logger = logging.getLogger("tilefill")
 
@@ -227,30 +230,41 @@ def done_path(output: Path) -> Path:
     return output.with_name(output.name + DONE_SUFFIX)
 
 
-def _is_done(scene: BatchScene, cfg: Config, bands, footprint: str, mask_qa=None) -> bool:
-    """Whether the scene's output is there as recorded and the recorded run key still holds.
+def _done_state(scene: BatchScene, cfg: Config, bands, footprint: str, verify: bool = False,
+                mask_qa=None) -> tuple[bool, str]:
+    """``(done, damage)``: whether the scene's output is there as recorded and the recorded run key still holds.
 
     Reads no pixel when the parameters and the input files' sizes and times are unchanged; an
     input touched or moved since is hashed again, and its record refreshed if the content matches.
+    ``verify`` hashes the output again too. ``damage`` says how an output with a record differs
+    from it (missing, another size, another SHA-256): it is not done, and is filled again.
     """
     try:
         record = json.loads(done_path(scene.output).read_text())
         recorded = RunKey.from_dict(record["run_key"])
-        if not (scene.output.is_file() and scene.output.stat().st_size == record["size"]):
-            return False
+        size, sha256 = int(record["size"]), str(record["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return False, ""
+    try:
+        actual = scene.output.stat().st_size
+    except FileNotFoundError:
+        return False, "the output is missing"
+    if actual != size:
+        return False, f"the output has {actual} bytes, its record {size}"
     with open_scene(scene.path, bands=bands, mask_qa=mask_qa) as src:
         grid = TileGrid(src.info.height, src.info.width, cfg.tiles.size, cfg.tiles.overlap, src.info.affine)
         if params_digest(src, cfg, grid, footprint) != recorded.params:
-            return False
-        if [f.path for f in recorded.files] == scene_files(src) and all(f.unchanged() for f in recorded.files):
-            return True
-        key = run_key(src, cfg, grid, footprint=footprint)
-    if key.digest != recorded.digest:
-        return False
-    write_json(done_path(scene.output), {**record, "run_key": key.to_dict()})
-    return True
+            return False, ""
+        key = None
+        if not ([f.path for f in recorded.files] == scene_files(src) and all(f.unchanged() for f in recorded.files)):
+            key = run_key(src, cfg, grid, footprint=footprint)
+    if key is not None and key.digest != recorded.digest:
+        return False, ""
+    if verify and file_digest(scene.output, "sha256") != sha256:
+        return False, "the output's SHA-256 differs from its record"
+    if key is not None:
+        write_json(done_path(scene.output), {**record, "run_key": key.to_dict()})
+    return True, ""
 
 
 def _write_done(scene: BatchScene, report: FillReport) -> None:
@@ -428,10 +442,18 @@ def _tile_records(scene: str, report: FillReport) -> Iterator[dict]:
 
 # --- the batch --------------------------------------------------------------------------------------------
 
+STATUSES = ("done", "skipped", "claimed", "failed", "duplicate", "interrupted")
+
+
 @dataclass(frozen=True)
 class SceneOutcome:
     """What became of one scene: ``done`` (filled now), ``skipped`` (done before), ``claimed`` (another
-    batch works on it), ``failed``, or ``duplicate`` (named twice, filled once)."""
+    batch works on it), ``failed``, ``duplicate`` (named twice, filled once) or ``interrupted`` (the
+    batch stopped while it was under way: its finished tiles are kept for the next run).
+
+    ``verified``: a skipped scene's output was hashed again and matched its record (``--verify``);
+    ``damaged``: how a recorded output differed from its record, so the scene was filled again.
+    """
 
     scene: str
     output: Path | None
@@ -442,13 +464,15 @@ class SceneOutcome:
     tiles_skipped: int = 0
     tiles_retried: int = 0
     tiles_failed: int = 0
+    verified: bool = False
+    damaged: str = ""
 
     def record(self) -> dict:
         return {"type": "scene", "scene": self.scene, "tile": None, "worker": None, "device": None,
                 "iterations": None, "final_loss": None, "seconds": round(self.seconds, 3), "status": self.status,
                 "output": self.output, "error": self.error or None, "tiles_fitted": self.tiles_fitted,
                 "tiles_skipped": self.tiles_skipped, "tiles_retried": self.tiles_retried,
-                "tiles_failed": self.tiles_failed}
+                "tiles_failed": self.tiles_failed, "verified": self.verified, "damaged": self.damaged or None}
 
 
 @dataclass(frozen=True)
@@ -479,24 +503,40 @@ class BatchReport:
     def failed(self) -> list[SceneOutcome]:
         return self._with("failed")
 
+    @property
+    def damaged(self) -> list[SceneOutcome]:
+        return [s for s in self.scenes if s.damaged]
+
     def summary(self) -> dict:
-        count = {s: len(self._with(s)) for s in ("done", "skipped", "claimed", "failed", "duplicate")}
+        count = {s: len(self._with(s)) for s in STATUSES}
         return {"type": "summary", "scenes": len(self.scenes) - count["duplicate"], **count,
                 **{f"tiles_{k}": sum(getattr(s, f"tiles_{k}") for s in self.scenes)
                    for k in ("fitted", "skipped", "retried", "failed")},
+                "verified": sum(s.verified for s in self.scenes), "damaged": len(self.damaged),
                 "seconds": round(self.seconds, 3), "cluster": self.cluster}
 
     def __str__(self) -> str:
         s = self.summary()
         lines = [f"batch: {s['scenes']} scene(s): {s['done']} filled, {s['skipped']} already done (skipped), "
-                 f"{s['claimed']} claimed by another batch, {s['failed']} failed",
+                 f"{s['claimed']} claimed by another batch, {s['failed']} failed"
+                 + (f", {s['interrupted']} interrupted" if s["interrupted"] else ""),
                  f"tiles: {s['tiles_fitted']} fitted, {s['tiles_skipped']} resumed from earlier runs, "
                  f"{s['tiles_retried']} retried, {s['tiles_failed']} failed",
                  f"time: {self.seconds:.1f} s on {self.cluster}"]
+        if s["verified"] or s["damaged"]:
+            lines.append(f"verified: {s['verified']} output(s) match their record, {s['damaged']} damaged "
+                         "(filled again)")
+        lines += [f"damaged: {o.output}: {o.damaged}" for o in self.damaged]
         lines += [f"failed: {o.error}" for o in self.failed]
         if self.log:
             lines.append(f"log: {self.log}")
         return "\n".join(lines)
+
+
+def batch_worker_log(output_dir: str | Path, log: str | Path | None) -> Path:
+    """Where a batch's workers write their log and the tracebacks of failed tiles: beside ``--log``, or
+    hidden in the output root."""
+    return Path(log).with_suffix(".workers.log") if log else Path(output_dir) / ".tilefill-workers.log"
 
 
 def fill_batch(
@@ -519,8 +559,14 @@ def fill_batch(
     overwrite: bool = False,
     progress: bool = True,
     claim_ttl: float = CLAIM_TTL,
+    verify: bool = False,
+    dashboard: bool = False,
+    worker_wait: float | None = None,
 ) -> BatchReport:
     """Fill every scene that ``sources`` and ``manifest`` name, on one Dask cluster, into a mirrored tree.
+
+    Scenes overlap: while the tiles of one fit, the next is read into its store (its tiles queued
+    behind) and the one before is written, so the workers never wait between scenes.
 
     Parameters
     ----------
@@ -531,10 +577,11 @@ def fill_batch(
     manifest : str or Path, optional
         A file naming one scene per line.
     log : str or Path, optional
-        JSON-lines file to append a record per tile, per scene and a summary to.
+        JSON-lines file to append a record per tile, per scene and a summary to. The workers'
+        own log (tracebacks) goes beside it (:func:`batch_worker_log`).
     input_root : str or Path, optional
         The folder the output tree mirrors (default: the common folder of the sources).
-    config, overrides, bands, footprint, workers, gpus, scheduler, scheduler_file, restart
+    config, overrides, bands, footprint, workers, gpus, scheduler, scheduler_file, restart, dashboard, worker_wait
         As for :func:`~tilefill.fill_scene`, for every scene.
     mask_qa : str or list, optional
         As for :func:`~tilefill.fill_scene`, for the Landsat product folders; GeoTIFF scenes are
@@ -543,11 +590,21 @@ def fill_batch(
         Fill scenes again even when they are done.
     claim_ttl : float
         Seconds after which another host's unrefreshed claim is taken as stale.
+    verify : bool
+        Hash the outputs of done scenes again; one that no longer matches its record is reported
+        (``damaged``) and filled again.
 
     Returns
     -------
     BatchReport
         ``report.failed`` is empty when every scene is done (or done by another batch).
+
+    Raises
+    ------
+    TilefillError
+        Before any work (bad sources, a scheduler that does not answer), or when the batch
+        stops: the cluster lost its workers, or one error stopped two scenes in a row. Claims
+        are released and the log gets its summary, also on Ctrl-C and SIGTERM.
 
     Examples
     --------
@@ -566,9 +623,11 @@ def fill_batch(
         raise TilefillError("no scene found in the sources")
     jlog = JsonLines(Path(log) if log else None)
     outcomes: list[SceneOutcome] = []
+    cluster = "no cluster (nothing to fit)"
     try:
         with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file,
-                         device=cfg.fit.device) as clusters:
+                         device=cfg.fit.device, dashboard=dashboard, worker_wait=WORKER_WAIT if worker_wait is None else worker_wait,
+                         worker_log=batch_worker_log(output_dir, log)) as clusters:
             for p in problems:
                 if p.failure:
                     logger.warning("%s", p.message)
@@ -576,79 +635,239 @@ def fill_batch(
                     logger.info("%s", p.message)
                 outcomes.append(SceneOutcome(p.source, None, "failed" if p.failure else "duplicate", error=p.message))
                 jlog.write(outcomes[-1].record())
-            for k, scene in enumerate(scenes, start=1):
-                logger.info("[%d/%d] %s", k, len(scenes), scene.path)
-                outcome, report = _fill_one(scene, cfg, clusters, bands=bands, mask_qa=mask_qa, footprint=footprint,
-                                            restart=restart, overwrite=overwrite, progress=progress,
-                                            claim_ttl=claim_ttl)
-                outcomes.append(outcome)
-                for rec in (_tile_records(str(scene.path), report) if report else ()):
-                    jlog.write(rec)
-                jlog.write(outcome.record())
-                logger.info("[%d/%d] %s: %s in %.1f s%s", k, len(scenes), scene.path.name, outcome.status,
-                         outcome.seconds, f" ({outcome.error})" if outcome.error else "")
-            cluster = clusters.started.description if clusters.started else "no cluster (nothing to fit)"
+            batch = _Pipeline(scenes, cfg, clusters, jlog, bands=bands, mask_qa=mask_qa, footprint=footprint,
+                              restart=restart,
+                              overwrite=overwrite, verify=verify, claim_ttl=claim_ttl)
+            try:
+                batch.run()
+            finally:
+                outcomes += batch.outcomes()
+                cluster = clusters.started.description if clusters.started else cluster
         report = BatchReport(tuple(outcomes), time.perf_counter() - start, cluster, Path(log) if log else None)
         jlog.write(report.summary())
-    except TilefillError as exc:  # e.g. a scheduler that does not answer: the log says why nothing ran
-        jlog.write({"type": "summary", "status": "error", "error": str(exc)})
+    except BaseException as exc:  # the log says why the batch ended early, and what it had done by then
+        status = ("terminated" if isinstance(exc, Terminated) else "interrupted" if isinstance(exc, KeyboardInterrupt)
+                  else "error")
+        summary = BatchReport(tuple(outcomes), time.perf_counter() - start, cluster).summary()
+        jlog.write({**summary, "status": status, "error": str(exc) or status})
         raise
     finally:
         jlog.close()
     return report
 
 
-def _fill_one(scene: BatchScene, cfg: Config, clusters: LazyCluster, *, bands, footprint: str, restart: bool,
-              overwrite: bool, progress: bool, claim_ttl: float,
-              mask_qa=None) -> tuple[SceneOutcome, FillReport | None]:
-    """One scene, under its claim; every error becomes a failed outcome and ``OUT.failed.json``."""
-    start = time.perf_counter()
-    name, out = str(scene.path), scene.output
-    mask_qa = mask_qa if scene.path.is_dir() else None  # only product folders have a QA_PIXEL band
+@dataclass
+class _InFlight:
+    """A scene this batch has claimed and read into its store, until its outcome is settled."""
 
-    def outcome(status: str, error: str = "", report: FillReport | None = None) -> tuple[SceneOutcome, FillReport | None]:
-        counts = dict(tiles_fitted=report.tiles_fitted, tiles_skipped=report.tiles_skipped,
-                      tiles_retried=report.tiles_retried, tiles_failed=len(report.failures)) if report else {}
-        return SceneOutcome(name, out, status, time.perf_counter() - start, error, **counts), report
+    k: int
+    scene: BatchScene
+    claim: Claim
+    prep: PreparedFill | None  # None: it failed before its store was ready
+    start: float
+    damaged: str = ""
+    job: TileJob | None = None
 
-    def done() -> bool:
-        return not overwrite and _is_done(scene, cfg, bands, footprint, mask_qa)
 
-    try:
-        if done():  # the nightly common case: no claim, no cluster
-            return outcome("skipped")
-    except Exception:  # noqa: BLE001 - a scene that cannot be read is reported under its claim, below
-        pass
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        claim = Claim.acquire(out, claim_ttl)
-    except OSError as exc:
-        return outcome("failed", f"{scene.path}: cannot write beside {out} ({exc.strerror or exc})")
-    if claim is None:
-        return outcome("claimed", f"claimed by {Claim.holder(claim_path(out))}")
-    with claim:
+class _Pipeline:
+    """The scenes of a batch, overlapped so that the cluster's workers never wait between scenes.
+
+    Three stages, each in its own thread: *prepare* (the done check, the claim, reading the scene
+    into its store; one scene ahead), *fit* (the tiles on the cluster, taken in by the calling
+    thread, which also submits a prepared scene's tiles at once, queued behind the current
+    scene's) and *write* (the output, its done record, the claim's release; one scene behind).
+    Signals reach the calling thread: on Ctrl-C, SIGTERM or an error it cancels the tiles, waits
+    for the stage threads' current step, and releases every claim it holds.
+    """
+
+    def __init__(self, scenes: Sequence[BatchScene], cfg: Config, clusters: LazyCluster, jlog: JsonLines, *, bands,
+                 mask_qa, footprint: str, restart: bool, overwrite: bool, verify: bool, claim_ttl: float):
+        self.scenes, self.cfg, self.clusters, self.jlog = list(scenes), cfg, clusters, jlog
+        self.bands, self.footprint, self.restart, self.overwrite = bands, footprint, restart, overwrite
+        self.verify, self.claim_ttl, self._mask_qa = verify, claim_ttl, mask_qa
+        self._settled: list[tuple[int, SceneOutcome]] = []
+        self._claimed: dict[int, _InFlight] = {}  # claimed and not yet settled
+        self._lock = threading.Lock()
+        self._last_stop = ""  # the error signature that stopped the scene before, if one did
+
+    def outcomes(self) -> list[SceneOutcome]:
+        with self._lock:
+            return [o for _, o in sorted(self._settled, key=lambda ko: ko[0])]
+
+    def run(self) -> None:
+        queue = deque(enumerate(self.scenes, start=1))
+        fitting: deque[_InFlight] = deque()
+        writes: list[Future] = []
+        preparing: Future | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="tilefill-prepare") as prep_pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="tilefill-write") as write_pool:
+            try:
+                while queue or preparing is not None or fitting:
+                    busy = False
+                    if preparing is not None and preparing.done():
+                        flight, preparing, busy = preparing.result(), None, True
+                        if flight is not None:
+                            self._start_fit(flight, fitting, writes, write_pool)
+                    writes = [w for w in writes if not w.done()]
+                    # one scene ahead of the one fitting, and not ahead of a writer that lags
+                    if preparing is None and queue and len(fitting) <= 1 and len(writes) <= 1:
+                        preparing = prep_pool.submit(self._prepare, *queue.popleft())
+                    if fitting and fitting[0].job.poll():
+                        head, busy = fitting.popleft(), True
+                        writes.append(write_pool.submit(self._write, head))
+                        self._check_stop(head)
+                    if not busy:
+                        time.sleep(POLL)
+                for w in writes:
+                    w.result()
+            except BaseException as exc:
+                self._abort(exc, preparing, fitting, writes)
+                raise
+
+    # -- the stages ----------------------------------------------------------------------------------------
+
+    def _prepare(self, k: int, scene: BatchScene) -> _InFlight | None:
+        """Prepare thread: done check, claim, store. None when the scene is settled here (skipped, failed ...)."""
+        start = time.perf_counter()
+        logger.info("[%d/%d] %s", k, len(self.scenes), scene.path)
+        damaged = ""
         try:
-            if done():  # another batch may have finished it between our look and our claim
-                return outcome("skipped")
+            done, damaged = self._done(scene)
+            if done:  # the nightly common case: no claim, no cluster
+                self._settle(k, SceneOutcome(str(scene.path), scene.output, "skipped", time.perf_counter() - start,
+                                             verified=self.verify))
+                return None
+        except Exception:  # noqa: BLE001 - a scene that cannot be read is reported under its claim, below
+            pass
+        if damaged:
+            logger.warning("%s: %s: filled again", scene.output, damaged)
+        out = scene.output
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            claim = Claim.acquire(out, self.claim_ttl)
+        except OSError as exc:
+            self._settle(k, SceneOutcome(str(scene.path), out, "failed", time.perf_counter() - start,
+                                         f"{scene.path}: cannot write beside {out} ({exc.strerror or exc})"))
+            return None
+        if claim is None:
+            self._settle(k, SceneOutcome(str(scene.path), out, "claimed", time.perf_counter() - start,
+                                         f"claimed by {Claim.holder(claim_path(out))}"))
+            return None
+        try:
+            if self._done(scene)[0]:  # another batch may have finished it between our look and our claim
+                claim.release()
+                self._settle(k, SceneOutcome(str(scene.path), out, "skipped", time.perf_counter() - start))
+                return None
             for stale in (done_path(out), out):  # the record first: an output without one claims nothing
                 stale.unlink(missing_ok=True)
-            store = default_store(out)
-            report = run_fill(scene.path, out, cfg, clusters, store_path=store, keep_store=True, bands=bands,
-                              mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=True, progress=False,
-                              start=start)
-            if not report.ok:  # run_fill wrote OUT.failed.json and kept the store
-                return outcome("failed", f"{scene.path}: {report.message}", report)
-            _write_done(scene, report)
-            shutil.rmtree(store, ignore_errors=True)  # only now: a crash before the record resumes from it
-            return outcome("done", report=report)
-        except TilefillError as exc:
-            error = str(exc) if str(scene.path) in str(exc) else f"{scene.path}: {exc}"
+            prep = prepare_fill(scene.path, out, self.cfg, store_path=default_store(out), keep_store=True,
+                                bands=self.bands, mask_qa=self.mask_qa(scene), footprint=self.footprint,
+                                restart=self.restart, overwrite=True,
+                                start=start)
         except Exception as exc:  # noqa: BLE001 - one scene's failure never stops the others
-            error = f"{scene.path}: {type(exc).__name__}: {exc}"
-        if not done_path(out).exists():
-            out.unlink(missing_ok=True)  # e.g. written, then its input changed: not a success
+            self._fail(_InFlight(k, scene, claim, None, start, damaged), exc)
+            return None
+        flight = _InFlight(k, scene, claim, prep, start, damaged)
+        with self._lock:
+            self._claimed[k] = flight
+        return flight
+
+    def _start_fit(self, flight: _InFlight, fitting: deque, writes: list, write_pool: ThreadPoolExecutor) -> None:
+        """Calling thread: send a prepared scene's tiles to the cluster, or pass it on to the writer."""
         try:
+            flight.job = start_fit(flight.prep, self.clusters, progress=False)
+        except ClusterLost:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. workers that cannot see this scene's store
+            self._fail(flight, exc)
+            return
+        if flight.job is None:  # nothing to fit: straight to the writer
+            writes.append(write_pool.submit(self._write, flight))
+        else:
+            fitting.append(flight)
+
+    def _write(self, flight: _InFlight) -> None:
+        """Write thread: the output (or OUT.failed.json), the done record, the claim's release."""
+        scene, out = flight.scene, flight.scene.output
+        try:
+            report = finish_fill(flight.prep, flight.job.run if flight.job else None, self.clusters)
+            if not report.ok:  # finish_fill wrote OUT.failed.json and kept the store
+                self._finish(flight, "failed", f"{scene.path}: {report.message}", report)
+                return
+            _write_done(scene, report)
+            shutil.rmtree(default_store(out), ignore_errors=True)  # only now: a crash before the record resumes
+            self._finish(flight, "done", report=report)
+        except Exception as exc:  # noqa: BLE001 - one scene's failure never stops the others
+            self._fail(flight, exc)
+
+    def _check_stop(self, flight: _InFlight) -> None:
+        """The same error stopped this scene and the one before: the setup is at fault, stop the batch."""
+        stopped = flight.job.run.stopped
+        sig = error_signature(stopped) if stopped else ""
+        if sig and sig == self._last_stop:
+            raise TilefillError(f"the same error stopped 2 scenes in a row ({stopped[:300]}): batch stopped; the "
+                                "scenes not reached are tried by the next run")
+        self._last_stop = sig
+
+    # -- outcomes ------------------------------------------------------------------------------------------
+
+    def _done(self, scene: BatchScene) -> tuple[bool, str]:
+        if self.overwrite:
+            return False, ""
+        return _done_state(scene, self.cfg, self.bands, self.footprint, verify=self.verify,
+                           mask_qa=self.mask_qa(scene))
+
+    def mask_qa(self, scene: BatchScene):
+        """The QA_PIXEL conditions for this scene: product folders only (a GeoTIFF has no QA_PIXEL band)."""
+        return self._mask_qa if scene.path.is_dir() else None
+
+    def _fail(self, flight: _InFlight, exc: BaseException) -> None:
+        scene, out = flight.scene, flight.scene.output
+        if isinstance(exc, TilefillError):
+            error = str(exc) if str(scene.path) in str(exc) else f"{scene.path}: {exc}"
+        else:
+            error = f"{scene.path}: {type(exc).__name__}: {exc}"
+        try:
+            if not done_path(out).exists():
+                out.unlink(missing_ok=True)  # e.g. written, then its input changed: not a success
             write_failure(out, scene.path, error)
         except OSError:
             pass  # the outcome and the log still say it
-        return outcome("failed", error)
+        self._finish(flight, "failed", error)
+
+    def _finish(self, flight: _InFlight, status: str, error: str = "", report: FillReport | None = None) -> None:
+        flight.claim.release()
+        counts = dict(tiles_fitted=report.tiles_fitted, tiles_skipped=report.tiles_skipped,
+                      tiles_retried=report.tiles_retried, tiles_failed=len(report.failures)) if report else {}
+        outcome = SceneOutcome(str(flight.scene.path), flight.scene.output, status,
+                               time.perf_counter() - flight.start, error, damaged=flight.damaged, **counts)
+        with self._lock:
+            self._claimed.pop(flight.k, None)
+        self._settle(flight.k, outcome, report)
+
+    def _settle(self, k: int, outcome: SceneOutcome, report: FillReport | None = None) -> None:
+        with self._lock:
+            self._settled.append((k, outcome))
+        for rec in (_tile_records(outcome.scene, report) if report else ()):
+            self.jlog.write(rec)
+        self.jlog.write(outcome.record())
+        logger.info("[%d/%d] %s: %s in %.1f s%s", k, len(self.scenes), Path(outcome.scene).name, outcome.status,
+                    outcome.seconds, f" ({outcome.error})" if outcome.error else "")
+
+    def _abort(self, exc: BaseException, preparing: Future | None, fitting: deque, writes: list) -> None:
+        """Stop early: cancel the tiles, let the stage threads finish their step, release every claim."""
+        interrupt = isinstance(exc, KeyboardInterrupt)
+        for flight in fitting:
+            if flight.job is not None:
+                flight.job.cancel()
+        if preparing is not None:
+            wait([preparing])  # reading a scene cannot be cut short; its claim is released below
+        for w in writes:
+            if interrupt:
+                w.cancel()  # not started yet: its tiles are all done, the next run writes it at once
+        wait([w for w in writes if not w.cancelled()])
+        why = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)" if interrupt else str(exc)
+        with self._lock:
+            left = list(self._claimed.values())
+        for flight in left:
+            self._finish(flight, "interrupted", f"{flight.scene.path}: {why}; finished tiles are kept for the next run")

@@ -18,15 +18,17 @@ pixels erred against that curve (shrunk toward 1 where the tile hid few pixels).
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.shutil
-from rasterio.windows import Window
 
 from tilefill import TilefillError
 from tilefill._distance_blend import HALO, N_BINS, BlendStats, BlendWeights, distance_bins, fit_weights, histogram_match
@@ -282,6 +284,23 @@ def _blend_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, *
     return acc, wsum, err
 
 
+def _check_complete(path: Path) -> None:
+    """Read a written GeoTIFF back before it takes the output's name.
+
+    GDAL only logs a write that fails for a full disk or a folder turned read-only, and closes
+    the file anyway, short of blocks or of its directory. Reading every block back costs about a
+    tenth of the write and catches it.
+    """
+    try:
+        with rasterio.open(path) as ds:
+            for _, window in ds.block_windows(1):
+                ds.read(window=window)
+    except rasterio.errors.RasterioError as exc:
+        full = shutil.disk_usage(path.parent).free < 2**20
+        code = errno.ENOSPC if full else errno.EROFS if not os.access(path.parent, os.W_OK) else errno.EIO
+        raise OSError(code, f"{os.strerror(code)}: {path.name} is incomplete ({exc})") from None
+
+
 def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: bool = False,
                  overwrite: bool = False, quality_map: str | Path | None = None, config=None) -> WriteStats:
     """Blend the store's tiles with the input and write the restored GeoTIFF atomically.
@@ -368,6 +387,7 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
                                  NUM_THREADS="ALL_CPUS")
             tmp.unlink()
             final = tmp_cog
+        _check_complete(final)
         if qmap:
             os.replace(tmp_map, qmap)
         os.replace(final, out)

@@ -211,8 +211,8 @@ def network_memory(cin: int, cout: int, cfg: NetworkConfig, height: int, width: 
     Examples
     --------
     >>> from tilefill._config import NetworkConfig
-    >>> round(network_memory(4, 4, NetworkConfig(), 256, 256) / 2**30, 1)  # the paper's network, 256 px
-    1.0
+    >>> round(network_memory(4, 4, NetworkConfig(), 256, 256) / 2**30)  # the paper's network, 256 px: about 1 GiB
+    1
     """
     per_px, params = _saved_bytes(cin, cout, cfg, precision, str(torch.device(device).type))
     buffers = 8 * 4 * (cin + cout) * height * width
@@ -492,6 +492,9 @@ class FitTracker:
         self.best_rmse = torch.full((k, c), float("nan"), device=dev)  # that score per band
         self.best_out: torch.Tensor | None = None
         self.stale = torch.zeros(k, dtype=torch.long, device=dev)
+        # networks with hidden pixels: the others are not scored, and give what they give alone
+        self.scored = (held.reshape(k, -1).sum(-1) > 0) if held is not None else torch.zeros(k, dtype=torch.bool,
+                                                                                             device=dev)
 
     def step(self, it: int, prediction: Callable[[], torch.Tensor]) -> bool:
         """After iteration ``it`` (from 0): average and score as due; True when the fit should stop.
@@ -513,7 +516,7 @@ class FitTracker:
         err = sq / held.reshape(k, c, -1).sum(-1).clamp(min=1)
         rmse = err.sqrt()
         score = rmse.mean(dim=1)
-        better = score < self.best_score
+        better = (score < self.best_score) & self.scored
         self.best_score = torch.where(better, score, self.best_score)
         self.best_rmse[better] = rmse[better]
         if self.best_out is None:
@@ -522,11 +525,17 @@ class FitTracker:
             sel = better.repeat_interleave(c).view(1, k * c, 1, 1)
             self.best_out = torch.where(sel, current, self.best_out)
         self.stale = torch.where(better, torch.zeros_like(self.stale), self.stale + 1)
-        return bool(fit.patience and bool((self.stale >= fit.patience).all()))
+        # a network without hidden pixels has no say in stopping
+        return bool(fit.patience and bool(((self.stale >= fit.patience) | ~self.scored).all()))
 
-    def result(self) -> torch.Tensor | None:
-        """The output that predicted the hidden pixels best, else the EMA; None: neither was kept."""
-        return self.best_out if self.best_out is not None else self.ema
+    def result(self, plain: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """Each network's output that predicted its hidden pixels best, else its EMA, else ``plain()``
+        (None without it)."""
+        other = self.ema if self.ema is not None else plain() if plain is not None else None
+        if self.best_out is None or bool(self.scored.all()):
+            return self.best_out if self.best_out is not None else other
+        sel = self.scored.repeat_interleave(self.c).view(1, self.k * self.c, 1, 1)
+        return torch.where(sel, self.best_out, other)
 
 
 def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, rt: Runtime,
@@ -575,9 +584,7 @@ def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, 
         if stop:
             break
     with torch.no_grad():
-        final = tracker.result()
-        if final is None:
-            final = inputs.final(forward)
+        final = tracker.result(lambda: inputs.final(forward))
     rt.synchronize()
     final = final[0].cpu().numpy().reshape(k, c, h, w).astype(np.float32)
     losses = losses.cpu().numpy()

@@ -48,28 +48,57 @@ class SceneHoldout:
     """Known pixels hidden from every fit of a scene, drawn once for the whole scene.
 
     The gaps' own shapes (in any band), moved :data:`HOLDOUT_SHIFT` rows down onto known pixels, kept
-    in random :data:`HOLDOUT_CELL` px cells so that about ``share`` of the known pixels are hidden:
-    stripes as wide as the real ones (thin hidden lines would flatter every smooth interpolator).
-    One mask for the scene, not one per tile, so that no tile sees them and the mosaic's prediction
-    there, overlaps averaged as at the real gaps, is scored as the output is made.
+    in :data:`HOLDOUT_CELL` px cells taken in a seeded random order until ``share`` of the known
+    pixels are hidden: stripes as wide as the real ones (thin hidden lines would flatter every
+    smooth interpolator). The share is met, not only expected, so a small scene has hidden
+    pixels too. One mask for the scene, not one per tile, so that no tile sees them and the
+    mosaic's prediction there, overlaps averaged as at the real gaps, is scored as the output is made.
 
     Drawn strip by strip (:meth:`strip`), given the gap rows just above each strip.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        The scene's height and width.
+    share : float
+        Share of the known pixels to hide.
+    cell_candidates : ndarray of int, (ceil(H / HOLDOUT_CELL), ceil(W / HOLDOUT_CELL))
+        Pixels of each cell that the moved gap shapes cover (:meth:`count`).
+    known : int
+        Pixels known in every band.
+    seed : int
+        Seed of the cells' order.
 
     Examples
     --------
     >>> gaps = np.zeros((64, 64), bool); gaps[4:8] = gaps[36:40] = True
-    >>> holdout = SceneHoldout((64, 64), share=1.0, candidates=int((np.roll(gaps, 16, 0) & ~gaps).sum()),
-    ...                        known=int((~gaps).sum()), seed=0)
+    >>> counts = SceneHoldout.count(SceneHoldout.shapes(gaps, np.zeros((16, 64), bool)), 0)
+    >>> holdout = SceneHoldout((64, 64), share=1.0, cell_candidates=counts, known=int((~gaps).sum()), seed=0)
     >>> hidden = holdout.strip(0, gaps, np.zeros((16, 64), bool))
     >>> np.flatnonzero(hidden.any(axis=1)).tolist()  # the stripes moved 16 rows down
     [20, 21, 22, 23, 52, 53, 54, 55]
     """
 
-    def __init__(self, shape: tuple[int, int], *, share: float, candidates: int, known: int, seed: int):
+    def __init__(self, shape: tuple[int, int], *, share: float, cell_candidates: np.ndarray, known: int, seed: int):
         h, w = shape
-        p = min(1.0, share * known / candidates) if candidates else 0.0
-        cells = np.random.default_rng(seed).random((-(-h // HOLDOUT_CELL), -(-w // HOLDOUT_CELL)))
-        self.cells = cells < p
+        grid = (-(-h // HOLDOUT_CELL), -(-w // HOLDOUT_CELL))
+        order = np.argsort(np.random.default_rng(seed).random(grid), axis=None, kind="stable")
+        counts = np.asarray(cell_candidates).ravel()[order]
+        # the cells in their random order, up to the first one that brings the hidden share to ``share``
+        taken = int(np.searchsorted(np.cumsum(counts), share * known)) + 1 if counts.any() and share > 0 else 0
+        cells = np.zeros(grid[0] * grid[1], bool)
+        cells[order[:taken]] = True
+        self.cells = cells.reshape(grid)
+
+    @staticmethod
+    def count(shapes: np.ndarray, y: int, counts: np.ndarray | None = None) -> np.ndarray:
+        """Add the candidate pixels ``shapes`` (h, w) of the strip starting at row ``y`` to ``counts`` per cell."""
+        h, w = shapes.shape
+        if counts is None:
+            counts = np.zeros((-(-(y + h) // HOLDOUT_CELL), -(-w // HOLDOUT_CELL)), np.int64)
+        per_col = np.add.reduceat(shapes, np.arange(0, w, HOLDOUT_CELL), axis=1).astype(np.int64)
+        np.add.at(counts, np.arange(y, y + h) // HOLDOUT_CELL, per_col)
+        return counts
 
     @staticmethod
     def shapes(gaps: np.ndarray, above: np.ndarray) -> np.ndarray:

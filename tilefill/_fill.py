@@ -139,7 +139,6 @@ def classical_alone(image: np.ndarray, known: np.ndarray, fit, hidden: np.ndarra
 
 def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | None, res, fit) -> WindowFill:
     """DIP's fit with its classical partners: their fills, the window's own weight and the hidden pixels' statistics."""
-    from tilefill._classical import fill_classical
     from tilefill._distance_blend import BlendStats
 
     dip = res.prediction

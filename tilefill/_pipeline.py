@@ -8,16 +8,26 @@ an uninterrupted run writes (fits are seeded per tile). A store of another key i
 
 Failures. Tiles that keep failing do not stop the others, which are kept in the store. No
 output is written then; ``OUT.failed.json`` beside it names each failed tile with its cause
-(:func:`failure_path`), and is removed by the next run that succeeds.
+(:func:`failure_path`), and is removed by the next run that succeeds. The same error in
+several tasks in a row is a fault of the setup, not of tiles: the run stops there, in one line
+(``tilefill._schedule.SYSTEMATIC``). Tracebacks go to the worker log beside the store
+(:func:`worker_log_path`), not the terminal. An output that cannot be written (disk full, a
+folder turned read-only) leaves nothing under its name and keeps the store.
+
+Stages. :func:`run_fill` is :func:`prepare_fill` (read, scale, build or resume the store),
+:func:`start_fit` (send the tiles to the cluster) and :func:`finish_fill` (write the output);
+``tilefill batch`` runs them overlapped across scenes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -31,8 +41,8 @@ from tilefill._fill import TileResult
 from tilefill._grid import TileGrid
 from tilefill._runkey import RunKey, run_key
 from tilefill._scene import open_scene
-from tilefill._schedule import LazyCluster, Progress, run_tiles
-from tilefill._store import build_store, resumable_store
+from tilefill._schedule import SYSTEMATIC, WORKER_WAIT, LazyCluster, Progress, TileJob, TileRun
+from tilefill._store import TileStore, build_store, resumable_store
 
 log = logging.getLogger("tilefill")
 
@@ -66,6 +76,9 @@ class FillReport:
     failures: dict[int, str] = field(default_factory=dict, repr=False)
     retried: dict[int, int] = field(default_factory=dict, repr=False)  # tile -> extra tries
     stages: dict[str, float] = field(default_factory=dict)  # seconds: prepare (read, tile into Zarr), fill, write
+    stopped: str = ""  # the error that stopped the run: SYSTEMATIC tasks in a row failed with it
+    not_tried: tuple[int, ...] = field(default=(), repr=False)  # tiles cancelled when it stopped
+    worker_log: Path | None = field(default=None, repr=False)  # tracebacks of failed tiles
 
     @property
     def estimated_rmse(self) -> float:
@@ -86,19 +99,27 @@ class FillReport:
         """One line: what failed (empty when the run succeeded)."""
         if self.ok:
             return ""
-        first = "; ".join(f"tile {i}: {why}" for i, why in sorted(self.failures.items())[:3])
-        to_fit = len(self.failures) + self.tiles_fitted + self.tiles_without_context + self.tiles_skipped
-        return (f"{len(self.failures)} of {to_fit} tiles failed ({first}); no output written, see "
-                f"{failure_path(self.output)}; finished tiles are kept for the next run")
+        to_fit = (len(self.failures) + self.tiles_fitted + self.tiles_without_context + self.tiles_skipped
+                  + len(self.not_tried))
+        if self.stopped:
+            what = (f"stopped: {SYSTEMATIC} tile tasks in a row failed with the same error ({self.stopped[:300]}), "
+                    f"{len(self.not_tried)} of {to_fit} tiles not tried")
+        else:
+            first = "; ".join(f"tile {i}: {why}" for i, why in sorted(self.failures.items())[:3])
+            what = f"{len(self.failures)} of {to_fit} tiles failed ({first})"
+        logs = f" and the tracebacks in {self.worker_log}" if self.worker_log else ""
+        return (f"{what}; no output written, see {failure_path(self.output)}{logs}; finished tiles are kept for "
+                "the next run")
 
     def __str__(self) -> str:
         lines = [f"wrote {self.output}" if self.ok else f"FAILED: {self.message}",
                  f"tiles: {self.tiles_total} in the grid, {self.tiles_fitted} fitted, "
-                 f"{self.tiles_total - self.tiles_fitted - self.tiles_without_context - self.tiles_skipped - len(self.failures)}"
+                 f"{self.tiles_total - self.tiles_fitted - self.tiles_without_context - self.tiles_skipped - len(self.failures) - len(self.not_tried)}"
                  " without gaps (not fitted)"
                  + (f", {self.tiles_skipped} done by an earlier run (skipped)" if self.tiles_skipped else "")
                  + (f", {self.tiles_without_context} with no known pixel in reach" if self.tiles_without_context else "")
-                 + (f", {len(self.failures)} failed" if self.failures else "")]
+                 + (f", {len(self.failures)} failed" if self.failures else "")
+                 + (f", {len(self.not_tried)} not tried" if self.not_tried else "")]
         if self.retried:
             lines.append(f"retried: {self.tiles_retried} tile(s) ran again after their worker died or they raised")
         if self.ok:
@@ -179,10 +200,17 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write a JSON file atomically: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write a JSON file atomically: a reader sees the old file or the whole new one (a full disk: neither)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a folder turned read-only keeps it; the error that matters is the one raised
+        raise
 
 
 def write_failure(output: Path, scene: str | Path, error: str, **details) -> Path:
@@ -225,6 +253,8 @@ def fill_scene(
     scheduler: str | None = None,
     scheduler_file: str | Path | None = None,
     restart: bool = False,
+    dashboard: bool = False,
+    worker_wait: float | None = None,
 ) -> FillReport:
     """Restore the gaps of a scene and write it as a georeferenced GeoTIFF.
 
@@ -249,8 +279,13 @@ def fill_scene(
     workers, gpus : int, optional
         CPU worker processes (0 = in this process), or one worker per GPU.
     scheduler, scheduler_file : str or Path, optional
-        An existing Dask cluster instead (``tcp://host:8786``, or the file ``dask scheduler
-        --scheduler-file`` writes); its workers must see the work store.
+        An existing Dask cluster instead (``tcp://host:8786``, ``tls://`` with Dask's TLS settings,
+        or the file ``dask scheduler --scheduler-file`` writes); its workers must see the work store.
+    dashboard : bool
+        Serve the Dask dashboard of a cluster started here (on 127.0.0.1; the link is logged).
+    worker_wait : float, optional
+        Seconds to wait for workers when the cluster has none (at the start, or all lost), before
+        the run stops with its finished tiles kept (default ``WORKER_WAIT``, 180).
     workdir : str or Path, optional
         Folder for the Zarr tile store (kept after the run). Default: a hidden folder beside
         the output, removed after a successful run and kept otherwise, so that running the same
@@ -260,6 +295,9 @@ def fill_scene(
     restart : bool
         Discard the work store instead of resuming it (needed when it holds another run).
 
+    Workers' tracebacks go to the worker log beside the store (:func:`worker_log_path`), kept with
+    it after a failure.
+
     Returns
     -------
     FillReport
@@ -267,8 +305,9 @@ def fill_scene(
     Raises
     ------
     TilefillError
-        Bad input, in one line; :class:`FillFailed` when tiles kept failing (no output is
-        written, ``OUT.failed.json`` is).
+        Bad input, an output that cannot be written, or a cluster left without workers, in one
+        line; :class:`FillFailed` when tiles kept failing or one error stopped the run (no output
+        is written, ``OUT.failed.json`` is).
 
     Examples
     --------
@@ -282,9 +321,10 @@ def fill_scene(
     cfg = checked_config(config, {**shortcuts, **(overrides or {})})
     out = check_output_path(output, overwrite)
     keep_store = workdir is not None
-    store_path = (Path(workdir) / "tiles.zarr") if keep_store else default_store(out)
+    store_path = Path(os.path.abspath((Path(workdir) / "tiles.zarr") if keep_store else default_store(out)))
     with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file,
-                     device=cfg.fit.device) as clusters:
+                     device=cfg.fit.device, dashboard=dashboard, worker_wait=WORKER_WAIT if worker_wait is None else worker_wait,
+                     worker_log=worker_log_path(store_path)) as clusters:
         report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
                           bands=bands, mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite,
                           progress=progress, start=start)
@@ -315,6 +355,11 @@ def default_store(out: Path) -> Path:
     return out.with_name(f".{out.name}.tilefill.zarr")
 
 
+def worker_log_path(store_path: Path) -> Path:
+    """Where a single run's workers write their log and the tracebacks of failed tiles: beside its store."""
+    return Path(store_path).with_suffix(".log")
+
+
 def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *, store_path: Path, keep_store: bool,
              mask: str | Path | None = None, bands: Sequence[int | str] | str | None = None,
              mask_qa: Sequence[str] | str | None = None, footprint: str = "hull",
@@ -324,13 +369,61 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
 
     Returns the report also when tiles failed (then no output is written and ``OUT.failed.json``
     is); :func:`fill_scene` raises :class:`FillFailed` for it. The work store is removed after
-    success unless ``keep_store``.
+    success unless ``keep_store``. The three stages are :func:`prepare_fill`, :func:`start_fit`
+    and :func:`finish_fill`.
 
     Examples
     --------
     >>> with LazyCluster(workers=2) as clusters:  # doctest: +SKIP
     ...     report = run_fill("a.tif", Path("out/a.tif"), load_config("fast"), clusters,
     ...                       store_path=Path("out/.a.tif.tilefill.zarr"), keep_store=False)
+    """
+    prep = prepare_fill(scene, out, cfg, store_path=store_path, keep_store=keep_store, mask=mask, bands=bands,
+                        mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite, start=start)
+    job = start_fit(prep, clusters, progress=progress)
+    return finish_fill(prep, job.wait() if job else None, clusters)
+
+
+@dataclass
+class PreparedFill:
+    """A scene read into its work store, with the tiles left to fit: what :func:`run_fill`'s stages hand on."""
+
+    scene: str | Path
+    out: Path
+    cfg: Config
+    store: TileStore
+    store_path: Path
+    keep_store: bool
+    key: RunKey
+    grid: TileGrid
+    to_fit: list[int]
+    skipped: tuple[TileResult, ...]  # tiles an earlier run of the same key finished
+    todo: list[int]
+    reopen: dict  # how finish_fill opens the scene again: bands, mask and mask_qa
+    overwrite: bool
+    start: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def gap_pixels(self) -> int:
+        return self.store.meta["gap_pixels"]
+
+    @property
+    def needs_fit(self) -> bool:
+        return bool(self.todo) and bool(self.gap_pixels or not self.cfg.fit.keep_known)
+
+
+def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path, keep_store: bool,
+                 mask: str | Path | None = None, bands: Sequence[int] | str | None = None,
+                 mask_qa: Sequence[str] | str | None = None, footprint: str = "hull", restart: bool = False, overwrite: bool = False, start: float | None = None) -> PreparedFill:
+    """Stage 1: read the scene, key the run, and build its work store (or resume the one there).
+
+    Examples
+    --------
+    >>> prep = prepare_fill("a.tif", Path("a-filled.tif"), load_config("fast"),  # doctest: +SKIP
+    ...                     store_path=Path(".a-filled.tif.tilefill.zarr"), keep_store=False)
+    >>> len(prep.todo), len(prep.skipped)  # doctest: +SKIP
+    (16, 0)
     """
     start = time.perf_counter() if start is None else start
     out = check_output_path(out, overwrite)
@@ -344,71 +437,137 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
         log.info("scene %d x %d px, %d band(s) %s, %s; %d tiles of %d px", info.width, info.height, info.count,
                  ",".join(info.band_names), info.dtype, len(grid), grid.size)
         key = run_key(src, cfg, grid, footprint=footprint)
-        store = resumable_store(store_path, key.digest, restart=restart, config=cfg)
-        if store is None:
-            store = build_store(src, grid, cfg, store_path, footprint=footprint, run_key=key.digest)
-        to_fit = store.tiles_to_fit
-        done = store.tiles_done(to_fit)
-        skipped = tuple(_skipped_result(store, i) for i in done)
-        todo = sorted(set(to_fit) - set(done))
-        if done:
-            log.info("resuming run %s: %d of %d tiles are already done in %s and are skipped", key, len(done),
-                     len(to_fit), store_path)
-        gap_pixels = store.meta["gap_pixels"]
-        stages = {"prepare": time.perf_counter() - start}
-        run = None
-        if not gap_pixels and cfg.fit.keep_known:
+        try:
+            store = resumable_store(store_path, key.digest, restart=restart, config=cfg)
+            if store is None:
+                store = build_store(src, grid, cfg, store_path, footprint=footprint, run_key=key.digest)
+        except OSError as exc:
+            raise TilefillError(f"cannot write the work store {store_path} ({_why(exc, store_path.parent)})") from None
+    to_fit = store.tiles_to_fit
+    done = store.tiles_done(to_fit)
+    if done:
+        log.info("resuming run %s: %d of %d tiles are already done in %s and are skipped", key, len(done),
+                 len(to_fit), store_path)
+    prep = PreparedFill(scene, out, cfg, store, store_path, keep_store, key, grid, to_fit,
+                        tuple(_skipped_result(store, i) for i in done), sorted(set(to_fit) - set(done)),
+                        {"bands": bands, "mask": mask, "mask_qa": mask_qa}, overwrite, start)
+    prep.stages["prepare"] = time.perf_counter() - start
+    return prep
+
+
+def start_fit(prep: PreparedFill, clusters: LazyCluster, *, progress: bool = True) -> TileJob | None:
+    """Stage 2: check the workers and send the scene's tiles to them; None when there is nothing to fit.
+
+    The cluster is started here if this is the first scene that needs one. The returned job runs
+    on the cluster while the caller goes on: :meth:`TileJob.wait` (or ``poll``) takes its results.
+    """
+    if not prep.needs_fit:
+        if not prep.gap_pixels and prep.cfg.fit.keep_known:
             log.info("no gap pixel in the scene: writing an unchanged copy")
-        elif todo:
-            log.info("%d gap band-pixels; fitting %d of %d tiles with %s (%s preset)", gap_pixels, len(todo),
-                     len(grid), cfg.method, cfg.name)
-            cluster = clusters.get()
-            cluster.check_sees(store_path)
-            bar = Progress(len(todo)) if progress else None
-            run = run_tiles(cluster, str(store_path), todo, per_task=cfg.engine.tiles_per_task,
-                            on_done=(lambda _r: bar.update()) if bar else None)
-        results = run.results if run else []
-        thin = sum(r.status == "filled" and r.iterations == 0 for r in results) if cfg.method == "dip" else 0
-        if thin:
-            log.info("%d tile(s) had only gaps within %g px of known pixels and were filled by %s alone "
-                     "(fit.thin_gap_px)", thin, cfg.fit.thin_gap_px, cfg.fit.blend_method)
-        stages["fill"] = time.perf_counter() - start - stages["prepare"]
-        cluster_desc = clusters.started.description if clusters.started else "no cluster (nothing to fit)"
-        common = dict(
-            output=out, tiles_total=len(grid), tiles_fitted=sum(r.status == "filled" for r in results),
-            tiles_without_context=sum(r.status == "no-context" for r in results), gap_pixels=gap_pixels,
-            cluster=cluster_desc, workdir=store_path if keep_store else None,
-            tile_seconds=[r.seconds for r in results], tiles_skipped=len(done), run_key=key, scene=str(scene),
-            tiles=skipped + tuple(results), failures=dict(run.failures) if run else {},
-            retried=dict(run.retried) if run else {}, stages=stages)
-        if run and run.failures:
-            failed = FillReport(**common, filled_pixels=0, unfilled_pixels=0, seconds=time.perf_counter() - start)
-            write_failure(out, scene, failed.message, run_key=key.digest, work_store=str(store_path),
-                          failed_tiles=[{"tile": i, "cause": why} for i, why in sorted(run.failures.items())],
-                          tiles={"in_grid": len(grid), "to_fit": len(to_fit), "skipped": len(done),
-                                 "fitted": failed.tiles_fitted + failed.tiles_without_context,
-                                 "failed": len(run.failures)},
-                          retried={str(i): n for i, n in sorted(run.retried.items())},
-                          resume="fix the cause and run the same command again: finished tiles are kept and skipped")
-            return failed
-        qmap = quality_path(out, ".quality.tif")
-        stats = write_output(store, src, out, cog=cfg.output.cog, overwrite=overwrite, config=cfg,
-                             quality_map=qmap if cfg.output.quality_sidecar else None)
-        if stats.tile_estimates:  # the mosaic's estimates, with the weights it fitted, replace the tiles' own
-            common["tiles"] = tuple(replace(t, estimated_rmse=stats.tile_estimates.get(t.index, t.estimated_rmse))
-                                    for t in common["tiles"])
+        return None
+    cfg = prep.cfg
+    log.info("%d gap band-pixels; fitting %d of %d tiles with %s (%s preset)", prep.gap_pixels, len(prep.todo),
+             len(prep.grid), cfg.method, cfg.name)
+    cluster = clusters.get()
+    cluster.check_workers(prep.store_path, torch=cfg.method == "dip")
+    bar = Progress(len(prep.todo)) if progress else None
+    return TileJob(cluster, str(prep.store_path), prep.todo, per_task=cfg.engine.tiles_per_task,
+                   on_done=(lambda _r: bar.update()) if bar else None, log=clusters.worker_log).submit()
+
+
+def finish_fill(prep: PreparedFill, run: TileRun | None, clusters: LazyCluster) -> FillReport:
+    """Stage 3: write the output (or, when tiles failed, ``OUT.failed.json``) and report.
+
+    An output that cannot be written (a full disk, a folder turned read-only) raises
+    :class:`~tilefill.TilefillError` in one line and leaves nothing under its name; the store
+    is kept, so the same command writes it later without fitting again.
+    """
+    cfg, out, store_path = prep.cfg, prep.out, prep.store_path
+    results = run.results if run else []
+    thin = sum(r.status == "filled" and r.iterations == 0 for r in results) if cfg.method == "dip" else 0
+    if thin:
+        log.info("%d tile(s) had only gaps within %g px of known pixels and were filled by %s alone "
+                 "(fit.thin_gap_px)", thin, cfg.fit.thin_gap_px, cfg.fit.blend_method)
+    stages = dict(prep.stages)
+    stages["fill"] = time.perf_counter() - prep.start - stages["prepare"]
+    worker_log = clusters.worker_log
+    common = dict(
+        output=out, tiles_total=len(prep.grid), tiles_fitted=sum(r.status == "filled" for r in results),
+        tiles_without_context=sum(r.status == "no-context" for r in results), gap_pixels=prep.gap_pixels,
+        cluster=clusters.started.description if clusters.started else "no cluster (nothing to fit)",
+        workdir=store_path if prep.keep_store else None, tile_seconds=[r.seconds for r in results],
+        tiles_skipped=len(prep.skipped), run_key=prep.key, scene=str(prep.scene), tiles=prep.skipped + tuple(results),
+        failures=dict(run.failures) if run else {}, retried=dict(run.retried) if run else {}, stages=stages,
+        stopped=run.stopped if run else "", not_tried=tuple(run.not_tried) if run else (),
+        worker_log=worker_log if worker_log and worker_log.is_file() and worker_log.stat().st_size else None)
+    if run and run.failures:
+        failed = FillReport(**common, filled_pixels=0, unfilled_pixels=0, seconds=time.perf_counter() - prep.start)
+        write_failure(out, prep.scene, failed.message, run_key=prep.key.digest, work_store=str(store_path),
+                      failed_tiles=[{"tile": i, "cause": why} for i, why in sorted(run.failures.items())],
+                      tiles={"in_grid": len(prep.grid), "to_fit": len(prep.to_fit), "skipped": len(prep.skipped),
+                             "fitted": failed.tiles_fitted + failed.tiles_without_context,
+                             "failed": len(run.failures), "not_tried": len(run.not_tried)},
+                      retried={str(i): n for i, n in sorted(run.retried.items())},
+                      **({"stopped": run.stopped, "not_tried": list(run.not_tried)} if run.stopped else {}),
+                      worker_log=str(failed.worker_log) if failed.worker_log else None,
+                      resume="fix the cause and run the same command again: finished tiles are kept and skipped")
+        return failed
+    stats, common["tiles"] = _write_stage(prep, common["tiles"])
+    stages["write"] = time.perf_counter() - prep.start - stages["prepare"] - stages["fill"]
+    failure_path(out).unlink(missing_ok=True)  # an earlier failure of this output is settled
+    if not prep.keep_store:
+        shutil.rmtree(store_path, ignore_errors=True)
+        if worker_log == worker_log_path(store_path):
+            worker_log.unlink(missing_ok=True)  # nothing failed: nothing in it to keep
+    return FillReport(**common, filled_pixels=stats.filled_pixels, unfilled_pixels=stats.unfilled_pixels,
+                      seconds=time.perf_counter() - prep.start)
+
+
+def _write_stage(prep: PreparedFill, tiles: Sequence[TileResult]):
+    """The output and its quality sidecars, as one: if any cannot be written, none stays.
+
+    With distance weights the mosaic's own estimates (the weights it fitted) replace the tiles'.
+    """
+    cfg, out = prep.cfg, prep.out
+    qmap = quality_path(out, ".quality.tif")
+    try:
+        with open_scene(prep.scene, **prep.reopen) as src:
+            stats = write_output(prep.store, src, out, cog=cfg.output.cog, overwrite=prep.overwrite, config=cfg,
+                                 quality_map=qmap if cfg.output.quality_sidecar else None)
+        if stats.tile_estimates:
+            tiles = tuple(replace(t, estimated_rmse=stats.tile_estimates.get(t.index, t.estimated_rmse))
+                          for t in tiles)
         if cfg.output.quality_sidecar:
-            write_quality(out, scene, grid, store, common["tiles"], stats.blend)
+            write_quality(out, prep.scene, prep.grid, prep.store, tiles, stats.blend)
         else:
             quality_path(out).unlink(missing_ok=True)
         if not (cfg.output.quality_sidecar and stats.blend):
             qmap.unlink(missing_ok=True)  # an earlier run's map would describe another fill
-        stages["write"] = time.perf_counter() - start - stages["prepare"] - stages["fill"]
-    failure_path(out).unlink(missing_ok=True)  # an earlier failure of this output is settled
-    if not keep_store:
-        shutil.rmtree(store_path, ignore_errors=True)
-    return FillReport(**common, filled_pixels=stats.filled_pixels, unfilled_pixels=stats.unfilled_pixels,
-                      seconds=time.perf_counter() - start)
+    except (OSError, TilefillError) as exc:  # TilefillError: check_output_path found the folder unwritable
+        for path in (out, quality_path(out), qmap):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only folder: what it holds stays, the line below says why
+        why = _why(exc, out.parent) if isinstance(exc, OSError) else str(exc)
+        raise TilefillError(f"cannot write {out} ({why}): no output written; the work store {prep.store_path} "
+                            "keeps every tile, run the same command again to write it without fitting") from None
+    return stats, tiles
+
+
+def _why(exc: OSError, folder: Path) -> str:
+    """An OSError in a few words: a full disk and a read-only folder named as such."""
+    code = exc.errno
+    if code is None:  # GDAL's errors carry no errno: look at the folder
+        try:
+            code = errno.ENOSPC if shutil.disk_usage(folder).free < 2**20 else None
+        except OSError:
+            pass
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device"
+    if code == errno.EROFS:
+        return "the folder is on a read-only file system"
+    return exc.strerror or str(exc)[:200]
 
 
 def _skipped_result(store, index: int) -> TileResult:

@@ -12,23 +12,34 @@ Faults: a worker that dies mid-tile takes its tiles with it, and Dask's schedule
 again on another worker (up to ``distributed.scheduler.allowed-failures`` deaths per tile,
 then the tile fails with ``KilledWorker``); a tile that raises is tried once more, then fails.
 Either way the other tiles go on. A tile task first checks the store, so a tile that a lost
-worker had already finished is not fitted twice.
+worker had already finished is not fitted twice. Tasks that fail in a row with the same error
+(``SYSTEMATIC``) stop the run instead: a fault of the setup, not of tiles. A cluster left without
+workers is waited for (``worker_wait`` seconds), then the run stops with :class:`ClusterLost`.
+
+Security: everything tilefill starts listens on 127.0.0.1 only, and the dashboard only when asked
+for. A cluster the user brings is reached with Dask's own security settings
+(``distributed.comm.tls.*``), for the probe as for the client.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
+from collections import deque
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from tilefill import TilefillError
+from tilefill import TilefillError, __version__
 from tilefill._fill import TileResult, fill_tile, fill_tiles
 
 # Everything tilefill starts listens on loopback only: a Dask scheduler runs any pickled code it is sent
@@ -40,8 +51,51 @@ LOOPBACK = "127.0.0.1"
 # Set either variable in your environment to override it (Dask takes yours first).
 WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**30)}
 CONNECT_TIMEOUT = 10.0  # seconds to wait for an existing scheduler to answer
-WORKER_TIMEOUT = 60.0  # seconds to wait for a connected cluster's first worker (batch systems start them late)
+# seconds to wait for a worker: a cluster's first one, and new ones after all were lost (batch systems
+# start and restart them late); then the run stops, its finished tiles kept
+WORKER_WAIT = 180.0
 RETRIES = 1  # extra tries for a tile that raised (a worker that died is Dask's allowed-failures business)
+SYSTEMATIC = 3  # tasks failing in a row with the same error: the setup is at fault, not the tiles
+POLL = 0.1  # seconds between looks at running tasks
+WORKER_LOG_ENV = "TILEFILL_WORKER_LOG"  # where the workers tilefill starts write their stderr
+
+log = logging.getLogger("tilefill")
+
+
+class ClusterLost(TilefillError):
+    """The cluster had no worker for longer than the run would wait: stopped, finished tiles kept."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is (see :func:`sigterm_as_interrupt`): it stops as Ctrl-C does."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM (what SLURM, Kubernetes and systemd send before they kill) into :class:`Terminated`.
+
+    Every cleanup written for Ctrl-C then runs: tiles cancelled, workers stopped, the store kept, a
+    batch's claims released and its log summarised. A second SIGTERM is ignored so that it cannot
+    cut that cleanup short. Only in the main thread (signals are delivered there).
+
+    Examples
+    --------
+    >>> with sigterm_as_interrupt():  # doctest: +SKIP
+    ...     fill_scene("scene.tif", "restored.tif")
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def default_workers() -> int:
@@ -100,18 +154,41 @@ def _check_cuda_workers(client, what: str) -> None:
                                 f"{probe['visible']}); use --workers for CPU")
 
 
-def dask_setup(worker) -> None:
-    """Preload of the workers tilefill starts: they ignore Ctrl-C, which the terminal sends them too.
+@contextmanager
+def _signals_held(held: list[int]) -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while a local cluster starts: appended to ``held`` for the caller to raise again.
 
-    The command alone stops a run (cancel the tiles, close the workers, then the scheduler); a
-    worker that stopped itself at the same moment raced the scheduler's shutdown and printed a
-    heartbeat traceback.
+    Interrupted mid-start, Dask leaves a half-started nanny behind, and its exit hook prints a
+    traceback when the command ends.
     """
-    import signal
-    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
+
+def dask_setup(worker) -> None:
+    """Preload of the workers tilefill starts: signals are the command's, their output goes to its log.
+
+    They ignore Ctrl-C, which the terminal sends them too, and SIGTERM, which a batch system may
+    send the whole process group: the command alone stops a run (cancel the tiles, close the
+    workers, then the scheduler); a worker that stopped itself at the same moment raced the
+    scheduler's shutdown and printed a heartbeat traceback. Their stderr (Dask's log, with a
+    traceback per failed task) goes to the file ``TILEFILL_WORKER_LOG`` names, not the terminal.
+    """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    path = os.environ.get(WORKER_LOG_ENV)
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
 
 
 def _worker_probe() -> dict:
@@ -124,35 +201,89 @@ def _worker_probe() -> dict:
 
 @dataclass
 class Cluster:
-    """A client plus what kind of workers it has; ``client`` is None for in-process runs."""
+    """A client plus what kind of workers it has; ``client`` is None for in-process runs.
+
+    ``local``: tilefill started the workers (they log to its worker log themselves).
+    ``worker_wait``: seconds a run waits for workers to come back when the cluster has none.
+    ``dashboard``: the dashboard's address, when asked for.
+    """
 
     client: object | None
     gpu: bool = False
     description: str = "in-process"
+    local: bool = False
+    worker_wait: float = WORKER_WAIT
+    dashboard: str | None = None
 
     @property
     def resources(self) -> dict | None:
         return {"GPU": 1} if self.gpu else None
 
-    def check_sees(self, path: str | Path) -> None:
-        """Refuse a cluster whose workers cannot see the work store (it must be on a shared filesystem)."""
+    def usable_workers(self) -> int:
+        """Workers that can run tile tasks now (with a GPU, when tasks ask for one); 0 if the scheduler is gone."""
+        if self.client is None:
+            return 1
+        try:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        except Exception:  # noqa: BLE001 - a scheduler that does not answer has no worker for us either
+            return 0
+        return sum(1 for w in workers if not self.gpu or w.get("resources", {}).get("GPU", 0) >= 1)
+
+    def check_workers(self, path: str | Path, *, torch: bool = True) -> None:
+        """Refuse, in one line, workers that cannot run tiles, before any tile is sent.
+
+        Each worker must import tilefill (this version) and, for DIP (``torch``), torch, and see
+        the work store at ``path`` (it must be on a filesystem they all share).
+        """
         if self.client is None:
             return
-        seen = self.client.run(os.path.isdir, str(path))
-        blind = sorted(addr for addr, ok in seen.items() if not ok)
-        if blind:
-            raise TilefillError(
-                f"{len(blind)} of {len(seen)} Dask worker(s) cannot see the work store {path} (e.g. {blind[0]}); "
-                "put --workdir (or the output) on a filesystem every worker shares")
+
+        def ready(path, modules):  # nested: pickled by value, so it runs where tilefill is missing too
+            import importlib
+            import os
+
+            out = {"sees": os.path.isdir(path)}
+            for name in modules:
+                try:
+                    out[name] = str(getattr(importlib.import_module(name), "__version__", "?"))
+                except Exception as exc:  # noqa: BLE001 - whatever breaks the import is reported
+                    out[name], out[name + ":error"] = None, f"{type(exc).__name__}: {exc}"
+            return out
+
+        modules = ("tilefill", "torch") if torch else ("tilefill",)
+        seen = self.client.run(ready, str(path), modules)
+
+        def refuse(bad: list[str], what: str, detail: Callable[[dict], str], fix: str) -> None:
+            if bad:
+                raise TilefillError(f"{len(bad)} of {len(seen)} Dask worker(s) {what} (e.g. {bad[0]}"
+                                    f"{detail(seen[bad[0]])}); {fix}")
+
+        for name in modules:
+            refuse(sorted(a for a, r in seen.items() if r[name] is None), f"cannot import {name}",
+                   lambda r: f": {r[name + ':error']}", "install tilefill and torch on every worker")
+        refuse(sorted(a for a, r in seen.items() if r["tilefill"] != __version__),
+               f"run another tilefill than this command's {__version__}", lambda r: f": tilefill {r['tilefill']}",
+               "install the same tilefill on every worker")
+        refuse(sorted(a for a, r in seen.items() if not r["sees"]), f"cannot see the work store {path}",
+               lambda r: "", "put --workdir (or the output) on a filesystem every worker shares")
 
 
-def _probe(address: str) -> None:
+def _security():
+    """The client's TLS settings from Dask's configuration (``distributed.comm.tls.*``), as a ``Client`` reads them."""
+    from distributed.security import Security
+
+    return Security()
+
+
+def _probe(address: str, security=None) -> None:
     """Fail fast, in one line, unless a Dask scheduler answers at ``address``.
 
     A refused TCP connection fails at once, an unreachable host after CONNECT_TIMEOUT, and a
     service that is not a Dask scheduler on its reply. Asked over a bare comm rather than with a
     ``distributed.Client``, because a Client whose first connection failed hangs the
-    interpreter's exit while it tries to close itself.
+    interpreter's exit while it tries to close itself. ``security`` (a
+    ``distributed.security.Security``; default: Dask's configuration) gives the TLS credentials
+    a ``tls://`` scheduler needs.
     """
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
@@ -160,38 +291,47 @@ def _probe(address: str) -> None:
     from distributed.comm import connect
     from distributed.comm.addressing import parse_address, parse_host_port
 
+    security = security or _security()
     try:
         scheme, loc = parse_address(address)
         host, port = parse_host_port(loc)
     except ValueError as exc:
         raise TilefillError(f"{address!r} is not a Dask scheduler address ({exc}); e.g. tcp://head-node:8786") from None
+    args = security.get_connection_args("client")
+    if scheme == "tls" and args.get("ssl_context") is None:
+        raise TilefillError(f"{address} uses TLS: set Dask's TLS settings for the client (distributed.comm.tls.ca-file, "
+                            ".client.cert, .client.key; see README, Running on a Dask cluster)")
+    if scheme != "tls" and args.get("require_encryption"):
+        raise TilefillError(f"Dask's configuration requires encryption (distributed.comm.require-encryption): "
+                            f"give the scheduler as tls://, not {address}")
     try:
-        if scheme == "tcp":  # Dask's connect retries a refused port until its timeout
+        if scheme in ("tcp", "tls"):  # Dask's connect retries a refused port until its timeout
             socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise TilefillError(f"no Dask scheduler answers at {address} ({why}; waited up to {CONNECT_TIMEOUT:g} s)") from None
 
     async def identity():
-        comm = await connect(address, timeout=CONNECT_TIMEOUT)
+        comm = await connect(address, timeout=CONNECT_TIMEOUT, **args)
         try:
             await comm.write({"op": "identity", "reply": True})
             return await asyncio.wait_for(comm.read(), CONNECT_TIMEOUT)
         finally:
             comm.abort()
 
+    hint = " (a scheduler that uses TLS is reached as tls://)" if scheme == "tcp" else ""
     try:  # in a thread of its own: the caller may already run an event loop (a notebook)
         with ThreadPoolExecutor(1) as pool:
             ident = pool.submit(asyncio.run, identity()).result()
     except (OSError, TimeoutError) as exc:
-        raise TilefillError(f"no Dask scheduler answers at {address} ({str(exc)[:160]})") from None
+        raise TilefillError(f"no Dask scheduler answers at {address} ({str(exc)[:200]}){hint}") from None
     except Exception:  # noqa: BLE001 - whatever a foreign service sends back
         ident = None
     if not isinstance(ident, dict) or ident.get("type") != "Scheduler":
-        raise TilefillError(f"something answers at {address}, but not a Dask scheduler")
+        raise TilefillError(f"something answers at {address}, but not a Dask scheduler{hint}")
 
 
-def _connect(scheduler: str | None, scheduler_file: str | Path | None):
+def _connect(scheduler: str | None, scheduler_file: str | Path | None, worker_wait: float = WORKER_WAIT):
     """A client of an existing cluster, or one clear line when it does not answer within CONNECT_TIMEOUT."""
     import json
 
@@ -204,16 +344,17 @@ def _connect(scheduler: str | None, scheduler_file: str | Path | None):
             raise TilefillError(f"scheduler file {scheduler_file} not found (dask scheduler --scheduler-file writes it)") from None
         except (OSError, ValueError, KeyError, TypeError):
             raise TilefillError(f"{scheduler_file} is not a Dask scheduler file (JSON with an \"address\")") from None
-    _probe(scheduler)
+    security = _security()
+    _probe(scheduler, security)
     try:
-        client = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False, security=security)
     except (OSError, TimeoutError) as exc:
         raise TilefillError(f"the Dask scheduler at {scheduler} does not answer ({str(exc)[:160]})") from None
     try:
-        client.wait_for_workers(1, timeout=WORKER_TIMEOUT)
+        client.wait_for_workers(1, timeout=worker_wait)
     except TimeoutError:
         client.close()
-        raise TilefillError(f"the Dask cluster at {scheduler} has no worker after {WORKER_TIMEOUT:g} s; start some "
+        raise TilefillError(f"the Dask cluster at {scheduler} has no worker after {worker_wait:g} s; start some "
                             "(dask worker ADDRESS --nthreads 1)") from None
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
     gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
@@ -221,6 +362,9 @@ def _connect(scheduler: str | None, scheduler_file: str | Path | None):
     desc = f"Dask cluster at {client.scheduler.address}: {len(workers)} worker(s)" + (
         f", {n_gpu} with a GPU (tiles run there only)" if gpu else "")
     return client, gpu, desc
+
+
+CLUSTER_ARGS = ("workers", "gpus", "scheduler", "scheduler_file")
 
 
 def check_cluster_args(*, workers: int | None = None, gpus: int | None = None, scheduler: str | None = None,
@@ -238,17 +382,31 @@ def check_cluster_args(*, workers: int | None = None, gpus: int | None = None, s
     return external
 
 
+def _show_dashboard(link: str) -> str:
+    try:
+        import bokeh  # noqa: F401 - the dashboard's plots need it
+    except ImportError:
+        return f"{link} (its plots need bokeh: pip install 'bokeh>=3.1')"
+    return link
+
+
 @contextmanager
 def start_cluster(*, workers: int | None = None, gpus: int | None = None, scheduler: str | None = None,
-                  scheduler_file: str | Path | None = None, check_cuda: bool = True) -> Iterator[Cluster]:
+                  scheduler_file: str | Path | None = None, check_cuda: bool = True, dashboard: bool = False,
+                  worker_log: str | Path | None = None, worker_wait: float = WORKER_WAIT) -> Iterator[Cluster]:
     """Start a local Dask cluster for one run and close it afterwards (also on Ctrl-C), or connect to one.
 
     ``gpus=N``: one worker process per GPU, each pinned with its own ``CUDA_VISIBLE_DEVICES``.
     ``workers=N``: N single-threaded CPU worker processes sharing the cores (a ``TILEFILL_THREADS``
     in the environment sets each one's torch threads). ``workers=0``: no cluster, tiles run one
-    after another in this process (debugging, notebooks). ``scheduler="tcp://host:8786"`` or
-    ``scheduler_file``: an existing cluster, left running afterwards; tiles ask for ``GPU=1`` if
-    any of its workers advertises it.
+    after another in this process (debugging, notebooks). ``scheduler="tcp://host:8786"`` (or
+    ``tls://``, with Dask's TLS settings) or ``scheduler_file``: an existing cluster, left running
+    afterwards; tiles ask for ``GPU=1`` if any of its workers advertises it.
+
+    A local cluster listens on 127.0.0.1 only; its dashboard is served only with ``dashboard``
+    (the link is logged). Its workers write their stderr to ``worker_log`` (Dask's log, with a
+    traceback per failed task), not the terminal. ``worker_wait``: seconds to wait for a worker
+    when an existing cluster has none, at the start and during the run.
 
     Examples
     --------
@@ -259,49 +417,64 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, schedu
     'Dask cluster at tcp://10.0.0.5:8786: 8 worker(s), 8 with a GPU (tiles run there only)'
     """
     if check_cluster_args(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file):
-        client, gpu, desc = _connect(scheduler, scheduler_file)
+        client, gpu, desc = _connect(scheduler, scheduler_file, worker_wait)
         try:
-            yield Cluster(client, gpu=gpu, description=desc)
+            link = client.dashboard_link if dashboard else None
+            if dashboard:
+                log.info("dashboard: %s", link or "the cluster's scheduler serves none")
+            yield Cluster(client, gpu=gpu, description=desc, worker_wait=worker_wait, dashboard=link or None)
         finally:
             client.close()
         return
     if gpus is None and workers == 0:
         yield Cluster(None)
         return
+    import dask
     from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
-    import dask
-
     quiet = dict(silence_logs=logging.ERROR)
-    preload = ["tilefill._schedule"]  # dask_setup above: Ctrl-C is the command's to handle
-    dashboard = f"{LOOPBACK}:0"
+    # dask_setup above: signals are the command's, stderr goes to the worker log; the user's own preloads too
+    preload = ["tilefill._schedule", *(dask.config.get("distributed.worker.preload", None) or [])]
+    # the scheduler's HTTP server (health, metrics; the dashboard only when asked for): loopback, a free port
+    http = f"{LOOPBACK}:0"
+    logs = {WORKER_LOG_ENV: str(Path(worker_log).resolve())} if worker_log else {}
     # read by each nanny when it is made, before it spawns (and respawns) its worker process
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+    # without the dashboard, Dask's HTTP servers answer health checks only: no pages of tasks and paths
+    routes = {} if dashboard else {f"distributed.{role}.http.routes": ["distributed.http.health"]
+                                   for role in ("scheduler", "worker")}
+    held: list[int] = []  # Ctrl-C or SIGTERM while it starts
+    with _signals_held(held), dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **routes}):
         if gpus:
             spec = {
                 f"gpu-{dev}": {"cls": Nanny, "options": {
                     "nthreads": 1, "resources": {"GPU": 1}, "preload": preload, "host": LOOPBACK,
-                    "env": {"CUDA_VISIBLE_DEVICES": dev, "TILEFILL_THREADS": "1"}}}
+                    "env": {"CUDA_VISIBLE_DEVICES": dev, "TILEFILL_THREADS": "1", **logs}}}
                 for dev in _visible_gpus(gpus)
             }
             cluster = SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {
-                "host": LOOPBACK, "dashboard_address": dashboard}}, **quiet)
+                "host": LOOPBACK, "dashboard_address": http, "dashboard": dashboard}}, **quiet)
             desc = f"{gpus} GPU worker(s)"
         else:
             n = workers or default_workers()
             threads = int(os.environ.get("TILEFILL_THREADS") or max(1, (os.cpu_count() or 1) // n))
             # CPU workers see no GPU: on a GPU host they would each open a CUDA context on GPU 0
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=LOOPBACK,
-                                   dashboard_address=dashboard, preload=preload, **quiet,
+                                   dashboard_address=http, scheduler_kwargs={"dashboard": dashboard},
+                                   preload=preload, **quiet,
                                    env={"TILEFILL_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
-                                        "CUDA_VISIBLE_DEVICES": ""})
+                                        "CUDA_VISIBLE_DEVICES": "", **logs})
             desc = f"{n} CPU worker(s) x {threads} thread(s)"
-    client = Client(cluster)
+        client = Client(cluster)
     try:
+        if held:  # Ctrl-C or SIGTERM came while the cluster started: act on it now that it can be closed in order
+            signal.raise_signal(held[0])
         if gpus and check_cuda:
             _check_cuda_workers(client, f"--gpus {gpus}")
-        yield Cluster(client, gpu=bool(gpus), description=desc)
+        link = _show_dashboard(cluster.dashboard_link) if dashboard else None
+        if link:
+            log.info("dashboard: %s", link)
+        yield Cluster(client, gpu=bool(gpus), description=desc, local=True, worker_wait=worker_wait, dashboard=link)
     finally:
         client.close()
         cluster.close()
@@ -312,7 +485,9 @@ class LazyCluster:
 
     A local cluster is started on first use (a run with nothing to fit starts none); an
     existing one is connected to at once, so a scheduler that does not answer fails the run
-    before any work. Use it as a context manager; it closes what it started.
+    before any work. Use it as a context manager; it closes what it started. Keyword arguments
+    are :func:`start_cluster`'s; ``worker_log`` is also where runs write the tracebacks of
+    failed tiles.
 
     Examples
     --------
@@ -322,7 +497,7 @@ class LazyCluster:
     """
 
     def __init__(self, *, device: str = "auto", **kwargs):
-        self._external = check_cluster_args(**{k: v for k, v in kwargs.items() if k != "check_cuda"})
+        self._external = check_cluster_args(**{k: v for k, v in kwargs.items() if k in CLUSTER_ARGS})
         if kwargs.get("check_cuda", True):  # device: fit.device, refused here if no worker could use it
             check_devices(device=device, workers=kwargs.get("workers"), gpus=kwargs.get("gpus"),
                           external=self._external)
@@ -330,6 +505,7 @@ class LazyCluster:
         self._kwargs = kwargs
         self._stack = ExitStack()
         self._cluster: Cluster | None = None
+        self.worker_log: Path | None = Path(kwargs["worker_log"]) if kwargs.get("worker_log") else None
 
     def __enter__(self) -> "LazyCluster":
         if self._external:
@@ -344,6 +520,11 @@ class LazyCluster:
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
+        try:
+            if self.worker_log and self.worker_log.stat().st_size == 0:
+                self.worker_log.unlink()  # the workers had nothing to say
+        except OSError:
+            pass
 
     @property
     def started(self) -> Cluster | None:
@@ -388,11 +569,15 @@ class TileRun:
     """Results of a batch of tile tasks: what finished, what failed (with its cause), what ran again.
 
     ``retried`` maps a tile to its extra tries: after its worker died, or after it raised.
+    ``stopped`` is the error that stopped the run early (``SYSTEMATIC`` tasks in a row failed with
+    it), and ``not_tried`` the tiles it cancelled then.
     """
 
     results: list[TileResult] = field(default_factory=list)
     failures: dict[int, str] = field(default_factory=dict)
     retried: dict[int, int] = field(default_factory=dict)
+    stopped: str = ""
+    not_tried: list[int] = field(default_factory=list)
 
 
 def _run_tile_group(store_path: str, indices: Sequence[int]) -> list[TileResult]:
@@ -416,6 +601,15 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def error_signature(cause: str) -> str:
+    """A failure's cause with its numbers blanked out: one fault met by many tiles reads the same.
+
+    >>> error_signature("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (tile 17)")
+    'OutOfMemoryError: CUDA out of memory. Tried to allocate #.# GiB (tile #)'
+    """
+    return re.sub(r"0x[0-9a-fA-F]+|\d+", "#", cause)
+
+
 def tile_groups(indices: Sequence[int], per_task: int) -> list[tuple[int, ...]]:
     """Consecutive tiles in tasks of ``per_task`` (neighbours share a window size, so they batch).
 
@@ -428,13 +622,192 @@ def tile_groups(indices: Sequence[int], per_task: int) -> list[tuple[int, ...]]:
     return [tuple(ordered[k:k + per_task]) for k in range(0, len(ordered), per_task)]
 
 
+WATCH_EVERY = 1.0  # seconds between looks at the cluster's workers while no task finishes
+
+
+class TileJob:
+    """The tile tasks of one scene: submitted at once, taken in as they finish.
+
+    :func:`run_tiles` submits and waits. A batch submits the next scene's tasks while this one's
+    still run (:meth:`submit`, then :meth:`poll` until it returns True), so that its workers never
+    wait between scenes. Every task is tried even if some fail, except that ``stop_after`` tasks
+    failing in a row with the same error (:func:`error_signature`) stop the job: the rest are
+    cancelled (``run.stopped``, ``run.not_tried``). A cluster without a usable worker for
+    ``cluster.worker_wait`` seconds cancels the job and raises :class:`ClusterLost`. The
+    tracebacks of failed tasks go to ``log`` (workers tilefill started write their own there).
+
+    Examples
+    --------
+    >>> job = TileJob(cluster, "a/tiles.zarr", [0, 1, 2]).submit()  # doctest: +SKIP
+    >>> while not job.poll():  # doctest: +SKIP
+    ...     prepare_the_next_scene()
+    >>> job.run.failures  # doctest: +SKIP
+    {}
+    """
+
+    def __init__(self, cluster: Cluster, store_path: str, indices: Sequence[int], *, per_task: int = 1,
+                 on_done: Callable[[TileResult | None], None] | None = None, retries: int = RETRIES,
+                 log: str | Path | None = None, stop_after: int = SYSTEMATIC):
+        self.cluster, self.store_path = cluster, str(store_path)
+        self.groups = tile_groups(indices, per_task)
+        self.on_done, self.retries, self.log, self.stop_after = on_done, retries, log, stop_after
+        self.run = TileRun()
+        self.finished = not self.groups
+        self._todo = deque(self.groups)  # in-process: groups not run yet
+        self._futures: dict = {}
+        self._pending = None  # as_completed over the futures
+        self._streak = ("", 0)  # (error signature, tasks in a row that failed with it)
+        self._gone_since: float | None = None
+        self._next_look = 0.0
+
+    def submit(self) -> "TileJob":
+        """Send every task to the cluster (a no-op in-process, where :meth:`poll` runs them)."""
+        client = self.cluster.client
+        if client is None or self._futures or self.finished:
+            return self
+        from distributed import as_completed
+
+        # a fresh key per submission: a rerun after a crash must not attach to the old run's tasks
+        tag = f"{os.path.basename(self.store_path)}-{time.time_ns()}"
+        self._futures = {client.submit(_run_tile_group, self.store_path, group, key=f"tilefill-tile-{group[0]}-{tag}",
+                                       resources=self.cluster.resources, retries=self.retries, pure=False): group
+                         for group in self.groups}
+        self._pending = as_completed(list(self._futures), loop=client.loop)
+        return self
+
+    def poll(self) -> bool:
+        """Take in the tasks that have finished, without waiting (in-process: run the next one).
+
+        True once every task is accounted for, or the job stopped.
+        """
+        if self.finished:
+            return True
+        if self.cluster.client is None:
+            self._run_here(self._todo.popleft())
+            if not self._todo and not self.finished:
+                self._complete()
+            return self.finished
+        if self._pending is None:
+            self.submit()
+        ready = self._pending.next_batch(block=False)
+        for fut in ready:
+            try:
+                self._take(self._futures[fut], fut.result())
+            except Exception as exc:  # noqa: BLE001 - a task's failure is its tiles', the rest go on
+                self._take(self._futures[fut], [], exc)
+            if self.finished:  # stopped
+                return True
+        if not ready:
+            self._watch_workers()
+        if self._pending.is_empty():
+            self._complete()
+        return self.finished
+
+    def wait(self) -> TileRun:
+        """Poll until every task is accounted for; on Ctrl-C or SIGTERM, cancel what is left and re-raise."""
+        try:
+            while not self.poll():
+                if self.cluster.client is not None:
+                    time.sleep(POLL)
+        except BaseException:  # Ctrl-C: stop the remaining tiles before the cluster closes
+            self.cancel()
+            raise
+        return self.run
+
+    def cancel(self) -> None:
+        """Cancel the tasks still queued or running (their tiles are tried by the next run)."""
+        self.finished = True
+        if self._futures:
+            self.cluster.client.cancel(list(self._futures), force=True)
+
+    def _run_here(self, group: tuple[int, ...]) -> None:
+        error, tries = None, 0
+        for attempt in range(self.retries + 1):
+            try:
+                self._take(group, _run_tile_group(self.store_path, group), tries=tries)
+                return
+            except Exception as exc:  # noqa: BLE001 - a tile's failure is reported, the rest go on
+                error, tries = exc, attempt + 1 if attempt < self.retries else tries
+        self._take(group, [], error, tries)
+
+    def _take(self, group: tuple[int, ...], results: list[TileResult], error: BaseException | None = None,
+              tries: int = 0) -> None:
+        cause = _cause(error) if error is not None else None
+        for k, i in enumerate(group):
+            if tries:
+                self.run.retried[i] = tries
+            if cause is None:
+                self.run.results.append(results[k])
+            else:
+                self.run.failures[i] = cause
+            if self.on_done:
+                self.on_done(None if cause is not None else results[k])
+        if cause is None:
+            self._streak = ("", 0)
+            return
+        self._write_traceback(group, error)
+        sig = error_signature(cause)
+        self._streak = (sig, self._streak[1] + 1 if self._streak[0] == sig else 1)
+        if self._streak[1] >= self.stop_after:
+            self._stop(cause)
+
+    def _stop(self, cause: str) -> None:
+        """The same error in ``stop_after`` tasks in a row: a fault of the setup, not of the tiles."""
+        over = {r.index for r in self.run.results} | set(self.run.failures)
+        self.run.stopped = cause
+        self.run.not_tried = [i for g in self.groups for i in g if i not in over]
+        self.cancel()
+
+    def _complete(self) -> None:
+        if self._futures:
+            for group, n in _extra_tries(self.cluster.client, self._futures, self.retries).items():
+                self.run.retried.update({i: n for i in group})
+        self.finished = True
+
+    def _write_traceback(self, group: tuple[int, ...], error: BaseException) -> None:
+        if self.log is None or self.cluster.local:  # the workers tilefill started log their own
+            return
+        tb = "".join(traceback.format_exception(error))
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            with open(self.log, "a") as f:
+                f.write(f"{stamp} tile(s) {', '.join(map(str, group))} of {self.store_path} failed:\n{tb}\n")
+        except OSError:
+            pass  # the failure itself is reported; its traceback is a help, never a reason to fail
+
+    def _watch_workers(self) -> None:
+        """Wait a bounded time for workers when none is left: a batch system may bring them back."""
+        now = time.monotonic()
+        if now < self._next_look:
+            return
+        self._next_look = now + WATCH_EVERY
+        wait = self.cluster.worker_wait
+        if self.cluster.usable_workers():
+            if self._gone_since is not None:
+                log.warning("Dask workers are back; the run goes on")
+            self._gone_since = None
+            return
+        if self._gone_since is None:
+            self._gone_since = now
+            log.warning("no Dask worker left to run tiles; waiting up to %g s for workers to come back", wait)
+        elif now - self._gone_since >= wait:
+            self.cancel()
+            done = len(self.run.results)
+            total = sum(map(len, self.groups))
+            raise ClusterLost(
+                f"no Dask worker to run tiles for {wait:g} s: stopped with {done} of {total} tiles of this run done; "
+                f"they are kept in {self.store_path}, and the same command resumes once the cluster has workers "
+                "(--worker-wait sets the wait)")
+
+
 def run_tiles(cluster: Cluster, store_path: str, indices: Sequence[int], *, per_task: int = 1,
-              on_done: Callable[[TileResult | None], None] | None = None, retries: int = RETRIES) -> TileRun:
-    """Fill the given tiles, ``per_task`` tiles per task; every task is tried even if some fail.
+              on_done: Callable[[TileResult | None], None] | None = None, retries: int = RETRIES,
+              log: str | Path | None = None, stop_after: int = SYSTEMATIC) -> TileRun:
+    """Fill the given tiles, ``per_task`` tiles per task, and wait for them (see :class:`TileJob`).
 
     A task that raises is tried ``retries`` more times; one whose worker dies is rescheduled by
-    Dask. A failed task fails each of its tiles. ``on_done`` is called once per tile with its
-    result, or None if it failed.
+    Dask. A failed task fails each of its tiles; ``stop_after`` failing in a row with the same
+    error stop the run. ``on_done`` is called once per tile with its result, or None if it failed.
 
     Examples
     --------
@@ -443,53 +816,8 @@ def run_tiles(cluster: Cluster, store_path: str, indices: Sequence[int], *, per_
     >>> run.failures, run.retried  # doctest: +SKIP
     ({}, {})
     """
-    run = TileRun()
-    groups = tile_groups(indices, per_task)
-
-    def finish(group, results, cause=None, tries=0):
-        for k, i in enumerate(group):
-            if tries:
-                run.retried[i] = tries
-            if cause is None:
-                run.results.append(results[k])
-            else:
-                run.failures[i] = cause
-            if on_done:
-                on_done(None if cause is not None else results[k])
-
-    if cluster.client is None:
-        for group in groups:
-            cause, tries = None, 0
-            for attempt in range(retries + 1):
-                try:
-                    results = _run_tile_group(store_path, group)
-                    cause = None
-                    break
-                except Exception as exc:  # noqa: BLE001 - a tile's failure is reported, the rest go on
-                    cause, results = _cause(exc), []
-                    tries = attempt + 1 if attempt < retries else tries
-            finish(group, results, cause, tries)
-        return run
-    from distributed import as_completed
-
-    client = cluster.client
-    # a fresh key per submission: a rerun after a crash must not attach to the old run's tasks
-    tag = f"{os.path.basename(store_path)}-{time.time_ns()}"
-    futures = {client.submit(_run_tile_group, store_path, group, key=f"tilefill-tile-{group[0]}-{tag}",
-                             resources=cluster.resources, retries=retries, pure=False): group for group in groups}
-    try:
-        for fut in as_completed(list(futures), loop=client.loop):
-            group = futures[fut]
-            if fut.status == "finished":
-                finish(group, fut.result())
-            else:
-                finish(group, [], _cause(fut.exception()))
-        for group, n in _extra_tries(client, futures, retries).items():
-            run.retried.update({i: n for i in group})
-    except BaseException:  # Ctrl-C: stop the remaining tiles before the cluster closes
-        client.cancel(list(futures), force=True)
-        raise
-    return run
+    return TileJob(cluster, store_path, indices, per_task=per_task, on_done=on_done, retries=retries, log=log,
+                   stop_after=stop_after).submit().wait()
 
 
 def _extra_tries(client, futures: dict, retries: int) -> dict:

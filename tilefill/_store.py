@@ -43,11 +43,10 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from rasterio.windows import Window
 
 from tilefill import TilefillError, __version__
 from tilefill._config import Config, load_config
-from tilefill._distance_blend import HOLDOUT_SHIFT, SceneHoldout
+from tilefill._distance_blend import HOLDOUT_CELL, HOLDOUT_SHIFT, SceneHoldout
 from tilefill._grid import TileGrid
 from tilefill._scene import Scene, SceneInfo, footprint_extents, footprint_window
 
@@ -335,7 +334,8 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     total_gaps = 0
     holdout = config.method == "dip" and config.fit.blends and config.fit.validation > 0
     above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
-    candidates = known_everywhere = 0
+    cell_candidates = np.zeros((-(-height // HOLDOUT_CELL), -(-width // HOLDOUT_CELL)), np.int64)
+    known_everywhere = 0
     for win in scene.strips(STRIP):
         y, h = win.row_off, win.height
         values = scene.read(win)
@@ -352,7 +352,7 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
         any_gap = gaps.any(axis=0)
         total_gaps += int(gaps.sum())
         if holdout:
-            candidates += int((SceneHoldout.shapes(any_gap, above) & inside).sum())
+            SceneHoldout.count(SceneHoldout.shapes(any_gap, above) & inside, y, cell_candidates)
             known_everywhere += int(known.all(axis=0).sum())
             above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
         for c, x in enumerate(grid.col_starts):
@@ -362,8 +362,8 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     if not config.fit.keep_known:
         to_fit = [t.index for t in grid]  # the full reconstruction replaces every pixel
     if holdout:
-        _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation, candidates=candidates,
-                                           known=known_everywhere, seed=config.fit.seed))
+        _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation,
+                                           cell_candidates=cell_candidates, known=known_everywhere, seed=config.fit.seed))
 
     group.attrs["tilefill"] = {
         "version": __version__,

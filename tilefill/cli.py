@@ -99,11 +99,17 @@ def run_options() -> list:
     """Where tiles run and whether earlier work is resumed: shared by ``fill`` and ``batch``."""
     return [
     click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                 help="Run on this existing Dask cluster instead of starting one."),
+                 help="Run on this existing Dask cluster instead of starting one (tls://HOST:PORT with Dask's TLS "
+                      "settings)."),
     click.option("--scheduler-file", type=click.Path(path_type=Path), default=None,
                  help="Run on the Dask cluster whose scheduler wrote this file (dask scheduler --scheduler-file)."),
     click.option("--restart", is_flag=True,
                  help="Discard the work store of an earlier, unfinished run instead of resuming it."),
+    click.option("--dashboard", is_flag=True,
+                 help="Serve the Dask dashboard of the cluster tilefill starts (on 127.0.0.1) and print its link."),
+    click.option("--worker-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+                 help="How long to wait for Dask workers when the cluster has none (at the start, or all lost) "
+                      "before stopping, finished tiles kept (default: 180)."),
     ]
 
 
@@ -125,16 +131,22 @@ def _setup_logging(quiet: bool) -> None:
     logger.propagate = False
 
 
-def _run(fn, *args, **kwargs):
-    """Turn a user mistake into one line on stderr and exit 1; Ctrl-C into exit 130."""
+STOPPED = "workers stopped, no output written; finished tiles are kept, run the same command again to resume"
+
+
+def _run(fn, *args, stopped: str = STOPPED, **kwargs):
+    """Turn a user mistake into one line on stderr and exit 1; Ctrl-C into ``stopped`` and exit 130, SIGTERM 143."""
+    from tilefill._schedule import Terminated, sigterm_as_interrupt
+
     try:
-        return fn(*args, **kwargs)
+        with sigterm_as_interrupt():
+            return fn(*args, **kwargs)
     except TilefillError as exc:
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        click.echo("interrupted: workers stopped, no output written; finished tiles are kept, "
-                   "run the same command again to resume", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        click.echo(f"{what}: {stopped}", err=True)
+        sys.exit(code)
 
 
 @click.group(cls=_DefaultGroup, invoke_without_command=False,
@@ -160,7 +172,7 @@ def main():
 @apply(fill_options())
 @apply(run_options())
 def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, workers, gpus, overwrite, quiet,
-             scheduler, scheduler_file, restart, **kw):
+             scheduler, scheduler_file, restart, dashboard, worker_wait, **kw):
     """Fill the gaps of SCENE (a GeoTIFF or a Landsat product folder) and write OUTPUT.
 
     A run that fails or is interrupted keeps its finished tiles: the same command resumes it.
@@ -171,7 +183,7 @@ def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, wo
     report = _run(fill_scene, scene, output, mask=mask, bands=bands, mask_qa=mask_qa, config=config,
                   overrides=_config_overrides(**kw), workers=workers, gpus=gpus, workdir=workdir, footprint=footprint,
                   overwrite=overwrite, progress=not quiet, scheduler=scheduler, scheduler_file=scheduler_file,
-                  restart=restart)
+                  restart=restart, dashboard=dashboard, worker_wait=worker_wait)
     if not quiet:
         click.echo(str(report), err=True)
     if report.unfilled_pixels:
@@ -189,11 +201,13 @@ def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, wo
               help="Append a JSON-lines record per tile, per scene and a summary to this file.")
 @click.option("--input-root", type=click.Path(path_type=Path), default=None,
               help="The folder the output tree mirrors (default: the sources' common folder).")
+@click.option("--verify", is_flag=True,
+              help="Hash the outputs of scenes recorded as done again; a damaged one is reported and filled again.")
 @apply(scene_options())
 @apply(fill_options())
 @apply(run_options())
-def batch_cmd(sources, output_dir, manifest, log_path, input_root, bands, mask_qa, footprint, config, workers, gpus,
-              overwrite, quiet, scheduler, scheduler_file, restart, **kw):
+def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, bands, mask_qa, footprint, config,
+              workers, gpus, overwrite, quiet, scheduler, scheduler_file, restart, dashboard, worker_wait, **kw):
     """Fill every scene of SOURCES (globs, GeoTIFFs, folders searched for GeoTIFFs and Landsat product folders).
 
     \b
@@ -210,7 +224,9 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, bands, mask_q
     report = _run(fill_batch, list(sources), output_dir, manifest=manifest, log=log_path, input_root=input_root,
                   bands=bands, mask_qa=mask_qa, footprint=footprint, config=config, overrides=_config_overrides(**kw),
                   workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file, restart=restart,
-                  overwrite=overwrite, progress=not quiet)
+                  overwrite=overwrite, progress=not quiet, verify=verify, dashboard=dashboard, worker_wait=worker_wait,
+                  stopped="workers stopped; the scenes under way are logged as interrupted, their claims released and "
+                          "their finished tiles kept: run the same command again to resume")
     click.echo(str(report), err=True)
     if report.failed:
         sys.exit(1)
