@@ -41,7 +41,7 @@ import numpy as np
 import rasterio
 
 from tilefill import TileGrid, __version__, fill_scene, load_config
-from tilefill._demo import SENSORS, load_sample
+from tilefill._demo import load_sample
 from tilefill._gaps import load_paper_image, load_paper_mask, slc_off_mask, stripe_mask_with_fraction, write_mask
 from tilefill._metrics import band_scores, distance_scores, summarise, texture_ratio
 

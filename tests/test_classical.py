@@ -214,14 +214,14 @@ def test_kriging_degenerate_windows():
         fill_kriging(truth, known, variogram_model="spherial")
 
 
-@pytest.mark.parametrize(
-    "method, module", [("biharmonic", "skimage"), ("telea", "cv2"), ("ns", "cv2"), ("kriging", "pykrige")]
-)
-def test_missing_optional_package_says_how_to_install(method, module, monkeypatch):
+@pytest.mark.parametrize("method, module, hint", [
+    ("biharmonic", "skimage", r"pip install scikit-image \(a dependency of tilefill"),  # a core dependency, no extra
+    ("telea", "cv2", r"tilefill\[peers\]"), ("ns", "cv2", r"tilefill\[peers\]"), ("kriging", "pykrige", r"tilefill\[peers\]")])
+def test_missing_package_says_how_to_install(method, module, hint, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     image = smooth_field(bands=1, size=16)
     known = np.ones_like(image, dtype=bool)
     known[0, 4:6] = False
-    with pytest.raises(TilefillError, match=r"tilefill\[peers\]") as err:
+    with pytest.raises(TilefillError, match=hint) as err:
         fill_classical(method, image, known)
     assert method in str(err.value) and "\n" not in str(err.value)

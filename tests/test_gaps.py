@@ -8,7 +8,6 @@ import pytest
 
 from tilefill import _gaps
 from tilefill._gaps import (
-    PAPER_MASKS,
     load_paper_image,
     load_paper_mask,
     paper_data_dir,
@@ -242,11 +241,6 @@ def test_paper_data_dir_env(tmp_path, monkeypatch):
     monkeypatch.setenv("TILEFILL_PAPER_DATA", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="TILEFILL_PAPER_DATA"):
         paper_data_dir()
-
-
-def test_paper_masks_table():
-    assert set(PAPER_MASKS) == {"paper6", "paper13", "paper26"}
-    assert PAPER_MASKS["paper26"] == "mask_55hid_digitized_gap1.tif"
 
 
 # --- write_mask ---------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from conftest import LOOPBACK_ADDRESSES, interruptible, listening_sockets
 
 from tilefill import FillFailed, fill_batch, fill_scene
 from tilefill import _pipeline, _schedule
-from tilefill._batch import claim_path, done_path
 from tilefill._pipeline import default_store, failure_path, worker_log_path
 from tilefill._schedule import error_signature
 from tilefill.cli import main

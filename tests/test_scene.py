@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage

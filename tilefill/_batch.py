@@ -401,9 +401,6 @@ class Claim:
 
 # --- the log ----------------------------------------------------------------------------------------------
 
-TILE_FIELDS = ("scene", "tile", "worker", "device", "iterations", "final_loss", "seconds", "status")
-
-
 class JsonLines:
     """Append-only JSON-lines log; one ``write`` per record, so concurrent batches interleave whole lines."""
 

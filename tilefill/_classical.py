@@ -18,8 +18,9 @@ Methods (keys of :data:`CLASSICAL_METHODS`):
 - ``"telea"`` / ``"ns"``: OpenCV :func:`cv2.inpaint` (Telea's fast marching / Navier-Stokes).
 - ``"kriging"``: ordinary kriging in local windows with pykrige.
 
-``"gdal"`` needs only rasterio; the others need the optional extra ``tilefill[peers]``
-(scikit-image, opencv-python-headless, pykrige), imported lazily when the method runs.
+``"gdal"`` needs only rasterio and ``"biharmonic"`` scikit-image (both dependencies of tilefill); the
+others need the optional extra ``tilefill[peers]`` (opencv-python-headless, pykrige), imported lazily
+when the method runs.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def _require(module: str, method: str):
         return importlib.import_module(module)
     except ImportError as exc:  # ModuleNotFoundError, or a broken binary wheel
         raise TilefillError(
-            f"method {method!r} needs {_PIP_NAMES[module.split('.')[0]]}: pip install 'tilefill[peers]'"
+            f"method {method!r} needs {_PIP_NAMES[module.split('.')[0]]}: "
+            + ("pip install scikit-image (a dependency of tilefill: its install is broken)" if module.startswith("skimage")
+               else "pip install 'tilefill[peers]'")
         ) from exc
 
 

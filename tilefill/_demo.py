@@ -126,9 +126,12 @@ def write_quicklook(path: Path, panels: list[np.ndarray], gap: np.ndarray, error
 
 def run_demo(out_dir: str | Path = "tilefill-demo", *, sensor: str = "landsat8", config="fast",
              overrides: dict | None = None, workers: int | None = None, gpus: int | None = None,
-             overwrite: bool = True, seed: int = 7, size: int | None = 384,
+             overwrite: bool = True, seed: int = 7, size: int | None = 384, progress: bool = True,
              echo: Callable[[str], None] = print) -> dict:
     """Run the demo and return its scores (also printed with ``echo``).
+
+    An earlier demo's restored scene in ``out_dir`` is replaced only with ``overwrite``; nothing
+    is written before that is checked.
 
     Examples
     --------
@@ -138,6 +141,8 @@ def run_demo(out_dir: str | Path = "tilefill-demo", *, sensor: str = "landsat8",
     from tilefill._pipeline import fill_scene
 
     out = Path(out_dir)
+    if not overwrite and (out / "restored.tif").exists():
+        raise TilefillError(f"{out / 'restored.tif'} exists (an earlier demo): use --overwrite, or another --out-dir")
     out.mkdir(parents=True, exist_ok=True)
     data, profile, names, scale = load_sample(sensor)
     _, h, w = data.shape
@@ -157,7 +162,8 @@ def run_demo(out_dir: str | Path = "tilefill-demo", *, sensor: str = "landsat8",
     # the crop lies wholly inside the scene: every nodata pixel is a gap. With the default hull
     # footprint, a stripe cut by the crop's top or bottom edge would count as collar and stay nodata
     report = fill_scene(out / "slc_off.tif", out / "restored.tif", config=config, overrides=overrides,
-                        workers=workers, gpus=gpus, overwrite=overwrite, footprint="full")
+                        workers=workers, gpus=gpus, overwrite=overwrite, footprint="full",
+                        progress=progress)
     with rasterio.open(out / "restored.tif") as ds:
         restored = ds.read()
     # GDAL FillNodata on the same pixels, as a user of QGIS would fill them

@@ -68,7 +68,6 @@ class FillReport:
     seconds: float
     cluster: str
     workdir: Path | None
-    tile_seconds: list[float] = field(default_factory=list, repr=False)
     tiles_skipped: int = 0
     run_key: RunKey | None = field(default=None, repr=False)  # str() gives its short form
     scene: str = ""
@@ -495,7 +494,7 @@ def finish_fill(prep: PreparedFill, run: TileRun | None, clusters: LazyCluster) 
         output=out, tiles_total=len(prep.grid), tiles_fitted=sum(r.status == "filled" for r in results),
         tiles_without_context=sum(r.status == "no-context" for r in results), gap_pixels=prep.gap_pixels,
         cluster=clusters.started.description if clusters.started else "no cluster (nothing to fit)",
-        workdir=store_path if prep.keep_store else None, tile_seconds=[r.seconds for r in results],
+        workdir=store_path if prep.keep_store else None,
         tiles_skipped=len(prep.skipped), run_key=prep.key, scene=str(prep.scene), tiles=prep.skipped + tuple(results),
         failures=dict(run.failures) if run else {}, retried=dict(run.retried) if run else {}, stages=stages,
         stopped=run.stopped if run else "", not_tried=tuple(run.not_tried) if run else (),

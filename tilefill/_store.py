@@ -156,10 +156,6 @@ class TileStore:
         """(n_tiles, P + 1, bands, bins, 4): every tile's hidden-pixel statistics; NaN for tiles not fitted."""
         return np.asarray(self.group["blend_stats"][:])
 
-    @property
-    def run_key(self) -> str | None:
-        return self.meta.get("run_key")
-
     def tile_info(self, index: int) -> dict:
         """A finished tile's statistics (``TILE_INFO_FIELDS``); NaN where not recorded."""
         return dict(zip(TILE_INFO_FIELDS, np.asarray(self.group["tile_info"][index]).tolist()))

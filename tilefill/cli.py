@@ -245,7 +245,7 @@ def demo_cmd(out_dir, sensor, size, config, workers, gpus, overwrite, quiet, **k
 
     _setup_logging(quiet)
     _run(run_demo, out_dir, sensor=sensor, config=config, overrides=_config_overrides(**kw), workers=workers,
-         gpus=gpus, overwrite=True, size=size or None, echo=click.echo)
+         gpus=gpus, overwrite=overwrite, size=size or None, progress=not quiet, echo=click.echo)
 
 
 @main.command("simulate-gaps")
