@@ -94,11 +94,12 @@ def test_overrides_argument_of_load_config_wins_over_the_file():
 
 
 def test_config_survives_a_dict_round_trip():
-    from tilefill._store import _flatten
+    """What a work store keeps of its config (to_dict in its attributes) gives the same config back."""
+    from tilefill import Config
 
-    cfg = load_config("fast", {"tiles.size": 128, "fit.per_band": True, "method": "gdal"})
-    again = load_config("paper").override(_flatten(cfg.to_dict()))
-    assert again == cfg
+    cfg = load_config("fast", {"tiles.size": 128, "fit.per_band": True, "method": "gdal", "blend.weights": "distance"})
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    assert Config.from_dict({"fit": {"iterations": 7}}).fit.iterations == 7  # a key it lacks keeps its default
 
 
 def test_user_yaml_with_base(tmp_path):

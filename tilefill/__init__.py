@@ -7,20 +7,10 @@ holds every setting (loaded from ``configs/*.yaml`` presets), :class:`TileGrid` 
 per pipeline stage.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("tilefill")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
-
-class TilefillError(Exception):
-    """A user-facing error: the message is one line that says what is wrong and what to do."""
-
-
-from tilefill._config import Config, load_config  # noqa: E402
-from tilefill._grid import Tile, TileGrid  # noqa: E402
+from tilefill._config import Config, load_config
+from tilefill._errors import TilefillError
+from tilefill._grid import Tile, TileGrid
+from tilefill._version import __version__
 
 
 def __getattr__(name):

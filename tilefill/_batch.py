@@ -45,8 +45,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from tilefill import TilefillError, __version__
 from tilefill._config import Config
+from tilefill._errors import TilefillError
 from tilefill._grid import TileGrid
 from tilefill._landsat import is_product_folder, product_id
 from tilefill._pipeline import (FillReport, PreparedFill, checked_config, default_store, finish_fill, json_safe,
@@ -55,6 +55,7 @@ from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_
 from tilefill._scene import open_scene
 from tilefill._schedule import (POLL, WORKER_WAIT, ClusterLost, LazyCluster, Terminated, TileJob,
                                 error_signature)
+from tilefill._version import __version__
 
 logger = logging.getLogger("tilefill")
 

@@ -30,8 +30,8 @@ import rasterio
 import rasterio.errors
 import rasterio.shutil
 
-from tilefill import TilefillError
 from tilefill._distance_blend import HALO, N_BINS, BlendStats, BlendWeights, distance_bins, fit_weights, histogram_match
+from tilefill._errors import TilefillError
 from tilefill._scene import Scene, SceneInfo
 from tilefill._store import STRIP, TILE_INFO_FIELDS, TileStore
 

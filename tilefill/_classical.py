@@ -33,7 +33,7 @@ import numpy as np
 from scipy import linalg, ndimage
 from scipy.spatial.distance import cdist
 
-from tilefill import TilefillError
+from tilefill._errors import TilefillError
 
 __all__ = [
     "CLASSICAL_METHODS",

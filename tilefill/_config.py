@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from tilefill import TilefillError
+from tilefill._errors import TilefillError
 
 # Five stride-2 levels halve a tile five times: sides must divide by 2**5.
 TILE_MULTIPLE = 32
@@ -280,9 +280,52 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        """The config :meth:`to_dict` gave (a key it lacks keeps its default); no file is read.
+
+        Examples
+        --------
+        >>> cfg = load_config("fast")
+        >>> Config.from_dict(cfg.to_dict()) == cfg
+        True
+        """
+        return cls().override(_flatten(data))
+
 
 _SECTIONS = {"network": NetworkConfig, "fit": FitConfig, "engine": EngineConfig, "tiles": TileConfig,
              "blend": BlendConfig, "output": OutputConfig}
+
+
+# The settings that have a named option (CLI) and a keyword (fill_scene): name -> dotted key
+SHORTCUTS = {"iterations": "fit.iterations", "tile_size": "tiles.size", "overlap": "tiles.overlap",
+             "seed": "fit.seed", "keep_known": "fit.keep_known", "per_band": "fit.per_band", "method": "method",
+             "cog": "output.cog"}
+
+
+def with_shortcuts(overrides: Mapping[str, Any] | None = None, **named: Any) -> dict[str, Any]:
+    """Dotted overrides plus the :data:`SHORTCUTS` given by name; a named value (not None) wins.
+
+    Examples
+    --------
+    >>> with_shortcuts({"fit.iterations": 5, "fit.ema": 0.9}, iterations=10, seed=None)
+    {'fit.iterations': 10, 'fit.ema': 0.9}
+    """
+    unknown = set(named) - set(SHORTCUTS)
+    if unknown:
+        raise TypeError(f"not a shortcut: {', '.join(sorted(unknown))}")
+    return {**(overrides or {}), **{SHORTCUTS[k]: v for k, v in named.items() if v is not None}}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"fit": {"iterations": 5}}`` -> ``{"fit.iterations": 5}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _coerce(cls, key: str, value: Any) -> Any:

@@ -20,7 +20,7 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.enums import Resampling
 
-from tilefill import TilefillError
+from tilefill._errors import TilefillError
 from tilefill._gaps import slc_off_mask
 from tilefill._metrics import band_scores, summarise
 

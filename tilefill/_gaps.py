@@ -437,7 +437,7 @@ def simulate_mask_like(like, output, *, fraction: float | None = None, seed: int
     import rasterio
     from rasterio.errors import RasterioIOError
 
-    from tilefill import TilefillError
+    from tilefill._errors import TilefillError
 
     like, output = Path(like), Path(output)
     if output.exists() and not overwrite:

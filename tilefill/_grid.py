@@ -15,7 +15,7 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from tilefill import TilefillError
+from tilefill._errors import TilefillError
 
 
 def _starts(length: int, size: int, stride: int) -> tuple[int, ...]:

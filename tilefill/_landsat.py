@@ -45,7 +45,7 @@ from datetime import date
 from pathlib import Path
 from typing import Sequence
 
-from tilefill import TilefillError
+from tilefill._errors import TilefillError
 
 # <sensor><satellite>_<level>_<path><row>_<acquired>_<processed>_<collection>_<tier>
 PRODUCT_ID = re.compile(r"^(L[CEOTM]0\d_L[12][A-Z]{2}_\d{6}_\d{8}_\d{8}_\d{2}_(?:T1|T2|RT))(?:_|$)")

@@ -34,15 +34,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tilefill import TilefillError, __version__
 from tilefill._blend import check_output_path, write_output
-from tilefill._config import Config, load_config
+from tilefill._config import Config, load_config, with_shortcuts
+from tilefill._errors import TilefillError
 from tilefill._fill import TileResult
 from tilefill._grid import TileGrid
 from tilefill._runkey import RunKey, run_key
 from tilefill._scene import open_scene
 from tilefill._schedule import SYSTEMATIC, WORKER_WAIT, LazyCluster, Progress, TileJob, TileRun
 from tilefill._store import TileStore, build_store, resumable_store
+from tilefill._version import __version__
 
 log = logging.getLogger("tilefill")
 
@@ -315,9 +316,9 @@ def fill_scene(
     >>> print(report)  # doctest: +SKIP
     """
     start = time.perf_counter()
-    shortcuts = {"fit.iterations": iterations, "tiles.size": tile_size, "tiles.overlap": overlap, "fit.seed": seed,
-                 "fit.keep_known": keep_known, "fit.per_band": per_band, "method": method, "output.cog": cog}
-    cfg = checked_config(config, {**shortcuts, **(overrides or {})})
+    cfg = checked_config(config, with_shortcuts(overrides, iterations=iterations, tile_size=tile_size, overlap=overlap,
+                                                seed=seed, keep_known=keep_known, per_band=per_band, method=method,
+                                                cog=cog))
     out = check_output_path(output, overwrite)
     keep_store = workdir is not None
     store_path = Path(os.path.abspath((Path(workdir) / "tiles.zarr") if keep_store else default_store(out)))

@@ -23,10 +23,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tilefill import __version__
 from tilefill._config import Config
 from tilefill._grid import TileGrid
 from tilefill._scene import Scene
+from tilefill._version import __version__
 
 CHUNK = 1 << 20
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tilefill import TilefillError
 from tilefill._config import EngineConfig, NetworkConfig
+from tilefill._errors import TilefillError
 
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # cuBLAS needs a fixed workspace to be deterministic; read when its first handle is made

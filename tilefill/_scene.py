@@ -36,7 +36,7 @@ from affine import Affine
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
-from tilefill import TilefillError
+from tilefill._errors import TilefillError
 from tilefill._landsat import QA_FILL_BIT, LandsatBand, LandsatProduct, read_product, split_tokens
 
 # GDAL's block cache while a scene is open (default: 5% of RAM). Strips are read and written once,

@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from tilefill import TilefillError, __version__
+from tilefill._errors import TilefillError
 from tilefill._fill import TileResult, fill_tile, fill_tiles
+from tilefill._version import __version__
 
 # Everything tilefill starts listens on loopback only: a Dask scheduler runs any pickled code it is sent
 LOOPBACK = "127.0.0.1"

@@ -44,11 +44,12 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from tilefill import TilefillError, __version__
-from tilefill._config import Config, load_config
+from tilefill._config import Config
 from tilefill._distance_blend import HOLDOUT_CELL, HOLDOUT_SHIFT, SceneHoldout
+from tilefill._errors import TilefillError
 from tilefill._grid import TileGrid
 from tilefill._scene import Scene, SceneInfo, footprint_extents, footprint_window
+from tilefill._version import __version__
 
 STRIP = 512  # rows read from the input at a time
 # chunk side of the scene arrays: a 256 px tile window touches at most 4 chunks of 256 (with 512 px
@@ -93,7 +94,7 @@ class TileStore:
         meta = group.attrs["tilefill"]
         self.meta = meta
         self.info = SceneInfo.from_attrs(meta["scene"])
-        self.config: Config = load_config("paper").override(_flatten(meta["config"]))
+        self.config: Config = Config.from_dict(meta["config"])
         self.grid = TileGrid(self.info.height, self.info.width, meta["grid"]["size"], meta["grid"]["overlap"],
                              self.info.affine)
         self.scaling = Scaling(tuple(meta["scaling"]["lo"]), tuple(meta["scaling"]["hi"]))
@@ -171,17 +172,6 @@ class TileStore:
 
     def read_tile(self, index: int) -> np.ndarray:
         return np.asarray(self.group["tiles"][index])
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _read_meta(path: Path) -> dict | None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import click
 
-from tilefill import TilefillError, __version__
+from tilefill._config import SHORTCUTS, with_shortcuts
+from tilefill._errors import TilefillError
+from tilefill._version import __version__
 
 
 class _DefaultGroup(click.Group):
@@ -48,12 +50,7 @@ def _parse_set(ctx, param, values) -> dict:
 
 def _config_overrides(**kw) -> dict:
     # named options win over --set: they are the more specific request
-    return {**kw.get("settings", {}),
-            **{k: v for k, v in {
-                "fit.iterations": kw.get("iterations"), "tiles.size": kw.get("tile_size"),
-                "tiles.overlap": kw.get("overlap"), "fit.seed": kw.get("seed"), "fit.keep_known": kw.get("keep_known"),
-                "fit.per_band": kw.get("per_band"), "method": kw.get("method"), "output.cog": kw.get("cog")}.items()
-               if v is not None}}
+    return with_shortcuts(kw.get("settings"), **{k: kw.get(k) for k in SHORTCUTS})
 
 
 def fill_options(config_default: str = "default") -> list:
