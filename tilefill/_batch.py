@@ -53,7 +53,7 @@ from tilefill._pipeline import (FillReport, PreparedFill, checked_config, defaul
                                 prepare_fill, start_fit, write_failure, write_json)
 from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_files
 from tilefill._scene import open_scene
-from tilefill._schedule import (POLL, WORKER_WAIT, ClusterLost, LazyCluster, Terminated, TileJob,
+from tilefill._schedule import (POLL, ClusterLost, LazyCluster, Terminated, TileJob,
                                 error_signature)
 from tilefill._version import __version__
 
@@ -624,7 +624,7 @@ def fill_batch(
     cluster = "no cluster (nothing to fit)"
     try:
         with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file,
-                         device=cfg.fit.device, dashboard=dashboard, worker_wait=WORKER_WAIT if worker_wait is None else worker_wait,
+                         device=cfg.fit.device, dashboard=dashboard, worker_wait=worker_wait,
                          worker_log=batch_worker_log(output_dir, log)) as clusters:
             for p in problems:
                 if p.failure:
@@ -634,8 +634,7 @@ def fill_batch(
                 outcomes.append(SceneOutcome(p.source, None, "failed" if p.failure else "duplicate", error=p.message))
                 jlog.write(outcomes[-1].record())
             batch = _Pipeline(scenes, cfg, clusters, jlog, bands=bands, mask_qa=mask_qa, footprint=footprint,
-                              restart=restart,
-                              overwrite=overwrite, verify=verify, claim_ttl=claim_ttl)
+                              restart=restart, overwrite=overwrite, verify=verify, claim_ttl=claim_ttl)
             try:
                 batch.run()
             finally:

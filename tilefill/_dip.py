@@ -531,9 +531,11 @@ class FitTracker:
     def result(self, plain: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """Each network's output that predicted its hidden pixels best, else its EMA, else ``plain()``
         (None without it)."""
+        if self.best_out is not None and bool(self.scored.all()):
+            return self.best_out  # no plain pass needed: every network has its best
         other = self.ema if self.ema is not None else plain() if plain is not None else None
-        if self.best_out is None or bool(self.scored.all()):
-            return self.best_out if self.best_out is not None else other
+        if self.best_out is None:
+            return other
         sel = self.scored.repeat_interleave(self.c).view(1, self.k * self.c, 1, 1)
         return torch.where(sel, self.best_out, other)
 

@@ -41,7 +41,7 @@ from tilefill._fill import TileResult
 from tilefill._grid import TileGrid
 from tilefill._runkey import RunKey, run_key
 from tilefill._scene import open_scene
-from tilefill._schedule import SYSTEMATIC, WORKER_WAIT, LazyCluster, Progress, TileJob, TileRun
+from tilefill._schedule import SYSTEMATIC, LazyCluster, Progress, TileJob, TileRun
 from tilefill._store import TileStore, build_store, resumable_store
 from tilefill._version import __version__
 
@@ -323,7 +323,7 @@ def fill_scene(
     keep_store = workdir is not None
     store_path = Path(os.path.abspath((Path(workdir) / "tiles.zarr") if keep_store else default_store(out)))
     with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file,
-                     device=cfg.fit.device, dashboard=dashboard, worker_wait=WORKER_WAIT if worker_wait is None else worker_wait,
+                     device=cfg.fit.device, dashboard=dashboard, worker_wait=worker_wait,
                      worker_log=worker_log_path(store_path)) as clusters:
         report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
                           bands=bands, mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite,

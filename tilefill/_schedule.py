@@ -394,7 +394,7 @@ def _show_dashboard(link: str) -> str:
 @contextmanager
 def start_cluster(*, workers: int | None = None, gpus: int | None = None, scheduler: str | None = None,
                   scheduler_file: str | Path | None = None, check_cuda: bool = True, dashboard: bool = False,
-                  worker_log: str | Path | None = None, worker_wait: float = WORKER_WAIT) -> Iterator[Cluster]:
+                  worker_log: str | Path | None = None, worker_wait: float | None = None) -> Iterator[Cluster]:
     """Start a local Dask cluster for one run and close it afterwards (also on Ctrl-C), or connect to one.
 
     ``gpus=N``: one worker process per GPU, each pinned with its own ``CUDA_VISIBLE_DEVICES``.
@@ -406,7 +406,7 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, schedu
 
     A local cluster listens on 127.0.0.1 only; its dashboard is served only with ``dashboard``
     (the link is logged). Its workers write their stderr to ``worker_log`` (Dask's log, with a
-    traceback per failed task), not the terminal. ``worker_wait``: seconds to wait for a worker
+    traceback per failed task), not the terminal. ``worker_wait`` (default :data:`WORKER_WAIT`): seconds to wait for a worker
     when an existing cluster has none, at the start and during the run.
 
     Examples
@@ -417,6 +417,7 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, schedu
     ...     cluster.description
     'Dask cluster at tcp://10.0.0.5:8786: 8 worker(s), 8 with a GPU (tiles run there only)'
     """
+    worker_wait = WORKER_WAIT if worker_wait is None else worker_wait
     if check_cluster_args(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file):
         client, gpu, desc = _connect(scheduler, scheduler_file, worker_wait)
         try:

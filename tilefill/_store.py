@@ -348,8 +348,8 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     if not config.fit.keep_known:
         to_fit = [t.index for t in grid]  # the full reconstruction replaces every pixel
     if holdout:
-        _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation,
-                                           cell_candidates=cell_candidates, known=known_everywhere, seed=config.fit.seed))
+        _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation, cell_candidates=cell_candidates,
+                                           known=known_everywhere, seed=config.fit.seed))
 
     group.attrs["tilefill"] = {
         "version": __version__,
