@@ -55,6 +55,14 @@ def make_scene(path: Path, size: int, seed: int) -> None:
         dst.write(values)
 
 
+def _on(address: str) -> dict:
+    """``fill_batch``'s keyword for an existing scheduler; the "before" checkout predates ClusterSpec."""
+    import tilefill
+
+    spec = getattr(tilefill, "ClusterSpec", None)
+    return {"cluster": spec(scheduler=address)} if spec else {"scheduler": address}
+
+
 def idle_times(tasks: list[dict], order: list[str]) -> dict:
     """Idle figures from the task stream (see the module docstring); ``order``: the scenes' names, in batch order."""
     spans: dict[str, dict[str, list[tuple[float, float]]]] = {}  # worker -> scene -> compute intervals
@@ -113,7 +121,7 @@ def main(argv=None):
             with get_task_stream(client=client) as stream:
                 report = tilefill.fill_batch([tmp / "in"], tmp / "out", config=args.config,
                                              overrides={"fit.iterations": args.iterations},
-                                             scheduler=cluster.scheduler_address, progress=False)
+                                             progress=False, **_on(cluster.scheduler_address))
             wall = time.perf_counter() - start
             tasks = stream.data
     if report.failed or len(report.done) != args.scenes:

@@ -275,7 +275,7 @@ def check_memory_split(report: Report, args, device, tiles_by_size) -> None:
 def scene_tiles(cfg, gap: np.ndarray) -> dict:
     """Tiles of a full scene's grid (``gap``: its gap mask): with gaps, and of those fitted by DIP (not
     filled by biharmonic alone for thin gaps)."""
-    grid = TileGrid(gap.shape[0], gap.shape[1], cfg.tiles.size, cfg.tiles.overlap)
+    grid = TileGrid.from_config(gap.shape[0], gap.shape[1], cfg)
     with_gaps = dip = 0
     for t in grid:
         g = gap[t.y:t.y + t.size, t.x:t.x + t.size]

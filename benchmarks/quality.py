@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from tilefill import TileGrid, __version__, fill_scene, load_config
+from tilefill import ClusterSpec, TileGrid, __version__, fill_scene, load_config
 from tilefill._demo import load_sample
 from tilefill._gaps import load_paper_image, load_paper_mask, slc_off_mask, stripe_mask_with_fraction, write_mask
 from tilefill._metrics import band_scores, distance_scores, summarise, texture_ratio
@@ -115,7 +115,7 @@ def map_tracking(qmap: Path, truth, pred, gap, cfg, store_scale) -> dict | None:
     span = np.where(hi > lo, hi - lo, 1)
     err = (pred - truth.astype(np.float64)) / span
     est = est / span
-    grid = TileGrid(gap.shape[0], gap.shape[1], cfg.tiles.size, cfg.tiles.overlap)
+    grid = TileGrid.from_config(gap.shape[0], gap.shape[1], cfg)
     pairs = []
     for t in grid:
         g = gap[t.y:t.y + t.size, t.x:t.x + t.size]
@@ -150,7 +150,7 @@ def estimate_tracking(report, truth, pred, gap, cfg) -> dict | None:
     lo = np.array([b[known].min() for b in truth], dtype=np.float64)[:, None, None]
     hi = np.array([b[known].max() for b in truth], dtype=np.float64)[:, None, None]
     err = (pred - truth.astype(np.float64)) / np.where(hi > lo, hi - lo, 1)
-    grid = TileGrid(gap.shape[0], gap.shape[1], cfg.tiles.size, cfg.tiles.overlap)
+    grid = TileGrid.from_config(gap.shape[0], gap.shape[1], cfg)
     pairs = []
     for r in report.tiles:
         if not np.isfinite(r.estimated_rmse):
@@ -163,12 +163,18 @@ def estimate_tracking(report, truth, pred, gap, cfg) -> dict | None:
         pairs.append((r.estimated_rmse, float(np.mean(np.sqrt(np.mean(e ** 2, axis=1))))))
     if len(pairs) < 3:
         return None
-    est, true = np.array(pairs).T
+    return {**tracking(pairs), "pairs": [[float(a), float(b)] for a, b in pairs]}
+
+
+def tracking(pairs) -> dict:
+    """How estimates track truths over ``(estimate, true)`` pairs: Pearson, Spearman, ratio median and 10-90%."""
+    est, true = np.array(pairs, dtype=np.float64).T
     rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    ratio = est / true
     return {"tiles": len(pairs), "pearson": float(np.corrcoef(est, true)[0, 1]),
             "spearman": float(np.corrcoef(rank(est), rank(true))[0, 1]),
-            "median_ratio_estimate_to_true": float(np.median(est / true)),
-            "pairs": [[float(a), float(b)] for a, b in pairs]}
+            "median_ratio_estimate_to_true": float(np.median(ratio)),
+            "ratio_p10_p90": [float(q) for q in np.percentile(ratio, [10, 90])]}
 
 
 def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=True, panels=None, keep_stores=False,
@@ -188,8 +194,9 @@ def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=
         start = time.perf_counter()
         # kept stores let a rerun with other blend.* settings reuse every fitted tile (blend is not in the run key)
         store = workdir / f"{out.stem}.tiles.zarr" if keep_stores else None
-        report = fill_scene(src, out, mask=mask_path, config=cfg, method=method, workers=workers,
-                            keep_known=keep_known, overwrite=True, progress=False, footprint="full", workdir=store)
+        report = fill_scene(src, out, mask=mask_path, config=cfg, method=method,
+                            cluster=ClusterSpec(workers=workers), keep_known=keep_known, overwrite=True,
+                            progress=False, footprint="full", workdir=store)
         seconds = time.perf_counter() - start
         with rasterio.open(out) as ds:
             pred = ds.read().astype(np.float64) * scale
@@ -262,6 +269,13 @@ def markdown(rows) -> str:
                 out.append(f"\n{r['method']}: the estimated gap RMSE per tile against the true one ({e['tiles']} tiles): "
                            f"Pearson {e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median estimate/true "
                            f"{e['median_ratio_estimate_to_true']:.2f}")
+    pooled = [p for r in rows if r.get("estimate") for p in r["estimate"]["pairs"]]
+    if len({r["case"] for r in rows if r.get("estimate")}) > 1 and len(pooled) >= 3:
+        e = tracking(pooled)
+        out.append(f"\n### Estimated gap RMSE against the true one, every tile of every case pooled\n\n"
+                   f"{e['tiles']} tiles: Pearson {e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median "
+                   f"estimate/true {e['median_ratio_estimate_to_true']:.2f}, 80% of the ratios between "
+                   f"{e['ratio_p10_p90'][0]:.2f} and {e['ratio_p10_p90'][1]:.2f}")
     return "\n".join(out) + "\n"
 
 
@@ -351,9 +365,20 @@ def main(argv=None):
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="keep the inputs, masks, filled rasters and work stores in DIR (default: a temporary "
                          "folder); a rerun with other blend.* settings then reuses every fitted tile")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="write the markdown of an earlier run's JSON again (beside it, no fits), e.g. after the "
+                         "report gained a table")
     args = ap.parse_args(argv)
     import yaml
 
+    if args.render:
+        src = Path(args.render)
+        data = json.loads(src.read_text())
+        name = data["meta"].get("config", {}).get("name", data["meta"].get("preset"))
+        src.with_suffix(".md").write_text(f"# Quality, preset {name}\n\n```\n{json.dumps(data['meta'], indent=1)}"
+                                          f"\n```\n" + markdown(data["rows"]))
+        print("wrote", src.with_suffix(".md"))
+        return
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = load_config(args.preset, overrides)
     cases = ALL_CASES if args.cases == "all" else args.cases.split(",")

@@ -69,7 +69,7 @@ def pipeline_scaling(preset: str, workers: list[int], iterations: int, tiles_per
     import rasterio
     from affine import Affine
 
-    from tilefill import fill_scene
+    from tilefill import ClusterSpec, fill_scene
 
     data, profile = landsat_sample()
     _, h, w = data.shape
@@ -83,7 +83,7 @@ def pipeline_scaling(preset: str, workers: list[int], iterations: int, tiles_per
                                           "transform": profile["transform"] @ Affine.translation(x0, y0)}) as dst:
             dst.write(crop)
         for n in workers:
-            report = fill_scene(scene, Path(tmp) / f"out-{n}.tif", config=preset, workers=n,
+            report = fill_scene(scene, Path(tmp) / f"out-{n}.tif", config=preset, cluster=ClusterSpec(workers=n),
                                 overrides={"fit.iterations": iterations,
                                                       "engine.tiles_per_task": tiles_per_task},
                                 progress=False, overwrite=True, restart=True)

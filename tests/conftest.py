@@ -15,7 +15,10 @@ import pytest
 import rasterio
 from affine import Affine
 
+from tilefill import ClusterSpec
+
 CRS = "EPSG:32633"
+IN_PROCESS = ClusterSpec(workers=0)  # no cluster: tiles fitted in the test process
 # 30 m pixels, north up, a plausible UTM origin
 TRANSFORM = Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4200000.0)
 

@@ -20,9 +20,11 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
+from conftest import IN_PROCESS
 from tilefill import TilefillError, fill_batch
 from tilefill._batch import Claim, claim_path, done_path, find_scenes
-from tilefill._pipeline import default_store, failure_path
+from tilefill._pipeline import default_store
+from tilefill._records import failure_path
 from tilefill._runkey import file_digest
 from tilefill.cli import main
 
@@ -184,7 +186,7 @@ def test_one_scene_that_keeps_failing_tiles_leaves_a_report_not_an_output(archiv
     monkeypatch.setattr(_schedule, "fill_tile", broken)
     out = tmp_path / "out"
     report = fill_batch([archive / "a.tif", archive / "2010"], out, config=TINY, overrides={"fit.iterations": 5},
-                        workers=0, progress=False)
+                        cluster=IN_PROCESS, progress=False)
     assert [s.status for s in report.scenes] == ["done", "done", "failed"]  # a.tif, 2010/LE07_..., 2010/b.tif
     bad = report.failed[0]
     assert bad.tiles_failed == 1 and bad.tiles_fitted == 3 and "tile 2: MemoryError: tile too big" in bad.error
@@ -194,7 +196,7 @@ def test_one_scene_that_keeps_failing_tiles_leaves_a_report_not_an_output(archiv
     assert default_store(out / "2010" / "b.tif").is_dir(), "finished tiles kept for the next night"
     monkeypatch.setattr(_schedule, "fill_tile", real)
     report = fill_batch([archive / "a.tif", archive / "2010"], out, config=TINY, overrides={"fit.iterations": 5},
-                        workers=0, progress=False)
+                        cluster=IN_PROCESS, progress=False)
     assert [s.status for s in report.scenes] == ["skipped", "skipped", "done"]
     assert (report.scenes[2].tiles_fitted, report.scenes[2].tiles_skipped) == (1, 3)
 
@@ -213,10 +215,10 @@ def test_an_interrupted_batch_releases_its_claim_and_resumes(archive, tmp_path, 
     monkeypatch.setattr(_schedule, "fill_tile", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        fill_batch([archive / "2010" / "b.tif"], out, config=TINY, overrides={"fit.iterations": 5}, workers=0)
+        fill_batch([archive / "2010" / "b.tif"], out, config=TINY, overrides={"fit.iterations": 5}, cluster=IN_PROCESS)
     assert not claim_path(out / "b.tif").exists() and default_store(out / "b.tif").is_dir()
     monkeypatch.setattr(_schedule, "fill_tile", real)
-    report = fill_batch([archive / "2010" / "b.tif"], out, config=TINY, overrides={"fit.iterations": 5}, workers=0)
+    report = fill_batch([archive / "2010" / "b.tif"], out, config=TINY, overrides={"fit.iterations": 5}, cluster=IN_PROCESS)
     assert (report.done[0].tiles_skipped, report.done[0].tiles_fitted) == (2, 2)
 
 
@@ -239,7 +241,7 @@ def test_claims_live_stale_and_abandoned(archive, tmp_path):
     old = time.time() - 120
     os.utime(claim_path(out / "c.tif"), (old, old))
     report = fill_batch([archive / "a.tif", archive / "2010" / "b.tif", archive / "c.tif"], out, config=TINY,
-                        overrides={"fit.iterations": 5}, workers=0, progress=False, claim_ttl=60, input_root=archive)
+                        overrides={"fit.iterations": 5}, cluster=IN_PROCESS, progress=False, claim_ttl=60, input_root=archive)
     status = {Path(s.scene).name: s.status for s in report.scenes}
     # a live batch's claim is respected (not a failure); a dead process's and an unrefreshed one are taken over
     assert status == {"a.tif": "claimed", "b.tif": "done", "c.tif": "done"}

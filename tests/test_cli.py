@@ -11,7 +11,7 @@ import rasterio
 from affine import Affine
 from click.testing import CliRunner
 
-from conftest import interruptible
+from conftest import IN_PROCESS, interruptible
 from tilefill._demo import load_sample
 from tilefill._gaps import slc_off_mask
 from tilefill.cli import main
@@ -314,7 +314,7 @@ def test_a_tile_of_gaps_only_is_filled_from_a_wider_context(tmp_path):
 def test_python_api_matches_the_cli(tmp_path, small_scene):
     from tilefill import fill_scene
 
-    report = fill_scene(small_scene, tmp_path / "api.tif", config=TINY, iterations=5, workers=0, progress=False)
+    report = fill_scene(small_scene, tmp_path / "api.tif", config=TINY, iterations=5, cluster=IN_PROCESS, progress=False)
     res = _run(tmp_path, small_scene, "-o", tmp_path / "cli.tif", "--config", TINY, "--iterations", "5",
                "--workers", "0", "-q")
     assert res.exit_code == 0, res.output

@@ -27,7 +27,7 @@ import rasterio
 from click.testing import CliRunner
 from distributed import get_task_stream
 
-from tilefill import TilefillError
+from tilefill import ClusterSpec, TilefillError
 from tilefill import _schedule
 from tilefill._pipeline import default_store, worker_log_path
 from tilefill._schedule import run_tiles, start_cluster
@@ -231,7 +231,7 @@ def test_gpu_workers_advertise_gpu_and_tiles_go_only_to_them(tmp_path, scene):
         cfg = load_config(TINY, {"method": "gdal"})
         with open_scene(scene) as src:
             store = build_store(src, TileGrid(SIZE, SIZE, 64, 32), cfg, tmp_path / "tiles.zarr")
-        with start_cluster(scheduler_file=procs.file) as cluster:
+        with start_cluster(ClusterSpec(scheduler_file=procs.file)) as cluster:
             assert cluster.gpu and cluster.resources == {"GPU": 1}
             assert cluster.description.endswith("2 worker(s), 1 with a GPU (tiles run there only)")
             run = run_tiles(cluster, str(store.path), store.tiles_to_fit)

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from tilefill._config import FitConfig, NetworkConfig
-from tilefill._dip import SkipNet, fit_dip, pick_device
+from tilefill._dip import SkipNet, fit_dip
+from tilefill._runtime import resolve_device
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -202,16 +203,16 @@ def test_no_input_noise_and_bad_shapes(tiny_network):
 
 def test_cpu_asked_for_is_kept_where_a_gpu_is_seen(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick_device("cpu").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
 
 
 def test_cuda_asked_for_where_there_is_none_is_refused(monkeypatch):
     from tilefill import TilefillError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert pick_device("auto").type == "cpu"
+    assert resolve_device("auto").type == "cpu"
     with pytest.raises(TilefillError, match="fit.device is cuda but this process sees no CUDA device"):
-        pick_device("cuda")
+        resolve_device("cuda")
 
 
 # --- the grouped engine: K networks in one module --------------------------------------------------

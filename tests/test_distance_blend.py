@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from conftest import IN_PROCESS
 from tilefill._distance_blend import (BIN_LABELS, KNOWN, N_BINS, BlendStats, distance_bins, fit_weights,
                                       histogram_match)
 
@@ -139,7 +140,7 @@ def test_distance_weights_through_the_pipeline_write_a_georeferenced_error_map(t
 
     path, truth, gaps = _scene(tmp_path, synth)
     out = tmp_path / "out.tif"
-    report = fill_scene(path, out, config=recipe, workers=0, progress=False, footprint="full",
+    report = fill_scene(path, out, config=recipe, cluster=IN_PROCESS, progress=False, footprint="full",
                         workdir=tmp_path / "work.zarr")
     side = json.loads(out.with_name("out.tif.quality.json").read_text())
     blend = side["blend"]
@@ -165,11 +166,11 @@ def test_blend_settings_reuse_the_fitted_tiles(tmp_path, synth, recipe, one_torc
 
     path, truth, gaps = _scene(tmp_path, synth)
     work = tmp_path / "work.zarr"
-    first = fill_scene(path, tmp_path / "distance.tif", config=recipe, workers=0, progress=False,
+    first = fill_scene(path, tmp_path / "distance.tif", config=recipe, cluster=IN_PROCESS, progress=False,
                        footprint="full", workdir=work)
     outputs = {}
     for name, over in [("fixed", {"blend.weights": "fixed"}), ("weak-prior", {"blend.prior_pixels": 5})]:
-        rep = fill_scene(path, tmp_path / f"{name}.tif", config=recipe.override(over), workers=0, progress=False,
+        rep = fill_scene(path, tmp_path / f"{name}.tif", config=recipe.override(over), cluster=IN_PROCESS, progress=False,
                          footprint="full", workdir=work)
         assert rep.tiles_fitted == 0 and rep.tiles_skipped == first.tiles_fitted
         with rasterio.open(tmp_path / f"{name}.tif") as ds:

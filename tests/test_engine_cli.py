@@ -17,6 +17,7 @@ import rasterio
 import torch
 from click.testing import CliRunner
 
+from conftest import IN_PROCESS
 from tilefill import FillFailed, fill_scene
 from tilefill import _schedule
 from tilefill._pipeline import default_store
@@ -119,11 +120,11 @@ def test_a_store_resumes_under_other_engine_settings(scene, tmp_path, monkeypatc
 
     monkeypatch.setattr(_schedule, "fill_tile", broken)
     with pytest.raises(FillFailed):
-        fill_scene(path, out, config=TINY, iterations=3, workers=0, progress=False, workdir=work, footprint="full")
+        fill_scene(path, out, config=TINY, iterations=3, cluster=IN_PROCESS, progress=False, workdir=work, footprint="full")
     monkeypatch.setattr(_schedule, "fill_tile", real)
     engine = {"engine.precision": "bf16", "engine.tiles_per_task": 2, "engine.channels_last": True,
               "fit.device": "auto"}
-    report = fill_scene(path, out, config=TINY, iterations=3, workers=0, progress=False, workdir=work, footprint="full",
+    report = fill_scene(path, out, config=TINY, iterations=3, cluster=IN_PROCESS, progress=False, workdir=work, footprint="full",
                         overrides=engine)
     assert (report.tiles_skipped, report.tiles_fitted) == (3, 1)
     stored = json.loads((work / "tiles.zarr" / "zarr.json").read_text())["attributes"]["tilefill"]["config"]
@@ -131,7 +132,7 @@ def test_a_store_resumes_under_other_engine_settings(scene, tmp_path, monkeypatc
     assert stored["fit"]["device"] == "auto"  # what the workers fit the remaining tiles with
     assert (_read(out)[:, scene[2]] != 0).all()
     with pytest.raises(Exception, match="holds another run"):  # the method's settings are in the key
-        fill_scene(path, out, config=TINY, iterations=4, workers=0, progress=False, workdir=work, footprint="full",
+        fill_scene(path, out, config=TINY, iterations=4, cluster=IN_PROCESS, progress=False, workdir=work, footprint="full",
                    overwrite=True)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from affine import Affine
@@ -104,6 +106,38 @@ def test_rotated_transform_is_respected():
     grid = TileGrid(128, 128, 64, 32, rotated)
     t = grid[3]
     assert t.transform @ (0, 0) == pytest.approx(rotated @ (t.x, t.y))
+
+
+def test_a_grid_made_from_a_scene_carries_its_crs_and_each_tile_its_bounds():
+    from rasterio.crs import CRS
+
+    from tilefill import load_config
+
+    wkt = CRS.from_epsg(32633).to_wkt()
+    info = SimpleNamespace(height=300, width=250, affine=SCENE_TRANSFORM @ Affine.rotation(12.0), crs_wkt=wkt)
+    grid = TileGrid.from_scene(info, load_config("fast", {"tiles.size": 64, "tiles.overlap": 32}))
+    assert (grid.height, grid.width, grid.size, grid.overlap, grid.crs) == (300, 250, 64, 32, wkt)
+    for t in grid:
+        assert t.crs == wkt
+        corners = [info.affine @ (t.x + dx, t.y + dy) for dx in (0, 64) for dy in (0, 64)]
+        xs, ys = zip(*corners)
+        assert tuple(t.bounds) == pytest.approx((min(xs), min(ys), max(xs), max(ys)))
+
+
+@pytest.mark.parametrize("levels, size, ok", [(4, 48, True), (5, 48, False), (5, 64, True), (6, 64, False),
+                                             (6, 128, True)])
+def test_tile_sides_must_divide_by_what_the_network_levels_halve(levels, size, ok):
+    from tilefill import load_config
+
+    over = {"network.channels_down": [8] * levels, "network.channels_up": [8] * levels,
+            "network.channels_skip": [4] * levels, "tiles.size": size, "tiles.overlap": 0}
+    if not ok:
+        with pytest.raises(TilefillError, match=f"multiple of {2 ** levels}|at least {2 ** (levels + 1)}"):
+            load_config("fast", over)
+        return
+    cfg = load_config("fast", over)
+    grid = TileGrid.from_config(200, 200, cfg)
+    assert grid.multiple == 2 ** levels and all(t.size == size for t in grid)
 
 
 @pytest.mark.parametrize("height, width", [(50, 300), (300, 63), (10, 10)])

@@ -17,6 +17,7 @@ import rasterio
 from click.testing import CliRunner
 from rasterio.windows import Window
 
+from conftest import IN_PROCESS
 from tilefill import TilefillError, fill_batch
 from tilefill._grid import TileGrid
 from tilefill._landsat import parse_mtl, read_product
@@ -403,7 +404,7 @@ def test_batch_names_outputs_after_the_product_and_fails_a_folder_without_metada
     synth.write_geotiff(bare / "LE07_copy_B1.TIF", data["1"])
     synth.write_geotiff(root / "plain.tif", np.stack([data["1"], data["2"]]), nodata=0)
     out = tmp_path / "out"
-    report = fill_batch([root], out, config=TINY, overrides={"fit.iterations": 5}, workers=0, mask_qa="cloud",
+    report = fill_batch([root], out, config=TINY, overrides={"fit.iterations": 5}, cluster=IN_PROCESS, mask_qa="cloud",
                         progress=False)
     by_name = {Path(o.scene).name: o for o in report.scenes}
     assert by_name["scene7"].status == "done" and by_name["plain.tif"].status == "done"

@@ -25,11 +25,12 @@ import psutil
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import LOOPBACK_ADDRESSES, interruptible, listening_sockets
+from conftest import IN_PROCESS, LOOPBACK_ADDRESSES, interruptible, listening_sockets
 
 from tilefill import FillFailed, fill_batch, fill_scene
 from tilefill import _pipeline, _schedule
-from tilefill._pipeline import default_store, failure_path, worker_log_path
+from tilefill._pipeline import default_store, worker_log_path
+from tilefill._records import failure_path
 from tilefill._schedule import error_signature
 from tilefill.cli import main
 
@@ -98,7 +99,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_nothing_listens_beyond_loopback(sce
     _until(lambda: not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 10,
            "the worker processes to end")
     assert not out.exists() and default_store(out).is_dir()
-    report = fill_scene(scene, out, config=TINY, iterations=20, workers=0, progress=False)  # the rerun resumes
+    report = fill_scene(scene, out, config=TINY, iterations=20, cluster=IN_PROCESS, progress=False)  # the rerun resumes
     assert report.tiles_skipped >= 2 and report.tiles_skipped + report.tiles_fitted == 9
     print(f"\nSIGTERM after 2 of 9 tiles: exit 143 in {stopped:.1f} s, {len(children)} child processes gone; "
           f"the rerun skipped {report.tiles_skipped}")
@@ -164,7 +165,7 @@ def test_sigterm_in_a_batch_releases_the_claim_and_summarises_the_log(tmp_path, 
     interrupted = [r for r in records if r["type"] == "scene" and r["status"] == "interrupted"]
     assert str(archive / "s0.tif") in {r["scene"] for r in interrupted}
     assert summary["interrupted"] == len(interrupted)
-    report = fill_batch([archive], out, config=TINY, overrides={"fit.iterations": 20}, workers=0, progress=False)
+    report = fill_batch([archive], out, config=TINY, overrides={"fit.iterations": 20}, cluster=IN_PROCESS, progress=False)
     first = next(s for s in report.scenes if s.scene == str(archive / "s0.tif"))
     assert first.status == "done" and first.tiles_skipped >= 2  # resumed from the store SIGTERM kept
     assert not report.failed and len(report.done) + len(report.skipped) == 2
@@ -224,7 +225,7 @@ def test_the_same_error_three_times_in_a_row_stops_other_errors_do_not(scene, tm
     monkeypatch.setattr(_schedule, "fill_tile", broken)
     out = tmp_path / "out.tif"
     with pytest.raises(FillFailed) as err:
-        fill_scene(scene, out, config=TINY, iterations=5, workers=0, progress=False)
+        fill_scene(scene, out, config=TINY, iterations=5, cluster=IN_PROCESS, progress=False)
     report = err.value.report
     assert report.stopped == "RuntimeError: CUDA error: illegal memory access at 0x7f0 (tile 7)"
     assert sorted(report.failures) == [1, 3, 5, 6, 7] and report.not_tried == (8,) and report.tiles_fitted == 3
@@ -236,7 +237,7 @@ def test_the_same_error_three_times_in_a_row_stops_other_errors_do_not(scene, tm
     assert "MemoryError: tile 3 too big" in worker_log_path(default_store(out)).read_text()
     # fixed, the same command fits what failed or was not tried, and nothing else
     monkeypatch.setattr(_schedule, "fill_tile", real)
-    again = fill_scene(scene, out, config=TINY, iterations=5, workers=0, progress=False)
+    again = fill_scene(scene, out, config=TINY, iterations=5, cluster=IN_PROCESS, progress=False)
     assert (again.tiles_skipped, again.tiles_fitted) == (3, 6) and not failure_path(out).exists()
 
 
@@ -312,7 +313,7 @@ def test_an_output_folder_turning_read_only_at_the_write(scene, tmp_path, monkey
         assert not out.exists() and default_store(out).is_dir()
         monkeypatch.setattr(_pipeline, "write_output", real_write)
         subprocess.run(["mount", "-o", "remount,bind,rw", str(folder)], check=True)
-        report = fill_scene(scene, out, config=TINY, iterations=5, workers=0, progress=False)
+        report = fill_scene(scene, out, config=TINY, iterations=5, cluster=IN_PROCESS, progress=False)
         assert (report.tiles_skipped, report.tiles_fitted) == (9, 0) and out.is_file()
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -1,6 +1,6 @@
 """Resumable, exactly once: run keys, resuming a kept work store, refusing another run's, failing tiles.
 
-Most tests run the pipeline in-process (``workers=0``) with a tiny network, interrupting it by
+Most tests run the pipeline in-process (``ClusterSpec(workers=0)``) with a tiny network, interrupting it by
 making a tile task raise; the last one kills a real ``tilefill`` process with Ctrl-C while its
 local Dask workers fit, and runs the same command again.
 """
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import interruptible
+from conftest import IN_PROCESS, interruptible
 import rasterio
 from click.testing import CliRunner
 
 from tilefill import FillFailed, TileGrid, TilefillError, fill_scene, load_config
 from tilefill import _schedule
-from tilefill._pipeline import default_store, failure_path
+from tilefill._pipeline import default_store
+from tilefill._records import failure_path
 from tilefill._runkey import run_key
 from tilefill._scene import open_scene
 from tilefill._store import build_store, resumable_store
@@ -34,7 +35,7 @@ from tilefill.cli import main
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = str(Path(__file__).with_name("tiny.yaml"))
-FAST = dict(config=TINY, iterations=5, workers=0, progress=False)
+FAST = dict(config=TINY, iterations=5, cluster=IN_PROCESS, progress=False)
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def clean(scene, tmp_path):
 def _key(path, config=None, footprint="hull", mask=None, bands=None):
     config = config or load_config(TINY)
     with open_scene(path, mask=mask, bands=bands) as src:
-        grid = TileGrid(src.info.height, src.info.width, config.tiles.size, config.tiles.overlap, src.info.affine)
+        grid = TileGrid.from_scene(src.info, config)
         return run_key(src, config, grid, footprint=footprint)
 
 
@@ -215,7 +216,7 @@ def test_a_tile_that_keeps_failing_fails_the_run_and_names_the_tile(scene, tmp_p
 
 def test_ctrl_c_then_the_same_command_resumes_with_equal_output(scene, tmp_path):
     ref = tmp_path / "ref.tif"
-    fill_scene(scene, ref, config=TINY, iterations=60, workers=0, progress=False)  # one torch thread, as below
+    fill_scene(scene, ref, config=TINY, iterations=60, cluster=IN_PROCESS, progress=False)  # one torch thread, as below
     out = tmp_path / "out.tif"
     cmd = [sys.executable, "-m", "tilefill.cli", str(scene), "-o", str(out), "--config", TINY, "--iterations", "60",
            "--workers", "1"]

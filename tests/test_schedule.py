@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tilefill import TileGrid, TilefillError
+from tilefill import ClusterSpec, TileGrid, TilefillError
 from tilefill import _schedule
 from tilefill._fill import TileResult, fill_tile, fill_tiles
 from tilefill._scene import open_scene
@@ -40,7 +40,7 @@ def _store(tmp_path, synth, config, *, name="scene", size=128, block=None):
     path = synth.write_geotiff(tmp_path / f"{name}.tif", values, nodata=0)
     with open_scene(path) as scene:
         info = scene.info
-        grid = TileGrid(info.height, info.width, config.tiles.size, config.tiles.overlap, info.affine)
+        grid = TileGrid.from_scene(info, config)
         return build_store(scene, grid, config, tmp_path / f"{name}.zarr", footprint="full")
 
 
@@ -117,10 +117,9 @@ def test_visible_gpus(monkeypatch):
     ({"workers": -1}, "0 or more"),
     ({"gpus": 0}, "1 or more"),
 ])
-def test_start_cluster_argument_errors(kwargs, match):
+def test_contradictory_cluster_choices_are_refused(kwargs, match):
     with pytest.raises(TilefillError, match=match):
-        with start_cluster(**kwargs):
-            pass
+        ClusterSpec(**kwargs)
 
 
 def test_cluster_resources():
@@ -135,7 +134,7 @@ def test_workers_0_runs_tiles_in_process(tmp_path, synth, gdal_config):
     todo = store.tiles_to_fit
     assert 1 < len(todo) < len(store.grid)
     seen = []
-    with start_cluster(workers=0) as cluster:
+    with start_cluster(ClusterSpec(workers=0)) as cluster:
         assert cluster.client is None and cluster.description == "in-process" and not cluster.gpu
         run = run_tiles(cluster, str(store.path), todo, on_done=seen.append)
     assert isinstance(run, TileRun) and run.failures == {}
@@ -362,7 +361,7 @@ def test_local_cluster_runs_tiles_and_collects_failures(tmp_path, synth, dip_con
     store = _store(tmp_path, synth, dip_config)
     todo = store.tiles_to_fit[:4]
     seen = []
-    with start_cluster(workers=2) as cluster:
+    with start_cluster(ClusterSpec(workers=2)) as cluster:
         assert cluster.client is not None and not cluster.gpu and cluster.resources is None
         assert cluster.description.startswith("2 CPU worker(s)")
         assert len(cluster.client.scheduler_info()["workers"]) == 2
@@ -392,11 +391,11 @@ GPU_SCRIPT = textwrap.dedent("""
 
     def main():
         store_path, indices = sys.argv[1], json.loads(sys.argv[2])
-        from tilefill import TilefillError
+        from tilefill import ClusterSpec, TilefillError
         from tilefill._schedule import run_tiles, start_cluster
 
         out = {"torch_after_import": "torch" in sys.modules}
-        with start_cluster(gpus=2, check_cuda=False) as cluster:
+        with start_cluster(ClusterSpec(gpus=2), check_cuda=False) as cluster:
             client = cluster.client
             out["gpu"], out["resources"], out["description"] = cluster.gpu, cluster.resources, cluster.description
             out["visible"] = sorted(client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES")).values())
@@ -417,7 +416,7 @@ GPU_SCRIPT = textwrap.dedent("""
         out["client_torch_after"] = "torch" in sys.modules
         os.environ["CUDA_VISIBLE_DEVICES"] = "99"  # a device no machine has: refused on a GPU machine too
         try:  # with the CUDA check on, a worker without a GPU is refused
-            with start_cluster(gpus=1):
+            with start_cluster(ClusterSpec(gpus=1)):
                 out["check_cuda"] = "no error"
         except TilefillError as exc:
             out["check_cuda"] = str(exc)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def _grid(scene, config):
     info = scene.info
-    return TileGrid(info.height, info.width, config.tiles.size, config.tiles.overlap, info.affine)
+    return TileGrid.from_scene(info, config)
 
 
 def _build(path, config, store_path, **kw):
@@ -52,9 +52,9 @@ def test_arrays_shapes_dtypes_and_chunks(built):
         assert g[name].dtype == np.dtype(dtype), name
     assert g["tiles"].chunks == (1, b, t, t)  # one chunk per tile: workers never share a chunk
     assert g["tile_info"].chunks == (1, len(TILE_INFO_FIELDS))
-    assert g["scene"].chunks == (b, _store.CHUNK, _store.CHUNK)
-    assert g["gaps"].chunks == (b, _store.CHUNK, _store.CHUNK)
-    assert g["footprint"].chunks == (_store.CHUNK, _store.CHUNK)
+    assert g["scene"].chunks == (b, _store.CHUNK_PX, _store.CHUNK_PX)
+    assert g["gaps"].chunks == (b, _store.CHUNK_PX, _store.CHUNK_PX)
+    assert g["footprint"].chunks == (_store.CHUNK_PX, _store.CHUNK_PX)
     # nothing fitted yet
     assert np.isnan(np.asarray(g["tiles"][0])).all() and np.isnan(np.asarray(g["tile_info"][:])).all()
     assert store.path.name == "tiles.zarr" and (store.path / "zarr.json").is_file()
@@ -145,7 +145,7 @@ def test_keep_known_false_fits_every_tile(striped_scene, tiny_config, tmp_path):
 def test_strip_size_does_not_change_the_store(striped_scene, tiny_config, tmp_path, monkeypatch):
     ref, grid, _ = _build(striped_scene.path, tiny_config, tmp_path / "one_strip.zarr")
     monkeypatch.setattr(_store, "STRIP", 48)  # 128 rows in strips of 48, 48, 32
-    monkeypatch.setattr(_store, "CHUNK", 32)  # chunks that strips cut through
+    monkeypatch.setattr(_store, "CHUNK_PX", 32)  # chunks that strips cut through
     small, _, _ = _build(striped_scene.path, tiny_config, tmp_path / "strips.zarr")
     assert small.group["scene"].chunks == (3, 32, 32)
     for name in ("scene", "gaps", "footprint"):

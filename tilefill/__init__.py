@@ -1,12 +1,13 @@
 """tilefill: restore gaps in satellite scenes with Deep Image Prior, tile by tile on Dask.
 
 The public surface is small: :func:`fill_scene` runs the whole pipeline (:func:`fill_batch`
-runs it over an archive), :class:`Config`
-holds every setting (loaded from ``configs/*.yaml`` presets), :class:`TileGrid` and
-:class:`Tile` describe how a scene is cut. Everything else lives in private modules, one
+runs it over an archive), :class:`Config` holds every setting (loaded from ``configs/*.yaml``
+presets), :class:`ClusterSpec` says where tiles are fitted, :class:`TileGrid` and :class:`Tile`
+describe how a scene is cut. Everything else lives in private modules, one
 per pipeline stage.
 """
 
+from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config, load_config
 from tilefill._errors import TilefillError
 from tilefill._grid import Tile, TileGrid
@@ -29,6 +30,7 @@ def __getattr__(name):
 
 __all__ = [
     "BatchReport",
+    "ClusterSpec",
     "Config",
     "FillFailed",
     "FillReport",

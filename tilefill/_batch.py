@@ -45,12 +45,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config
 from tilefill._errors import TilefillError
 from tilefill._grid import TileGrid
 from tilefill._landsat import is_product_folder, product_id
-from tilefill._pipeline import (FillReport, PreparedFill, checked_config, default_store, finish_fill, json_safe,
-                                prepare_fill, start_fit, write_failure, write_json)
+from tilefill._pipeline import (FillReport, PreparedFill, checked_config, default_store, finish_fill, prepare_fill,
+                                start_fit)
+from tilefill._records import json_safe, write_failure, write_json
 from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_files
 from tilefill._scene import open_scene
 from tilefill._schedule import (POLL, ClusterLost, LazyCluster, Terminated, TileJob,
@@ -76,7 +78,7 @@ class BatchScene:
 
 
 @dataclass(frozen=True)
-class Problem:
+class SourceProblem:
     """A source that yields no scene to fill: a failure (missing, unreadable ...) or a note (duplicate)."""
 
     source: str
@@ -117,15 +119,15 @@ def _readable(path: Path) -> bool:
     return os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0))
 
 
-def _expand(path: Path, named: str, skip: Path) -> tuple[list[tuple[Path, str]], Path, list[Problem]]:
+def _expand(path: Path, named: str, skip: Path) -> tuple[list[tuple[Path, str]], Path, list[SourceProblem]]:
     """(scenes with where they were named, the anchor of the mirror, problems) for one named path."""
     if not path.exists():
-        return [], path.parent, [Problem(named, f"{named}: {path} not found")]
+        return [], path.parent, [SourceProblem(named, f"{named}: {path} not found")]
     if not _readable(path):
-        return [], path.parent, [Problem(named, f"{named}: {path} is not readable (permissions)")]
+        return [], path.parent, [SourceProblem(named, f"{named}: {path} is not readable (permissions)")]
     if path.is_dir() and not is_product_folder(path):
         found = [(p, named) for p in _walk(path, skip)]
-        return found, path, [] if found else [Problem(named, f"{named}: no GeoTIFF or Landsat folder in {path}")]
+        return found, path, [] if found else [SourceProblem(named, f"{named}: no GeoTIFF or Landsat folder in {path}")]
     return [(path, named)], path.parent, []
 
 
@@ -146,7 +148,7 @@ def _manifest_entries(manifest: Path) -> list[tuple[Path, str]]:
 
 
 def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manifest: str | Path | None = None,
-                input_root: str | Path | None = None) -> tuple[list[BatchScene], list[Problem]]:
+                input_root: str | Path | None = None) -> tuple[list[BatchScene], list[SourceProblem]]:
     """The scenes named by globs, paths and a manifest, each with its output; and what could not be used.
 
     Examples
@@ -158,13 +160,13 @@ def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manife
     out_root = Path(output_dir).resolve()
     named: list[tuple[Path, str]] = []
     anchors: list[Path] = []
-    problems: list[Problem] = []
+    problems: list[SourceProblem] = []
     for src in map(str, sources):
         if _MAGIC & set(src):
             matches = sorted(glob.glob(src, recursive=True))
             anchors.append(_glob_anchor(src).resolve())
             if not matches:
-                problems.append(Problem(src, f"{src}: no file matches"))
+                problems.append(SourceProblem(src, f"{src}: no file matches"))
             for m in matches:
                 found, _, probs = _expand(Path(m), src, out_root)
                 named += found
@@ -189,22 +191,22 @@ def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manife
     for path, where in named:
         real = path.resolve()
         if real in first:
-            problems.append(Problem(where, f"{where}: {path} is named again (first by {first[real]}): filled once",
+            problems.append(SourceProblem(where, f"{where}: {path} is named again (first by {first[real]}): filled once",
                                     failure=False))
             continue
         first[real] = where
         try:
             rel = real.relative_to(root)
         except ValueError:
-            problems.append(Problem(where, f"{where}: {path} lies outside the input root {root}"))
+            problems.append(SourceProblem(where, f"{where}: {path} lies outside the input root {root}"))
             continue
         # a product folder's output is named after its product ID, however the folder is named
         out = out_root / (rel.with_name((product_id(real) or rel.name) + ".tif") if real.is_dir() else rel)
         if out == real:
-            problems.append(Problem(where, f"{where}: the output would replace the input {path}; choose another "
+            problems.append(SourceProblem(where, f"{where}: the output would replace the input {path}; choose another "
                                            "--output-dir"))
         elif out in outputs:
-            problems.append(Problem(where, f"{where}: {path} and {outputs[out]} would both write {out}"))
+            problems.append(SourceProblem(where, f"{where}: {path} and {outputs[out]} would both write {out}"))
         else:
             outputs[out] = real
             scenes.append(BatchScene(real, out, where))
@@ -253,7 +255,7 @@ def _done_state(scene: BatchScene, cfg: Config, bands, footprint: str, verify: b
     if actual != size:
         return False, f"the output has {actual} bytes, its record {size}"
     with open_scene(scene.path, bands=bands, mask_qa=mask_qa) as src:
-        grid = TileGrid(src.info.height, src.info.width, cfg.tiles.size, cfg.tiles.overlap, src.info.affine)
+        grid = TileGrid.from_scene(src.info, cfg)
         if params_digest(src, cfg, grid, footprint) != recorded.params:
             return False, ""
         key = None
@@ -549,17 +551,12 @@ def fill_batch(
     bands: Sequence[int | str] | str | None = None,
     mask_qa: Sequence[str] | str | None = None,
     footprint: str = "hull",
-    workers: int | None = None,
-    gpus: int | None = None,
-    scheduler: str | None = None,
-    scheduler_file: str | Path | None = None,
+    cluster: ClusterSpec | None = None,
     restart: bool = False,
     overwrite: bool = False,
     progress: bool = True,
     claim_ttl: float = CLAIM_TTL,
     verify: bool = False,
-    dashboard: bool = False,
-    worker_wait: float | None = None,
 ) -> BatchReport:
     """Fill every scene that ``sources`` and ``manifest`` name, on one Dask cluster, into a mirrored tree.
 
@@ -579,7 +576,7 @@ def fill_batch(
         own log (tracebacks) goes beside it (:func:`batch_worker_log`).
     input_root : str or Path, optional
         The folder the output tree mirrors (default: the common folder of the sources).
-    config, overrides, bands, footprint, workers, gpus, scheduler, scheduler_file, restart, dashboard, worker_wait
+    config, overrides, bands, footprint, cluster, restart
         As for :func:`~tilefill.fill_scene`, for every scene.
     mask_qa : str or list, optional
         As for :func:`~tilefill.fill_scene`, for the Landsat product folders; GeoTIFF scenes are
@@ -621,10 +618,9 @@ def fill_batch(
         raise TilefillError("no scene found in the sources")
     jlog = JsonLines(Path(log) if log else None)
     outcomes: list[SceneOutcome] = []
-    cluster = "no cluster (nothing to fit)"
+    described = "no cluster (nothing to fit)"
     try:
-        with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file,
-                         device=cfg.fit.device, dashboard=dashboard, worker_wait=worker_wait,
+        with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device,
                          worker_log=batch_worker_log(output_dir, log)) as clusters:
             for p in problems:
                 if p.failure:
@@ -639,13 +635,13 @@ def fill_batch(
                 batch.run()
             finally:
                 outcomes += batch.outcomes()
-                cluster = clusters.started.description if clusters.started else cluster
-        report = BatchReport(tuple(outcomes), time.perf_counter() - start, cluster, Path(log) if log else None)
+                described = clusters.started.description if clusters.started else described
+        report = BatchReport(tuple(outcomes), time.perf_counter() - start, described, Path(log) if log else None)
         jlog.write(report.summary())
     except BaseException as exc:  # the log says why the batch ended early, and what it had done by then
         status = ("terminated" if isinstance(exc, Terminated) else "interrupted" if isinstance(exc, KeyboardInterrupt)
                   else "error")
-        summary = BatchReport(tuple(outcomes), time.perf_counter() - start, cluster).summary()
+        summary = BatchReport(tuple(outcomes), time.perf_counter() - start, described).summary()
         jlog.write({**summary, "status": status, "error": str(exc) or status})
         raise
     finally:

@@ -18,8 +18,6 @@ import yaml
 
 from tilefill._errors import TilefillError
 
-# Five stride-2 levels halve a tile five times: sides must divide by 2**5.
-TILE_MULTIPLE = 32
 CLASSICAL = ("gdal", "biharmonic", "telea", "ns", "kriging")
 
 
@@ -46,6 +44,11 @@ class NetworkConfig:
     @property
     def levels(self) -> int:
         return len(self.channels_down)
+
+    @property
+    def multiple(self) -> int:
+        """What a tile's side must divide by: each level halves it."""
+        return 2 ** self.levels
 
 
 @dataclass(frozen=True)
@@ -197,19 +200,7 @@ class TileConfig:
     """The overlapping tile grid."""
 
     size: int = 256
-    overlap: int = 32
-
-    def __post_init__(self):
-        for name, value in (("tile size", self.size), ("overlap", self.overlap)):
-            if value % TILE_MULTIPLE:
-                raise TilefillError(
-                    f"{name} {value} is not a multiple of {TILE_MULTIPLE} (the network halves a tile five times)"
-                )
-        if self.size < 2 * TILE_MULTIPLE:
-            # five stride-2 levels leave a 32 px tile 1 px wide: nothing for BatchNorm or padding
-            raise TilefillError(f"tile size must be at least {2 * TILE_MULTIPLE} px, not {self.size}")
-        if not 0 <= self.overlap < self.size:
-            raise TilefillError(f"overlap {self.overlap} must be at least 0 and smaller than the tile size {self.size}")
+    overlap: int = 32  # sides and overlap are checked by Config, which knows what the network's levels need
 
 
 @dataclass(frozen=True)
@@ -250,6 +241,17 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self):
+        m, levels = self.network.multiple, self.network.levels
+        for name, value in (("tile size", self.tiles.size), ("overlap", self.tiles.overlap)):
+            if value % m:
+                raise TilefillError(f"{name} {value} is not a multiple of {m} (the network halves a tile "
+                                    f"{levels} times)")
+        if self.tiles.size < 2 * m:
+            # the last level would leave the tile 1 px wide: nothing for BatchNorm or padding
+            raise TilefillError(f"tile size must be at least {2 * m} px, not {self.tiles.size}")
+        if not 0 <= self.tiles.overlap < self.tiles.size:
+            raise TilefillError(f"overlap {self.tiles.overlap} must be at least 0 and smaller than the tile size "
+                                f"{self.tiles.size}")
         if self.blend.weights == "distance" and not self.fit.validation:
             raise TilefillError("blend.weights: distance needs fit.validation > 0 (the hidden pixels fit the weights)")
 

@@ -20,6 +20,7 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.enums import Resampling
 
+from tilefill._clusterspec import ClusterSpec
 from tilefill._errors import TilefillError
 from tilefill._gaps import slc_off_mask
 from tilefill._metrics import band_scores, summarise
@@ -125,9 +126,8 @@ def write_quicklook(path: Path, panels: list[np.ndarray], gap: np.ndarray, error
 
 
 def run_demo(out_dir: str | Path = "tilefill-demo", *, sensor: str = "landsat8", config="fast",
-             overrides: dict | None = None, workers: int | None = None, gpus: int | None = None,
-             overwrite: bool = True, seed: int = 7, size: int | None = 384, progress: bool = True,
-             echo: Callable[[str], None] = print) -> dict:
+             overrides: dict | None = None, cluster: ClusterSpec | None = None, overwrite: bool = True,
+             seed: int = 7, size: int | None = 384, progress: bool = True, echo: Callable[[str], None] = print) -> dict:
     """Run the demo and return its scores (also printed with ``echo``).
 
     An earlier demo's restored scene in ``out_dir`` is replaced only with ``overwrite``; nothing
@@ -162,7 +162,7 @@ def run_demo(out_dir: str | Path = "tilefill-demo", *, sensor: str = "landsat8",
     # the crop lies wholly inside the scene: every nodata pixel is a gap. With the default hull
     # footprint, a stripe cut by the crop's top or bottom edge would count as collar and stay nodata
     report = fill_scene(out / "slc_off.tif", out / "restored.tif", config=config, overrides=overrides,
-                        workers=workers, gpus=gpus, overwrite=overwrite, footprint="full",
+                        cluster=cluster, overwrite=overwrite, footprint="full",
                         progress=progress)
     with rasterio.open(out / "restored.tif") as ds:
         restored = ds.read()

@@ -40,7 +40,6 @@ from torch import nn
 
 from tilefill._config import EngineConfig, FitConfig, NetworkConfig
 from tilefill._runtime import AUTOCAST, Runtime, get_runtime, network_key
-from tilefill._runtime import resolve_device as pick_device  # noqa: F401 - the name callers know
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:

@@ -2,7 +2,8 @@
 
 Tiles are squares of ``size`` px placed every ``size - overlap`` px. The last row and column
 are shifted inward so that they end exactly at the scene border: no tile is padded with
-invented pixels, at the price of a wider overlap there.
+invented pixels, at the price of a wider overlap there. A grid made from a scene
+(:meth:`TileGrid.from_scene`) carries its transform and CRS, so each tile knows its bounds.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 from affine import Affine
+from rasterio.coords import BoundingBox
 from rasterio.windows import Window
 
 from tilefill._errors import TilefillError
@@ -36,6 +38,8 @@ class Tile:
     >>> tile = grid[0]
     >>> tile.window
     Window(col_off=0, row_off=0, width=256, height=256)
+    >>> TileGrid(600, 500, 256, 32, Affine(30, 0, 500000, 0, -30, 4200000))[1].bounds
+    BoundingBox(left=506720.0, bottom=4192320.0, right=514400.0, top=4200000.0)
     """
 
     index: int
@@ -45,6 +49,7 @@ class Tile:
     x: int
     size: int
     scene_transform: Affine
+    crs: str | None = None  # the scene's, as WKT
 
     @property
     def window(self) -> Window:
@@ -59,6 +64,12 @@ class Tile:
         """The affine transform of the tile's own top-left pixel."""
         return self.scene_transform @ Affine.translation(self.x, self.y)
 
+    @property
+    def bounds(self) -> BoundingBox:
+        """The tile's extent in the scene's CRS (of its four corners, for a rotated transform too)."""
+        xs, ys = zip(*(self.transform * c for c in ((0, 0), (self.size, 0), (0, self.size), (self.size, self.size))))
+        return BoundingBox(min(xs), min(ys), max(xs), max(ys))
+
 
 @dataclass(frozen=True)
 class TileGrid:
@@ -69,11 +80,16 @@ class TileGrid:
     height, width : int
         Scene size in pixels; both must be at least ``size``.
     size : int
-        Tile side, a multiple of 32.
+        Tile side, a multiple of ``multiple``.
     overlap : int
-        Pixels shared by neighbouring tiles (at least; the last row/column overlaps more).
+        Pixels shared by neighbouring tiles (at least; the last row/column overlaps more), a
+        multiple of ``multiple``.
     transform : Affine
         The scene's affine transform, so each tile knows its own.
+    crs : str, optional
+        The scene's CRS as WKT, carried to each tile.
+    multiple : int
+        What tile sides must divide by: ``2 ** levels`` of the network that fits them (32 for five).
 
     Examples
     --------
@@ -89,16 +105,37 @@ class TileGrid:
     size: int = 256
     overlap: int = 32
     transform: Affine = Affine.identity()
+    crs: str | None = None
+    multiple: int = 32
 
     def __post_init__(self):
-        if self.size % 32 or self.overlap % 32:
-            raise TilefillError(f"tile size {self.size} and overlap {self.overlap} must be multiples of 32")
+        if self.size % self.multiple or self.overlap % self.multiple:
+            raise TilefillError(f"tile size {self.size} and overlap {self.overlap} must be multiples of {self.multiple}")
         if not 0 <= self.overlap < self.size:
             raise TilefillError(f"overlap {self.overlap} must be smaller than the tile size {self.size}")
         if self.height < self.size or self.width < self.size:
             raise TilefillError(
                 f"scene of {self.height} x {self.width} px is smaller than one {self.size} px tile; use a smaller --tile-size"
             )
+
+    @classmethod
+    def from_config(cls, height: int, width: int, config, transform: Affine = Affine.identity(),
+                    crs: str | None = None) -> "TileGrid":
+        """The grid of ``config.tiles`` over a ``height`` x ``width`` raster, sides a multiple of its network's.
+
+        Examples
+        --------
+        >>> from tilefill import load_config
+        >>> TileGrid.from_config(600, 500, load_config("fast")).shape
+        (6, 5)
+        """
+        return cls(height, width, config.tiles.size, config.tiles.overlap, transform, crs=crs,
+                   multiple=config.network.multiple)
+
+    @classmethod
+    def from_scene(cls, info, config) -> "TileGrid":
+        """The grid of ``config`` over a scene (``tilefill._scene.SceneInfo``): its size, transform and CRS."""
+        return cls.from_config(info.height, info.width, config, info.affine, info.crs_wkt)
 
     @property
     def stride(self) -> int:
@@ -123,7 +160,7 @@ class TileGrid:
         if not 0 <= index < len(self):
             raise IndexError(index)
         row, col = divmod(index, self.shape[1])
-        return Tile(index, row, col, self.row_starts[row], self.col_starts[col], self.size, self.transform)
+        return Tile(index, row, col, self.row_starts[row], self.col_starts[col], self.size, self.transform, self.crs)
 
     def __iter__(self) -> Iterator[Tile]:
         return (self[i] for i in range(len(self)))
@@ -136,9 +173,10 @@ class TileGrid:
     def context_window(self, tile: Tile, factor: int) -> tuple[int, int, int]:
         """A square window ``factor`` times the tile's side around it, clamped inside the scene.
 
-        Returns ``(y, x, side)``; the side stays a multiple of 32 and never exceeds the scene.
+        Returns ``(y, x, side)``; the side stays a multiple of ``multiple`` and never exceeds the scene.
         """
-        side = min(tile.size * factor, self.height // 32 * 32, self.width // 32 * 32)
+        m = self.multiple
+        side = min(tile.size * factor, self.height // m * m, self.width // m * m)
         cy, cx = tile.y + tile.size // 2, tile.x + tile.size // 2
         y = int(np.clip(cy - side // 2, 0, self.height - side))
         x = int(np.clip(cx - side // 2, 0, self.width - side))

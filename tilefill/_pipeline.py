@@ -1,4 +1,4 @@
-"""The whole job: read and mask -> tile store -> fill on Dask -> blend and write.
+"""The whole job: read and mask -> tile store -> fill on Dask -> mosaic and write.
 
 Resuming. Every run has a key (``tilefill._runkey``: the input's content, the parameters,
 tilefill's version) that the tile store keeps. The store stays until the output is written: a
@@ -22,19 +22,18 @@ Stages. :func:`run_fill` is :func:`prepare_fill` (read, scale, build or resume t
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tilefill._blend import check_output_path, write_output
+from tilefill._mosaic import check_output_path, write_output
+from tilefill._records import failure_path, quality_path, write_failure, write_json
+from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config, load_config, with_shortcuts
 from tilefill._errors import TilefillError
 from tilefill._fill import TileResult
@@ -46,9 +45,6 @@ from tilefill._store import TileStore, build_store, resumable_store
 from tilefill._version import __version__
 
 log = logging.getLogger("tilefill")
-
-FAILED_SUFFIX = ".failed.json"
-
 
 @dataclass(frozen=True)
 class FillReport:
@@ -143,18 +139,6 @@ class FillFailed(TilefillError):
         self.report = report
 
 
-def failure_path(output: str | Path) -> Path:
-    """Where a failed run's report goes: ``OUT.failed.json`` beside the output it did not write."""
-    output = Path(output)
-    return output.with_name(output.name + FAILED_SUFFIX)
-
-
-def quality_path(output: str | Path, suffix: str = ".quality.json") -> Path:
-    """The quality sidecars of an output: ``OUT.quality.json`` (per tile), ``OUT.quality.tif`` (per pixel)."""
-    output = Path(output)
-    return output.with_name(output.name + suffix)
-
-
 def write_quality(out: Path, scene: str | Path, grid: TileGrid, store, tiles: Sequence[TileResult],
                   blend: dict | None = None) -> Path | None:
     """Write ``OUT.quality.json`` (each tile's bounds and estimated gap RMSE); None if no tile has an estimate.
@@ -173,52 +157,14 @@ def write_quality(out: Path, scene: str | Path, grid: TileGrid, store, tiles: Se
     rows = []
     for t in sorted(est, key=lambda r: r.index):
         tile = grid[t.index]
-        left, top = tile.transform * (0, 0)
-        right, bottom = tile.transform * (tile.size, tile.size)
         rows.append({"tile": t.index, "row_off": tile.y, "col_off": tile.x, "size": tile.size,
-                     "bounds": [min(left, right), min(top, bottom), max(left, right), max(top, bottom)],
+                     "bounds": list(tile.bounds),
                      "estimated_gap_rmse": t.estimated_rmse, "iterations": t.iterations})
     write_json(path, {"scene": str(scene), "output": str(out), "tilefill": __version__,
                       "units": "band scaling: each band's known range mapped to [0, 1]",
                       "bands": list(store.info.band_names),
                       "scaling": {"lo": list(store.scaling.lo), "hi": list(store.scaling.hi)},
                       "crs_wkt": store.info.crs_wkt, "blend": blend, "tiles": rows})
-    return path
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON: NaN and infinities become null, paths and other objects their text."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return str(value)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write a JSON file atomically: a reader sees the old file or the whole new one (a full disk: neither)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # a folder turned read-only keeps it; the error that matters is the one raised
-        raise
-
-
-def write_failure(output: Path, scene: str | Path, error: str, **details) -> Path:
-    """Write ``OUT.failed.json``: the scene, the error in one line, and any details (failed tiles ...)."""
-    path = failure_path(output)
-    write_json(path, {"status": "failed", "scene": str(scene), "output": str(output), "error": error,
-                      "tilefill": __version__, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      **details})
     return path
 
 
@@ -244,17 +190,12 @@ def fill_scene(
     method: str | None = None,
     cog: bool | None = None,
     overrides: Mapping[str, Any] | None = None,
-    workers: int | None = None,
-    gpus: int | None = None,
+    cluster: ClusterSpec | None = None,
     workdir: str | Path | None = None,
     footprint: str = "hull",
     overwrite: bool = False,
     progress: bool = True,
-    scheduler: str | None = None,
-    scheduler_file: str | Path | None = None,
     restart: bool = False,
-    dashboard: bool = False,
-    worker_wait: float | None = None,
 ) -> FillReport:
     """Restore the gaps of a scene and write it as a georeferenced GeoTIFF.
 
@@ -276,16 +217,10 @@ def fill_scene(
         A preset name (``"default"``, ``"paper"``, ``"fast"``), a YAML file or a :class:`~tilefill.Config`.
     iterations, tile_size, overlap, seed, keep_known, per_band, method, cog
         Shortcuts for the most used settings; ``overrides`` takes any dotted key.
-    workers, gpus : int, optional
-        CPU worker processes (0 = in this process), or one worker per GPU.
-    scheduler, scheduler_file : str or Path, optional
-        An existing Dask cluster instead (``tcp://host:8786``, ``tls://`` with Dask's TLS settings,
-        or the file ``dask scheduler --scheduler-file`` writes); its workers must see the work store.
-    dashboard : bool
-        Serve the Dask dashboard of a cluster started here (on 127.0.0.1; the link is logged).
-    worker_wait : float, optional
-        Seconds to wait for workers when the cluster has none (at the start, or all lost), before
-        the run stops with its finished tiles kept (default ``WORKER_WAIT``, 180).
+    cluster : ClusterSpec, optional
+        Where the tiles are fitted: CPU workers (``ClusterSpec(workers=2)``; 0 = in this process),
+        one worker per GPU (``gpus=4``) or an existing Dask cluster (``scheduler="tcp://head:8786"``),
+        with its dashboard and how long to wait for workers. Default: one CPU worker per core.
     workdir : str or Path, optional
         Folder for the Zarr tile store (kept after the run). Default: a hidden folder beside
         the output, removed after a successful run and kept otherwise, so that running the same
@@ -311,8 +246,9 @@ def fill_scene(
 
     Examples
     --------
-    >>> from tilefill import fill_scene
-    >>> report = fill_scene("scene.tif", "restored.tif", config="fast", workers=2)  # doctest: +SKIP
+    >>> from tilefill import ClusterSpec, fill_scene
+    >>> report = fill_scene("scene.tif", "restored.tif", config="fast",  # doctest: +SKIP
+    ...                     cluster=ClusterSpec(workers=2))
     >>> print(report)  # doctest: +SKIP
     """
     start = time.perf_counter()
@@ -322,8 +258,7 @@ def fill_scene(
     out = check_output_path(output, overwrite)
     keep_store = workdir is not None
     store_path = Path(os.path.abspath((Path(workdir) / "tiles.zarr") if keep_store else default_store(out)))
-    with LazyCluster(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file,
-                     device=cfg.fit.device, dashboard=dashboard, worker_wait=worker_wait,
+    with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device,
                      worker_log=worker_log_path(store_path)) as clusters:
         report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
                           bands=bands, mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite,
@@ -374,7 +309,7 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
 
     Examples
     --------
-    >>> with LazyCluster(workers=2) as clusters:  # doctest: +SKIP
+    >>> with LazyCluster(ClusterSpec(workers=2)) as clusters:  # doctest: +SKIP
     ...     report = run_fill("a.tif", Path("out/a.tif"), load_config("fast"), clusters,
     ...                       store_path=Path("out/.a.tif.tilefill.zarr"), keep_store=False)
     """
@@ -433,7 +368,7 @@ def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path,
         info = src.info
         if src.product is not None:
             log.info("%s", src.product.describe())
-        grid = TileGrid(info.height, info.width, cfg.tiles.size, cfg.tiles.overlap, info.affine)
+        grid = TileGrid.from_scene(info, cfg)
         log.info("scene %d x %d px, %d band(s) %s, %s; %d tiles of %d px", info.width, info.height, info.count,
                  ",".join(info.band_names), info.dtype, len(grid), grid.size)
         key = run_key(src, cfg, grid, footprint=footprint)

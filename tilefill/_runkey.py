@@ -28,7 +28,7 @@ from tilefill._grid import TileGrid
 from tilefill._scene import Scene
 from tilefill._version import __version__
 
-CHUNK = 1 << 20
+READ_BYTES = 1 << 20  # bytes read at a time when hashing an input file
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def file_digest(path: str | Path, algorithm: str = "blake2b") -> str:
     """Hash of a file's content, streamed in 1 MiB chunks: BLAKE2b (160 bit), or any ``hashlib`` name."""
     h = hashlib.blake2b(digest_size=20) if algorithm == "blake2b" else hashlib.new(algorithm)
     with open(path, "rb") as f:
-        while block := f.read(CHUNK):
+        while block := f.read(READ_BYTES):
             h.update(block)
     return h.hexdigest()
 

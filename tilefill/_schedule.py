@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from tilefill._clusterspec import ClusterSpec
 from tilefill._errors import TilefillError
 from tilefill._fill import TileResult, fill_tile, fill_tiles
 from tilefill._version import __version__
@@ -365,24 +366,6 @@ def _connect(scheduler: str | None, scheduler_file: str | Path | None, worker_wa
     return client, gpu, desc
 
 
-CLUSTER_ARGS = ("workers", "gpus", "scheduler", "scheduler_file")
-
-
-def check_cluster_args(*, workers: int | None = None, gpus: int | None = None, scheduler: str | None = None,
-                       scheduler_file: str | Path | None = None) -> bool:
-    """Refuse contradictory cluster options; True when they name an existing cluster."""
-    if scheduler is not None and scheduler_file is not None:
-        raise TilefillError("give either --scheduler or --scheduler-file, not both")
-    external = scheduler is not None or scheduler_file is not None
-    if external and (workers is not None or gpus is not None):
-        raise TilefillError("--workers and --gpus start a local cluster; an existing one (--scheduler) brings its own")
-    if workers is not None and gpus is not None:
-        raise TilefillError("give either --workers or --gpus, not both")
-    if workers is not None and workers < 0 or gpus is not None and gpus < 1:
-        raise TilefillError("--workers must be 0 or more and --gpus 1 or more")
-    return external
-
-
 def _show_dashboard(link: str) -> str:
     try:
         import bokeh  # noqa: F401 - the dashboard's plots need it
@@ -392,12 +375,11 @@ def _show_dashboard(link: str) -> str:
 
 
 @contextmanager
-def start_cluster(*, workers: int | None = None, gpus: int | None = None, scheduler: str | None = None,
-                  scheduler_file: str | Path | None = None, check_cuda: bool = True, dashboard: bool = False,
-                  worker_log: str | Path | None = None, worker_wait: float | None = None) -> Iterator[Cluster]:
+def start_cluster(spec: ClusterSpec = ClusterSpec(), *, check_cuda: bool = True,
+                  worker_log: str | Path | None = None) -> Iterator[Cluster]:
     """Start a local Dask cluster for one run and close it afterwards (also on Ctrl-C), or connect to one.
 
-    ``gpus=N``: one worker process per GPU, each pinned with its own ``CUDA_VISIBLE_DEVICES``.
+    ``spec`` (a :class:`~tilefill.ClusterSpec`) says which. ``gpus=N``: one worker process per GPU, each pinned with its own ``CUDA_VISIBLE_DEVICES``.
     ``workers=N``: N single-threaded CPU worker processes sharing the cores (a ``TILEFILL_THREADS``
     in the environment sets each one's torch threads). ``workers=0``: no cluster, tiles run one
     after another in this process (debugging, notebooks). ``scheduler="tcp://host:8786"`` (or
@@ -411,15 +393,16 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, schedu
 
     Examples
     --------
-    >>> with start_cluster(workers=2) as cluster:  # doctest: +SKIP
+    >>> with start_cluster(ClusterSpec(workers=2)) as cluster:  # doctest: +SKIP
     ...     results = run_tiles(cluster, "work/tiles.zarr", [0, 1, 2])
-    >>> with start_cluster(scheduler="tcp://head:8786") as cluster:  # doctest: +SKIP
+    >>> with start_cluster(ClusterSpec(scheduler="tcp://head:8786")) as cluster:  # doctest: +SKIP
     ...     cluster.description
     'Dask cluster at tcp://10.0.0.5:8786: 8 worker(s), 8 with a GPU (tiles run there only)'
     """
-    worker_wait = WORKER_WAIT if worker_wait is None else worker_wait
-    if check_cluster_args(workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file):
-        client, gpu, desc = _connect(scheduler, scheduler_file, worker_wait)
+    workers, gpus, dashboard = spec.workers, spec.gpus, spec.dashboard
+    worker_wait = WORKER_WAIT if spec.worker_wait is None else spec.worker_wait
+    if spec.external:
+        client, gpu, desc = _connect(spec.scheduler, spec.scheduler_file, worker_wait)
         try:
             link = client.dashboard_link if dashboard else None
             if dashboard:
@@ -428,7 +411,7 @@ def start_cluster(*, workers: int | None = None, gpus: int | None = None, schedu
         finally:
             client.close()
         return
-    if gpus is None and workers == 0:
+    if spec.in_process:
         yield Cluster(None)
         return
     import dask
@@ -487,32 +470,33 @@ class LazyCluster:
 
     A local cluster is started on first use (a run with nothing to fit starts none); an
     existing one is connected to at once, so a scheduler that does not answer fails the run
-    before any work. Use it as a context manager; it closes what it started. Keyword arguments
-    are :func:`start_cluster`'s; ``worker_log`` is also where runs write the tracebacks of
-    failed tiles.
+    before any work. Use it as a context manager; it closes what it started. ``spec``,
+    ``check_cuda`` and ``worker_log`` are :func:`start_cluster`'s; ``worker_log`` is also where runs write the tracebacks of
+    failed tiles, and ``device`` (``fit.device``) is refused at once where no worker could use it.
 
     Examples
     --------
-    >>> with LazyCluster(workers=2) as clusters:  # doctest: +SKIP
+    >>> with LazyCluster(ClusterSpec(workers=2)) as clusters:  # doctest: +SKIP
     ...     run_tiles(clusters.get(), "a/tiles.zarr", [0, 1])
     ...     run_tiles(clusters.get(), "b/tiles.zarr", [3])   # the same workers
     """
 
-    def __init__(self, *, device: str = "auto", **kwargs):
-        self._external = check_cluster_args(**{k: v for k, v in kwargs.items() if k in CLUSTER_ARGS})
-        if kwargs.get("check_cuda", True):  # device: fit.device, refused here if no worker could use it
-            check_devices(device=device, workers=kwargs.get("workers"), gpus=kwargs.get("gpus"),
-                          external=self._external)
+    def __init__(self, spec: ClusterSpec = ClusterSpec(), *, device: str = "auto", check_cuda: bool = True,
+                 worker_log: str | Path | None = None):
+        self._external = spec.external
+        if check_cuda:
+            check_devices(device=device, workers=spec.workers, gpus=spec.gpus, external=spec.external)
         self._device = device
-        self._kwargs = kwargs
+        self._spec = spec
+        self._check_cuda = check_cuda
+        self.worker_log: Path | None = Path(worker_log) if worker_log else None
         self._stack = ExitStack()
         self._cluster: Cluster | None = None
-        self.worker_log: Path | None = Path(kwargs["worker_log"]) if kwargs.get("worker_log") else None
 
     def __enter__(self) -> "LazyCluster":
         if self._external:
             cluster = self.get()
-            if self._device == "cuda" and self._kwargs.get("check_cuda", True):
+            if self._device == "cuda" and self._check_cuda:
                 try:
                     _check_cuda_workers(cluster.client, "fit.device=cuda")
                 except BaseException:
@@ -534,7 +518,8 @@ class LazyCluster:
 
     def get(self) -> Cluster:
         if self._cluster is None:
-            self._cluster = self._stack.enter_context(start_cluster(**self._kwargs))
+            self._cluster = self._stack.enter_context(start_cluster(self._spec, check_cuda=self._check_cuda,
+                                                                     worker_log=self.worker_log))
         return self._cluster
 
 
@@ -813,7 +798,7 @@ def run_tiles(cluster: Cluster, store_path: str, indices: Sequence[int], *, per_
 
     Examples
     --------
-    >>> with start_cluster(workers=2) as cluster:  # doctest: +SKIP
+    >>> with start_cluster(ClusterSpec(workers=2)) as cluster:  # doctest: +SKIP
     ...     run = run_tiles(cluster, "work/tiles.zarr", [0, 1, 2])
     >>> run.failures, run.retried  # doctest: +SKIP
     ({}, {})

@@ -54,7 +54,7 @@ from tilefill._version import __version__
 STRIP = 512  # rows read from the input at a time
 # chunk side of the scene arrays: a 256 px tile window touches at most 4 chunks of 256 (with 512 px
 # chunks, 4 chunks of 4x the size), and decoding them is most of a cheap tile's time
-CHUNK = 256
+CHUNK_PX = 256
 TILE_INFO_FIELDS = ("final_loss", "seconds", "iterations", "window", "estimated_rmse")
 
 
@@ -96,7 +96,7 @@ class TileStore:
         self.info = SceneInfo.from_attrs(meta["scene"])
         self.config: Config = Config.from_dict(meta["config"])
         self.grid = TileGrid(self.info.height, self.info.width, meta["grid"]["size"], meta["grid"]["overlap"],
-                             self.info.affine)
+                             self.info.affine, crs=self.info.crs_wkt, multiple=self.config.network.multiple)
         self.scaling = Scaling(tuple(meta["scaling"]["lo"]), tuple(meta["scaling"]["hi"]))
 
     @classmethod
@@ -232,8 +232,8 @@ def _write_holdout(group: zarr.Group, holdout: SceneHoldout) -> None:
     """The scene's hidden pixels, strip by strip from the gaps just written."""
     gaps_arr, fp_arr = group["gaps"], group["footprint"]
     bands, height, width = gaps_arr.shape
-    hidden = group.create_array("hidden", shape=(bands, height, width), chunks=(bands, CHUNK, CHUNK), dtype="bool",
-                                fill_value=False)
+    hidden = group.create_array("hidden", shape=(bands, height, width), chunks=(bands, CHUNK_PX, CHUNK_PX),
+                                dtype="bool", fill_value=False)
     above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
     for y in range(0, height, STRIP):
         gaps = np.asarray(gaps_arr[:, y:y + STRIP, :])
@@ -256,7 +256,7 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     --------
     >>> from tilefill._scene import open_scene
     >>> with open_scene("scene.tif") as scene:  # doctest: +SKIP
-    ...     grid = TileGrid(scene.info.height, scene.info.width, 256, 32, scene.info.affine)
+    ...     grid = TileGrid.from_scene(scene.info, load_config("fast"))
     ...     store = build_store(scene, grid, load_config("fast"), "work/tiles.zarr")
     """
     bands, height, width = scene.shape
@@ -294,10 +294,10 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
 
     path = Path(path)
     group = _create_or_replace(path, run_key)
-    chunk = (bands, CHUNK, CHUNK)
+    chunk = (bands, CHUNK_PX, CHUNK_PX)
     scene_arr = group.create_array("scene", shape=(bands, height, width), chunks=chunk, dtype="float32", fill_value=0.0)
     gaps_arr = group.create_array("gaps", shape=(bands, height, width), chunks=chunk, dtype="bool", fill_value=False)
-    fp_arr = group.create_array("footprint", shape=(height, width), chunks=(CHUNK, CHUNK), dtype="bool", fill_value=False)
+    fp_arr = group.create_array("footprint", shape=(height, width), chunks=(CHUNK_PX, CHUNK_PX), dtype="bool", fill_value=False)
     size = grid.size
     # "chunk exists" means "tile done": keep chunks even when they hold only the fill value
     group.create_array("tiles", shape=(len(grid), bands, size, size), chunks=(1, bands, size, size),

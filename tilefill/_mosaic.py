@@ -1,4 +1,4 @@
-"""Blend and write: mosaic the tile predictions into the restored scene, a strip at a time.
+"""Mosaic and write: the tile predictions into the restored scene, a strip at a time.
 
 Where DIP is blended with classical partners, each tile's DIP and partner fills are averaged
 first, with the tile's own weight (``blend.weights: fixed``) or with weights fitted on the hidden
@@ -235,7 +235,7 @@ def _tile_fill(store: TileStore, plan: _Mosaic, index: int) -> tuple[np.ndarray,
     return pred, partners[weights.partner, np.arange(partners.shape[1])]
 
 
-def _blend_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, *, estimate: bool = False
+def _mosaic_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, *, estimate: bool = False
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Weighted sum of the predictions over rows [y, y+h), the summed weight and, with ``estimate``,
     the weighted sum of the estimated error, per band.
@@ -358,7 +358,7 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
                 values = scene.read(win)
                 gaps = np.asarray(store.group["gaps"][:, y:y + h, :])
                 inside = np.asarray(store.group["footprint"][y:y + h, :])
-                acc, wsum, err = _blend_strip(store, plan, y, h, cache, estimate=estimate)
+                acc, wsum, err = _mosaic_strip(store, plan, y, h, cache, estimate=estimate)
                 covered = wsum > 0
                 target = (gaps if keep_known else inside[None]) & covered
                 if target.any():

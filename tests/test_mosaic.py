@@ -1,4 +1,4 @@
-"""Blend and write: dtype conversion, output-path checks, and the restored GeoTIFF (plain and COG)."""
+"""Mosaic and write: dtype conversion, output-path checks, and the restored GeoTIFF (plain and COG)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import rasterio.shutil
 from rasterio.crs import CRS
 
 from tilefill import TileGrid, TilefillError
-from tilefill import _blend
-from tilefill._blend import check_output_path, to_dtype, write_output
+from tilefill import _mosaic
+from tilefill._mosaic import check_output_path, to_dtype, write_output
 from tilefill._scene import SceneInfo, open_scene
 from tilefill._store import build_store
 
@@ -99,7 +99,7 @@ def test_check_output_path_unwritable_folder(tmp_path):
 def test_check_output_path_unwritable_folder_via_os_access(tmp_path, monkeypatch):
     # Works as root too: the check relies on os.access, so make it say "no".
     real = os.access
-    monkeypatch.setattr(_blend.os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real(p, mode))
+    monkeypatch.setattr(_mosaic.os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real(p, mode))
     with pytest.raises(TilefillError, match="not writable"):
         check_output_path(tmp_path / "restored.tif", overwrite=False)
 
@@ -130,7 +130,7 @@ def _filled_store(tmp_path, scene_path, config, *, fill=True):
 
     with open_scene(scene_path) as scene:
         info = scene.info
-        grid = TileGrid(info.height, info.width, config.tiles.size, config.tiles.overlap, info.affine)
+        grid = TileGrid.from_scene(info, config)
         store = build_store(scene, grid, config, tmp_path / "work" / "tiles.zarr")
     if fill:
         for i in store.tiles_to_fit:
@@ -189,7 +189,7 @@ def test_strips_blend_like_one_pass(tmp_path, synth, config, monkeypatch):
     store = _filled_store(tmp_path, s.path, config)
     with open_scene(s.path) as scene:
         write_output(store, scene, tmp_path / "one.tif")
-        monkeypatch.setattr(_blend, "STRIP", 40)  # strips cut through tiles at 40, 80, 120
+        monkeypatch.setattr(_mosaic, "STRIP", 40)  # strips cut through tiles at 40, 80, 120
         write_output(store, scene, tmp_path / "strips.tif")
     with rasterio.open(tmp_path / "one.tif") as a, rasterio.open(tmp_path / "strips.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
@@ -260,7 +260,7 @@ def test_existing_output_needs_overwrite(tmp_path, outdir, synth, config):
 def test_failure_mid_write_leaves_nothing(tmp_path, outdir, synth, config, monkeypatch):
     s = _make_scene(tmp_path, synth, "uint16")
     store = _filled_store(tmp_path, s.path, config)
-    real = _blend._blend_strip
+    real = _mosaic._mosaic_strip
     calls = []
 
     def failing(*args, **kwargs):
@@ -271,8 +271,8 @@ def test_failure_mid_write_leaves_nothing(tmp_path, outdir, synth, config, monke
             raise RuntimeError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_blend, "STRIP", 48)
-    monkeypatch.setattr(_blend, "_blend_strip", failing)
+    monkeypatch.setattr(_mosaic, "STRIP", 48)
+    monkeypatch.setattr(_mosaic, "_mosaic_strip", failing)
     with open_scene(s.path) as scene, pytest.raises(RuntimeError, match="disk on fire"):
         write_output(store, scene, outdir / "r.tif")
     assert len(calls) == 2
@@ -297,7 +297,7 @@ def test_failure_in_the_cog_copy_leaves_nothing(tmp_path, outdir, synth, config,
 def test_interrupt_mid_write_leaves_nothing(tmp_path, outdir, synth, config, monkeypatch):
     s = _make_scene(tmp_path, synth, "uint16")
     store = _filled_store(tmp_path, s.path, config)
-    monkeypatch.setattr(_blend, "_blend_strip", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(_mosaic, "_mosaic_strip", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with open_scene(s.path) as scene, pytest.raises(KeyboardInterrupt):
         write_output(store, scene, outdir / "r.tif")
     assert os.listdir(outdir) == []
