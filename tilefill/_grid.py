@@ -67,7 +67,8 @@ class Tile:
     @property
     def bounds(self) -> BoundingBox:
         """The tile's extent in the scene's CRS (of its four corners, for a rotated transform too)."""
-        xs, ys = zip(*(self.transform * c for c in ((0, 0), (self.size, 0), (0, self.size), (self.size, self.size))))
+        n = self.size
+        xs, ys = zip(*(self.transform * c for c in ((0, 0), (n, 0), (0, n), (n, n))))
         return BoundingBox(min(xs), min(ys), max(xs), max(ys))
 
 
@@ -110,7 +111,8 @@ class TileGrid:
 
     def __post_init__(self):
         if self.size % self.multiple or self.overlap % self.multiple:
-            raise TilefillError(f"tile size {self.size} and overlap {self.overlap} must be multiples of {self.multiple}")
+            raise TilefillError(f"tile size {self.size} and overlap {self.overlap} must be multiples of "
+                                f"{self.multiple}")
         if not 0 <= self.overlap < self.size:
             raise TilefillError(f"overlap {self.overlap} must be smaller than the tile size {self.size}")
         if self.height < self.size or self.width < self.size:
@@ -160,7 +162,8 @@ class TileGrid:
         if not 0 <= index < len(self):
             raise IndexError(index)
         row, col = divmod(index, self.shape[1])
-        return Tile(index, row, col, self.row_starts[row], self.col_starts[col], self.size, self.transform, self.crs)
+        return Tile(index, row, col, self.row_starts[row], self.col_starts[col], self.size, self.transform,
+                    self.crs)
 
     def __iter__(self) -> Iterator[Tile]:
         return (self[i] for i in range(len(self)))

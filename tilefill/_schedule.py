@@ -379,7 +379,8 @@ def start_cluster(spec: ClusterSpec = ClusterSpec(), *, check_cuda: bool = True,
                   worker_log: str | Path | None = None) -> Iterator[Cluster]:
     """Start a local Dask cluster for one run and close it afterwards (also on Ctrl-C), or connect to one.
 
-    ``spec`` (a :class:`~tilefill.ClusterSpec`) says which. ``gpus=N``: one worker process per GPU, each pinned with its own ``CUDA_VISIBLE_DEVICES``.
+    ``spec`` (a :class:`~tilefill.ClusterSpec`) says which. ``gpus=N``: one worker process per GPU,
+    each pinned with its own ``CUDA_VISIBLE_DEVICES``.
     ``workers=N``: N single-threaded CPU worker processes sharing the cores (a ``TILEFILL_THREADS``
     in the environment sets each one's torch threads). ``workers=0``: no cluster, tiles run one
     after another in this process (debugging, notebooks). ``scheduler="tcp://host:8786"`` (or
@@ -471,8 +472,9 @@ class LazyCluster:
     A local cluster is started on first use (a run with nothing to fit starts none); an
     existing one is connected to at once, so a scheduler that does not answer fails the run
     before any work. Use it as a context manager; it closes what it started. ``spec``,
-    ``check_cuda`` and ``worker_log`` are :func:`start_cluster`'s; ``worker_log`` is also where runs write the tracebacks of
-    failed tiles, and ``device`` (``fit.device``) is refused at once where no worker could use it.
+    ``check_cuda`` and ``worker_log`` are :func:`start_cluster`'s; ``worker_log`` is also where runs
+    write the tracebacks of failed tiles, and ``device`` (``fit.device``) is refused at once where no
+    worker could use it.
 
     Examples
     --------
@@ -483,7 +485,6 @@ class LazyCluster:
 
     def __init__(self, spec: ClusterSpec = ClusterSpec(), *, device: str = "auto", check_cuda: bool = True,
                  worker_log: str | Path | None = None):
-        self._external = spec.external
         if check_cuda:
             check_devices(device=device, workers=spec.workers, gpus=spec.gpus, external=spec.external)
         self._device = device
@@ -494,7 +495,7 @@ class LazyCluster:
         self._cluster: Cluster | None = None
 
     def __enter__(self) -> "LazyCluster":
-        if self._external:
+        if self._spec.external:
             cluster = self.get()
             if self._device == "cuda" and self._check_cuda:
                 try:

@@ -114,11 +114,12 @@ def cluster_options(existing: bool = True) -> list:
 
 def _cluster_spec(kw: dict):
     """Take the cluster options out of a command's keyword arguments, as one ClusterSpec."""
+    from dataclasses import fields
+
     from tilefill._clusterspec import ClusterSpec
 
     try:
-        return ClusterSpec(**{k: kw.pop(k) for k in ("workers", "gpus", "scheduler", "scheduler_file", "dashboard",
-                                                     "worker_wait") if k in kw})
+        return ClusterSpec(**{f.name: kw.pop(f.name) for f in fields(ClusterSpec) if f.name in kw})
     except TilefillError as exc:
         raise click.ClickException(str(exc)) from None
 
