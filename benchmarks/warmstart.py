@@ -2,7 +2,8 @@
 
 For each target tile of a real scene (simulated SLC-off stripes), DIP is fitted from a fresh network
 and from the weights of a network already fitted on another tile of the same scene (the "scene prior";
-a fresh optimiser, the tile's own input noise). Both record the gap RMSE of the network's output
+a fresh optimiser), once with the tile's own input z and once with the prior's z (the network has
+learnt to map that z to a tile of this scene). Both record the gap RMSE of the network's output
 (no EMA, no blend: the network alone) at checkpoints, so the curves show how many iterations a warm
 start saves at equal quality, if any. A plain loop, one thread, as the public DIP code runs it.
 
@@ -49,15 +50,20 @@ def scene_tiles(scene: str, size: int, count: int, seed: int = 0):
     return out
 
 
-def fit(image, gap, cfg, iterations: int, seed: int, init: dict | None = None) -> tuple[dict, dict]:
-    """A plain DIP loop; returns the final weights and {iteration: gap RMSE (mean of bands)} at checkpoints."""
+def fit(image, gap, cfg, iterations: int, seed: int, init: dict | None = None,
+        z_seed: int | None = None) -> tuple[dict, dict]:
+    """A plain DIP loop; returns the final weights and {iteration: gap RMSE (mean of bands)} at checkpoints.
+
+    ``init``: weights to start from; ``z_seed``: the seed of the input z (default ``seed``).
+    """
     torch.manual_seed(seed)
     c, h, w = image.shape
     net = SkipNet(c, c, cfg.network)
     if init is not None:
         net.load_state_dict(init)
+    z = torch.rand((1, c, h, w), generator=torch.Generator().manual_seed(seed if z_seed is None else z_seed))
+    z = z * cfg.fit.input_scale
     gen = torch.Generator().manual_seed(seed)
-    z = torch.rand((1, c, h, w), generator=gen) * cfg.fit.input_scale
     img = torch.from_numpy(image)[None]
     mask = torch.from_numpy(np.broadcast_to(~gap, image.shape).astype(np.float32).copy())[None]
     opt = torch.optim.Adam(net.parameters(), lr=cfg.fit.learning_rate)
@@ -92,15 +98,20 @@ def main(argv=None):
     cfg = load_config(args.preset, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
     tiles = scene_tiles(args.scene, cfg.tiles.size, args.tiles, args.seed)
     t0 = time.perf_counter()
-    prior, prior_curve = fit(*tiles[0], cfg, args.prior_iterations or args.iterations, seed=args.seed + 1000)
+    prior_seed = args.seed + 1000
+    prior, prior_curve = fit(*tiles[0], cfg, args.prior_iterations or args.iterations, seed=prior_seed)
     rows = []
     for k, (image, gap) in enumerate(tiles[1:], start=1):
         _, fresh = fit(image, gap, cfg, args.iterations, seed=args.seed + k)
         _, warm = fit(image, gap, cfg, args.iterations, seed=args.seed + k, init=prior)
-        rows.append({"tile": k, "gap_fraction": float(gap.mean()), "fresh": fresh, "warm": warm})
-        print(f"tile {k}: " + "  ".join(f"{it}: {fresh[it]:.4f}/{warm[it]:.4f}" for it in fresh), flush=True)
+        _, warm_z = fit(image, gap, cfg, args.iterations, seed=args.seed + k, init=prior, z_seed=prior_seed)
+        rows.append({"tile": k, "gap_fraction": float(gap.mean()), "fresh": fresh, "warm": warm,
+                     "warm_prior_z": warm_z})
+        print(f"tile {k} (fresh/warm/warm, prior's z): "
+              + "  ".join(f"{it}: {fresh[it]:.4f}/{warm[it]:.4f}/{warm_z[it]:.4f}" for it in fresh), flush=True)
     its = sorted(rows[0]["fresh"])
-    mean = {kind: {it: float(np.mean([r[kind][it] for r in rows])) for it in its} for kind in ("fresh", "warm")}
+    kinds = ("fresh", "warm", "warm_prior_z")
+    mean = {kind: {it: float(np.mean([r[kind][it] for r in rows])) for it in its} for kind in kinds}
     target = mean["fresh"][its[-1]]
     reach = {kind: next((it for it in its if mean[kind][it] <= target), None) for kind in mean}
     result = {"meta": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -110,12 +121,13 @@ def main(argv=None):
                        "seconds": time.perf_counter() - t0},
               "prior_curve": prior_curve, "rows": rows, "mean_gap_rmse": mean,
               "iterations_to_fresh_final_rmse": reach}
-    print("mean gap RMSE (network alone), fresh / warm: "
-          + "  ".join(f"{it}: {mean['fresh'][it]:.4f}/{mean['warm'][it]:.4f}" for it in its))
-    print(f"iterations to reach the fresh fit's final {target:.4f}: fresh {reach['fresh']}, warm {reach['warm']}")
+    print("mean gap RMSE (network alone), fresh / warm / warm with the prior's z: "
+          + "  ".join(f"{it}: " + "/".join(f"{mean[k][it]:.4f}" for k in kinds) for it in its))
+    print(f"iterations to reach the fresh fit's final {target:.4f}: "
+          + ", ".join(f"{k} {reach[k]}" for k in kinds))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"warmstart-{args.scene}-{args.preset}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    path = out / f"warmstart-{args.scene}-{Path(args.preset).stem}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=1))
     print("wrote", path)
 

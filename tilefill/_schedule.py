@@ -221,14 +221,15 @@ class Cluster:
     def resources(self) -> dict | None:
         return {"GPU": 1} if self.gpu else None
 
-    def usable_workers(self) -> int:
-        """Workers that can run tile tasks now (with a GPU, when tasks ask for one); 0 if the scheduler is gone."""
+    def usable_workers(self) -> int | None:
+        """Workers that can run tile tasks now (with a GPU, when tasks ask for one); None if the scheduler
+        does not answer (gone, or too busy: a loaded 2-core machine misses the call's timeout)."""
         if self.client is None:
             return 1
         try:
             workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         except Exception:  # noqa: BLE001 - a scheduler that does not answer has no worker for us either
-            return 0
+            return None
         return sum(1 for w in workers if not self.gpu or w.get("resources", {}).get("GPU", 0) >= 1)
 
     def check_workers(self, path: str | Path, *, torch: bool = True) -> None:
@@ -770,14 +771,16 @@ class TileJob:
             return
         self._next_look = now + WATCH_EVERY
         wait = self.cluster.worker_wait
-        if self.cluster.usable_workers():
+        usable = self.cluster.usable_workers()
+        if usable:
             if self._gone_since is not None:
-                log.warning("Dask workers are back; the run goes on")
+                log.warning("Dask workers answer again; the run goes on")
             self._gone_since = None
             return
         if self._gone_since is None:
             self._gone_since = now
-            log.warning("no Dask worker left to run tiles; waiting up to %g s for workers to come back", wait)
+            what = "the Dask scheduler does not answer" if usable is None else "no Dask worker left to run tiles"
+            log.warning("%s; waiting up to %g s for workers to come back", what, wait)
         elif now - self._gone_since >= wait:
             self.cancel()
             done = len(self.run.results)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from tilefill._config import SHORTCUTS, with_shortcuts
+from tilefill._config import SHORTCUTS, preset_names, with_shortcuts
 from tilefill._errors import TilefillError
 from tilefill._version import __version__
 
@@ -57,7 +57,7 @@ def fill_options(config_default: str = "default") -> list:
     """Options shared by every command that fills scenes, defined once."""
     return [
     click.option("--config", "config", default=config_default, show_default=True, metavar="NAME|PATH",
-                 help="Preset in configs/ (default, paper, fast) or a YAML file."),
+                 help=f"Preset in configs/ ({', '.join(preset_names())}) or a YAML file."),
     click.option("--method", type=click.Choice(["dip", "gdal", "biharmonic", "telea", "ns", "kriging"]), default=None,
                  help="Fill method (default: the config's, dip)."),
     click.option("--iterations", type=click.IntRange(min=1), default=None, help="DIP iterations per tile."),
