@@ -52,7 +52,6 @@ _SLIM8 = _SLIM((8, 16, 32, 64, 64), 4)
 # name -> (preset, overrides). "fast" is the preset as shipped; the others change one or two things.
 POINTS = {
     "fast": ("fast", {}),
-    "flat32": _vary({}),
     # the most iterations of `fast`'s network within the 10 PFLOP a `default` may cost (9.73 PFLOP)
     "flat32-it600": _vary({"fit.iterations": 600, "fit.check_every": 600}),
     "flat32-skip4": _vary(_FLAT(32, 4)),

@@ -560,8 +560,8 @@ def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, 
     held_t = torch.from_numpy(np.concatenate(held).astype(np.float32))[None].to(dev) if any(h.any() for h in held) else None
     inputs = kind(problems, fit, target, mask, rt.memory_format)
     tracker = FitTracker(fit, k, c, target, held_t, inputs.stride)
-    # fused: one kernel for all parameters (CPU and GPU); the per-parameter loop cost a slim network 12% of its
-    # CPU iteration (128 px, one thread: 59.7 -> 52.5 ms)
+    # fused: one kernel for all parameters (CPU and GPU); the per-parameter loop cost a slim network 6% of its
+    # CPU iteration (128 px, one thread: 35.4 -> 33.2 ms, benchmarks/iteration_cost.py)
     opt = torch.optim.Adam(net.parameters(), lr=fit.learning_rate, fused=True)
     scaler = rt.grad_scaler()
 
