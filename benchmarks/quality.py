@@ -269,13 +269,14 @@ def markdown(rows) -> str:
                 out.append(f"\n{r['method']}: the estimated gap RMSE per tile against the true one ({e['tiles']} tiles): "
                            f"Pearson {e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median estimate/true "
                            f"{e['median_ratio_estimate_to_true']:.2f}")
-    pooled = [p for r in rows if r.get("estimate") for p in r["estimate"]["pairs"]]
-    if len({r["case"] for r in rows if r.get("estimate")}) > 1 and len(pooled) >= 3:
-        e = tracking(pooled)
-        out.append(f"\n### Estimated gap RMSE against the true one, every tile of every case pooled\n\n"
-                   f"{e['tiles']} tiles: Pearson {e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median "
-                   f"estimate/true {e['median_ratio_estimate_to_true']:.2f}, 80% of the ratios between "
-                   f"{e['ratio_p10_p90'][0]:.2f} and {e['ratio_p10_p90'][1]:.2f}")
+    for key, what in (("estimate", "Estimated gap RMSE"), ("estimate_map", "The error map (OUT.quality.tif)")):
+        pooled = [p for r in rows if r.get(key) for p in r[key]["pairs"]]
+        if len({r["case"] for r in rows if r.get(key)}) > 1 and len(pooled) >= 3:
+            e = tracking(pooled)
+            out.append(f"\n### {what} per tile against the true gap RMSE, every tile of every case pooled\n\n"
+                       f"{e['tiles']} tiles: Pearson {e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median "
+                       f"estimate/true {e['median_ratio_estimate_to_true']:.2f}, 80% of the ratios between "
+                       f"{e['ratio_p10_p90'][0]:.2f} and {e['ratio_p10_p90'][1]:.2f}")
     return "\n".join(out) + "\n"
 
 

@@ -7,6 +7,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,35 @@ def test_quality_benchmark_scores_methods_on_real_pixels(tmp_path, monkeypatch):
     assert "estimate" not in rows["gdal"]
     pytest.importorskip("matplotlib")
     assert len(list(tmp_path.glob("quality-*-crops.png"))) == 1  # the Figure-2-like comparison
+
+
+def test_blend_study_scores_every_rule_on_the_real_gaps_of_kept_runs(tmp_path, monkeypatch):
+    """Two kept quality runs of two images, then the study: no rule beats the oracle on any band (it is the
+    least-squares optimum on the same sums), and the 'presets before' rule is the re-blended output's own."""
+    keep, out = tmp_path / "keep", tmp_path / "out"
+    common = ["--preset", TINY, "--set", "fit.iterations=3", "--set", "fit.validation=0.05", "--set",
+              "fit.classical_blend=0.5", "--set", "fit.blend_method=[biharmonic,gdal]", "--crop", "128",
+              "--workers", "0", "--keep", str(keep)]
+    _run("quality.py", [*common, "--set", "blend.weights=distance", "--cases", "landsat8:slc,sentinel2:slc",
+                        "--methods", "dip,gdal,biharmonic", "--out", str(out / "q")], monkeypatch)
+    _run("quality.py", [*common, "--set", "blend.weights=fixed", "--cases", "landsat8:slc,sentinel2:slc",
+                        "--methods", "dip", "--out", str(out / "fixed")], monkeypatch)
+    _run("blend_study.py", ["--keep", str(keep), "--quality", *map(str, (out / "q").glob("*.json")),
+                            "--today", *map(str, (out / "fixed").glob("*.json")), "--prior-pixels", "200",
+                            "--out", str(out / "study")], monkeypatch)
+    study = json.loads(next((out / "study").glob("blend-study-*.json")).read_text())
+    assert [e["case"] for e in study["cases"]] == ["landsat8:slc", "sentinel2:slc"]
+    for e in study["cases"]:
+        oracle = e["rules"]["oracle"]["r2"]
+        for name, rule in e["rules"].items():
+            if name != "presets before":  # that one is scored on the rounded output file, not the sums
+                assert all(r <= o + 1e-9 for r, o in zip(rule["r2"], oracle)), name
+        # the classical rows are the best of what ran, and the fixed re-blend is scored on its own output
+        assert set(e["classical"]["method"]) <= {"gdal", "biharmonic"}
+        # tiny.yaml has no per-tile blend_auto: the presets' fixed blend is the 0.5 rule, up to the rounding
+        assert np.allclose(e["rules"]["presets before"]["r2"], e["rules"]["fixed"]["r2"], atol=0.002)
+    assert {"curve", "curve+scene:200", "curve+scene:200, partner per band"} <= set(study["summary"])
+    assert len(study["meta"]["curve_all_images"]["biharmonic"]) == 8
 
 
 def test_throughput_benchmark_compares_engine_and_reference(tmp_path, monkeypatch):

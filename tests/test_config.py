@@ -71,7 +71,15 @@ def test_default_preset_is_the_measured_recipe_within_10_pflop_a_scene():
     assert default.fit.learning_rate == paper.fit.learning_rate
     assert default.fit.ema == 0.99 and default.fit.classical_blend == 0.5 and default.fit.validation == 0.05
     assert default.fit.thin_gap_px == 1 and fast.fit.thin_gap_px == 1
+    # the distance blend, shrunk toward the curve of benchmarks/blend_study.py: biharmonic near data, less
+    # with distance, 0.5 where too few cases measured; one partner, no choice per band
+    for cfg in (default, fast):
+        assert cfg.blend.weights == "distance" and cfg.blend.prior_pixels == 1000 and not cfg.blend.choose_partner
+        curve = cfg.blend.curve(1)[0]
+        assert curve.shape == (8,) and all(a >= b for a, b in zip(curve[:6], curve[1:6])) and curve[0] > 0.8
+        assert cfg.fit.blend_methods == ("biharmonic",)
     # the paper preset stays the paper's method
+    assert paper.blend.weights == "fixed"
     assert paper.fit.ema == 0 and paper.fit.classical_blend == 0 and paper.fit.validation == 0
     assert paper.fit.thin_gap_px == 0
 

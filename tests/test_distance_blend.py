@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -85,6 +86,33 @@ def test_a_bin_with_few_hidden_pixels_leans_on_the_bin_before():
     assert np.allclose(w[2:], w[1])  # bins without evidence carry the last weight outward
 
 
+def test_a_curve_measured_on_other_scenes_is_each_bins_prior():
+    stats = BlendStats.zeros(1, 1)
+    # bin 1: 5000 pixels say 0.9; bin 2: 10 pixels say 0.0; bins beyond: no pixel
+    for k, (n, best) in enumerate([(5000, 0.9), (10, 0.0)]):
+        stats.n[0, 0, k], stats.sbb[0, 0, k], stats.sab[0, 0, k], stats.saa[0, 0, k] = n, n * 1.0, -best * n, n
+    curve = np.linspace(0.8, 0.1, N_BINS)
+    w = fit_weights(stats, prior=0.5, prior_pixels=200, curve=curve).weights[0]
+    assert w[0] == pytest.approx((5000 * 0.9 + 200 * curve[0]) / 5200)  # much evidence: the scene's own
+    assert w[1] == pytest.approx(200 * curve[1] / 210)  # little: near the curve, not near bin 1
+    np.testing.assert_allclose(w[2:], curve[2:])  # none: the curve itself
+
+
+def test_the_prior_curve_setting_is_checked_and_shaped_per_partner():
+    from tilefill import TilefillError, load_config
+
+    two = {"fit.blend_method": ["biharmonic", "gdal"]}
+    one_for_all = load_config("default", {**two, "blend.prior_curve": [0.5] * N_BINS})
+    assert one_for_all.blend.curve(2).shape == (2, N_BINS)
+    per_partner = load_config("default", {**two, "blend.prior_curve": [[1.0] * N_BINS, [0.0] * N_BINS]})
+    assert per_partner.blend.curve(2)[:, 0].tolist() == [1.0, 0.0]
+    assert load_config("paper").blend.curve(1) is None  # no curve: each bin leans on the bin before
+    for bad, says in [([0.5] * 3, "8 weights"), ([1.5] * N_BINS, "in [0, 1]"),
+                      ([[0.5] * N_BINS] * 3, "3 curves for 2 partners")]:
+        with pytest.raises(TilefillError, match=re.escape(says)):
+            load_config("default", {**two, "blend.prior_curve": bad})
+
+
 def test_each_band_takes_the_partner_that_errs_least_where_its_gaps_are():
     rng = np.random.default_rng(1)
     gap = np.stack([_stripes(width=4), _stripes(width=12)])
@@ -144,7 +172,8 @@ def test_distance_weights_through_the_pipeline_write_a_georeferenced_error_map(t
                         workdir=tmp_path / "work.zarr")
     side = json.loads(out.with_name("out.tif.quality.json").read_text())
     blend = side["blend"]
-    assert blend["bins"] == list(BIN_LABELS) and set(blend["partner"]) <= {"biharmonic", "gdal"}
+    # several partners computed, but without blend.choose_partner the first blends every band
+    assert blend["bins"] == list(BIN_LABELS) and blend["partner"] == ["biharmonic"] * 3
     w = np.array(blend["weights"])
     assert w.shape == (3, N_BINS) and ((w >= 0) & (w <= 1)).all()
     assert all(n > 0 for n in np.array(blend["hidden_pixels"])[:, 0])  # every band's bin 1 was measured
@@ -169,7 +198,9 @@ def test_blend_settings_reuse_the_fitted_tiles(tmp_path, synth, recipe, one_torc
     first = fill_scene(path, tmp_path / "distance.tif", config=recipe, cluster=IN_PROCESS, progress=False,
                        footprint="full", workdir=work)
     outputs = {}
-    for name, over in [("fixed", {"blend.weights": "fixed"}), ("weak-prior", {"blend.prior_pixels": 5})]:
+    settings = [("fixed", {"blend.weights": "fixed"}), ("weak-prior", {"blend.prior_pixels": 5}),
+                ("curve", {"blend.prior_curve": [1.0] * N_BINS, "blend.prior_pixels": 1e9})]
+    for name, over in settings:
         rep = fill_scene(path, tmp_path / f"{name}.tif", config=recipe.override(over), cluster=IN_PROCESS, progress=False,
                          footprint="full", workdir=work)
         assert rep.tiles_fitted == 0 and rep.tiles_skipped == first.tiles_fitted
@@ -179,6 +210,9 @@ def test_blend_settings_reuse_the_fitted_tiles(tmp_path, synth, recipe, one_torc
         outputs["distance"] = ds.read()
     assert not np.array_equal(outputs["fixed"][:, gaps], outputs["distance"][:, gaps])
     assert not (tmp_path / "fixed.tif.quality.tif").exists()  # fixed weights make no per-pixel map
+    # a curve of 1.0 held with overwhelming weight: each band's partner alone, whatever the hidden pixels say
+    curve = json.loads((tmp_path / "curve.tif.quality.json").read_text())["blend"]["weights"]
+    np.testing.assert_allclose(curve, 1.0, atol=1e-6)
     for v in outputs.values():
         np.testing.assert_array_equal(v[:, ~gaps], truth[:, ~gaps])
 
@@ -195,3 +229,48 @@ def test_fixed_weights_blend_each_tile_as_the_tile_task_chose(tmp_path, synth, t
     fill = run_method_many("dip", [(img, known, 5)], cfg)[0]
     np.testing.assert_allclose(fill.blended(), 0.7 * fill.prediction + 0.3 * fill.partners[0], atol=1e-6)
     assert fill.weights.tolist() == [0.3, 0.3]
+
+
+def test_the_sums_on_the_real_gaps_give_the_error_of_the_written_output(tmp_path, synth, recipe, one_torch_thread):
+    """``mosaic_stats(truth=...)`` (what benchmarks/blend_study.py scores every rule with) predicts, at the
+    fitted weights, the gap error of the GeoTIFF the pipeline wrote."""
+    from tilefill import fill_scene
+    from tilefill._mosaic import mosaic_stats, thin_tiles
+    from tilefill._store import TileStore
+
+    path, truth, gaps = _scene(tmp_path, synth)
+    out = tmp_path / "out.tif"
+    fill_scene(path, out, config=recipe.override({"blend.choose_partner": True}), cluster=IN_PROCESS,
+               progress=False, footprint="full", workdir=tmp_path / "work.zarr")
+    blend = json.loads(out.with_name("out.tif.quality.json").read_text())["blend"]
+    store = TileStore.open(tmp_path / "work.zarr" / "tiles.zarr")  # the store inside the work folder
+    stats = mosaic_stats(store, thin_tiles(store), truth=store.scaling.forward(truth.astype(np.float64)))
+    partner = np.array([["biharmonic", "gdal"].index(p) for p in blend["partner"]])
+    predicted = stats.sse(np.array(blend["weights"]), partner).sum(axis=1)
+    with rasterio.open(out) as ds:
+        written = store.scaling.forward(ds.read().astype(np.float64)) - store.scaling.forward(truth.astype(np.float64))
+    actual = np.array([np.sum(written[b][gaps] ** 2) for b in range(truth.shape[0])])
+    assert stats.n[0].sum(axis=1).tolist() == [gaps.sum()] * truth.shape[0]  # every gap pixel, once per band
+    np.testing.assert_allclose(predicted, actual, rtol=0.005)  # the output is rounded to uint16
+
+
+def test_the_error_map_of_thin_gap_tiles_is_their_partners_error_not_zero(tmp_path, synth, recipe, one_torch_thread):
+    """1 px stripes: every tile is filled by its partner alone (``fit.thin_gap_px``), with no fit; the
+    error map gives those pixels the partner's error on the hidden pixels, never a flattering 0."""
+    from tilefill import fill_scene
+
+    h, w = 96, 96
+    truth = synth.to_range(synth.smooth_field(3, h, w), "uint16")
+    gaps = np.zeros((h, w), bool)
+    gaps[5::12] = True  # 1 px stripes (the hidden copies, 16 rows down, fall between them)
+    values = np.where(gaps[None], 0, truth).astype(np.uint16)
+    path = synth.write_geotiff(tmp_path / "thin.tif", values, nodata=0)
+    out = tmp_path / "out.tif"
+    report = fill_scene(path, out, config=recipe.override({"fit.thin_gap_px": 1}), cluster=IN_PROCESS,
+                        progress=False, footprint="full")
+    assert report.tiles_fitted > 0 and all(t.iterations == 0 for t in report.tiles if t.status == "filled")
+    with rasterio.open(out) as o, rasterio.open(out.with_name("out.tif.quality.tif")) as q:
+        err, filled = q.read(), o.read()
+    true_rmse = np.sqrt(np.mean((filled[:, gaps].astype(float) - truth[:, gaps]) ** 2))
+    assert (err[:, gaps] > 0).all() and np.isnan(err[:, ~gaps]).all()
+    assert 0.1 < np.sqrt(np.mean(err[:, gaps] ** 2)) / true_rmse < 10

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import yaml
 
+from tilefill._distance_blend import N_BINS as N_DISTANCE_BINS
 from tilefill._errors import TilefillError
 
 CLASSICAL = ("gdal", "biharmonic", "telea", "ns", "kriging")
@@ -147,19 +149,42 @@ class BlendConfig:
     ``weights: fixed`` takes each tile's weight (``fit.classical_blend``, or the one ``fit.blend_auto``
     chose). ``weights: distance`` fits one weight per band and per distance of the pixel to known data
     (bins 1, 2, 3, 4-5, 6-8, 9-16, 17-32, 33+ px) on the scene's hidden pixels (``fit.validation``), scored
-    on the mosaic itself, and picks each band's partner among ``fit.blend_method``. ``prior_pixels``:
-    hidden pixels a bin needs to count as much as its prior (the previous bin's weight; bin 1's is
-    ``fit.classical_blend``). Decided after the fits: changing it reuses a kept work store.
+    on the mosaic itself. ``prior_pixels``:
+    hidden pixels a bin needs to count as much as its prior: ``prior_curve``'s weight for the bin, or
+    without a curve the previous bin's weight (bin 1's: ``fit.classical_blend``). ``prior_curve``: the
+    weights per bin measured on the real gaps of other scenes (``benchmarks/blend_study.py``), one
+    list of 8 for every partner or one per partner of ``fit.blend_method``. ``choose_partner``: pick
+    each band's partner among ``fit.blend_method`` on the hidden pixels. Decided after the fits:
+    changing any of these reuses a kept work store.
     """
 
     weights: str = "fixed"
     prior_pixels: float = 200.0
+    prior_curve: tuple = ()
+    # with several fit.blend_method partners, choose each band's on the hidden pixels; off, the first
+    # partner blends every band (measured: the choice took GDAL for Landsat-8's NIR beside a cloud
+    # hole and lost 0.019 gap r2 there, benchmarks/reports/blend-study-cpu-256.md)
+    choose_partner: bool = False
 
     def __post_init__(self):
         if self.weights not in ("fixed", "distance"):
             raise TilefillError(f"blend.weights must be fixed or distance, not {self.weights!r}")
         if self.prior_pixels < 0:
             raise TilefillError("blend.prior_pixels must be at least 0")
+        curve = self.prior_curve or ()
+        rows = curve if curve and isinstance(curve[0], (list, tuple)) else ((curve,) if curve else ())
+        if any(len(r) != N_DISTANCE_BINS or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in r)
+               for r in rows):
+            raise TilefillError(f"blend.prior_curve must be {N_DISTANCE_BINS} weights in [0, 1] (one per distance "
+                                f"bin), or one such list per partner of fit.blend_method")
+        object.__setattr__(self, "prior_curve", tuple(tuple(float(v) for v in r) for r in rows))
+
+    def curve(self, partners: int):
+        """``prior_curve`` for the first ``partners`` partners, (partners, bins), or None without a curve."""
+        if not self.prior_curve:
+            return None
+        rows = self.prior_curve * partners if len(self.prior_curve) == 1 else self.prior_curve[:partners]
+        return np.asarray(rows, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -254,6 +279,9 @@ class Config:
                                 f"{self.tiles.size}")
         if self.blend.weights == "distance" and not self.fit.validation:
             raise TilefillError("blend.weights: distance needs fit.validation > 0 (the hidden pixels fit the weights)")
+        if len(self.blend.prior_curve) not in (0, 1, len(self.fit.blend_methods)):
+            raise TilefillError(f"blend.prior_curve has {len(self.blend.prior_curve)} curves for "
+                                f"{len(self.fit.blend_methods)} partners (fit.blend_method): give one, or one per partner")
 
     def override(self, overrides: Mapping[str, Any]) -> "Config":
         """A copy with dotted keys replaced, e.g. ``{"fit.iterations": 10}``; ``None`` values are ignored.

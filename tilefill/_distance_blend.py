@@ -209,6 +209,10 @@ class BlendStats:
         return BlendStats(self.n + other.n, self.saa + other.saa, self.sab + other.sab, self.sbb + other.sbb,
                           self.gaps + other.gaps)
 
+    def first_partner(self) -> "BlendStats":
+        """The same sums for the first partner alone (no choice of partner per band)."""
+        return BlendStats(self.n[:1], self.saa[:1], self.sab[:1], self.sbb[:1], self.gaps)
+
     @property
     def partners(self) -> int:
         return self.n.shape[0]
@@ -245,13 +249,15 @@ class BlendWeights:
     ``weights``: (bands, bins) in [0, 1]; ``partner``: (bands,) index into ``fit.blend_method``;
     ``mse``: (bands, bins) mean squared error of the blend on the hidden pixels of each bin (in the
     band scaling's [0, 1] units), carried into bins without hidden pixels from the nearest bin
-    below; ``hidden``: (bands, bins) hidden pixels behind each bin.
+    below; ``hidden``: (bands, bins) hidden pixels behind each bin; ``alone_mse``: (bands, bins) the
+    same for the band's partner alone (weight 1: what a thin-gap tile's pixels err).
     """
 
     weights: np.ndarray
     partner: np.ndarray
     mse: np.ndarray
     hidden: np.ndarray
+    alone_mse: np.ndarray
 
     def at(self, bins: np.ndarray) -> np.ndarray:
         """Per-pixel weight for a (bands, H, W) array of bin codes (0 where known)."""
@@ -270,17 +276,20 @@ class BlendWeights:
                 "rmse": np.round(np.sqrt(self.mse), 5).tolist(), "hidden_pixels": self.hidden.astype(int).tolist()}
 
 
-def _shrunk_weights(stats: BlendStats, p: int, prior: np.ndarray, prior_pixels: float) -> np.ndarray:
-    """Each band's weight per bin, from bin 1 outwards: the bin's best weight, shrunk toward the last
-    bin's (bin 1: toward ``prior``) by ``prior_pixels`` pseudo-pixels."""
+def _shrunk_weights(stats: BlendStats, p: int, prior: np.ndarray, prior_pixels: float,
+                    curve: np.ndarray | None = None) -> np.ndarray:
+    """Each band's weight per bin, from bin 1 outwards: the bin's best weight, shrunk by
+    ``prior_pixels`` pseudo-pixels toward ``curve``'s weight for the bin or, without a curve, toward
+    the last bin's (bin 1: toward ``prior``)."""
     bands = stats.bands
     out = np.zeros((bands, N_BINS))
     for b in range(bands):
         last = float(prior[b])
         for k in range(N_BINS):
+            target = last if curve is None else float(curve[k])
             n, sab, sbb = stats.n[p, b, k], stats.sab[p, b, k], stats.sbb[p, b, k]
-            best = float(np.clip(-sab / sbb, 0.0, 1.0)) if sbb > 0 else last
-            w = (n * best + prior_pixels * last) / (n + prior_pixels) if n + prior_pixels > 0 else last
+            best = float(np.clip(-sab / sbb, 0.0, 1.0)) if sbb > 0 else target
+            w = (n * best + prior_pixels * target) / (n + prior_pixels) if n + prior_pixels > 0 else target
             out[b, k] = last = w
     return out
 
@@ -301,7 +310,8 @@ def _carried_mse(stats: BlendStats, p: int, weights: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_weights(stats: BlendStats, *, prior: float | np.ndarray = 0.5, prior_pixels: float = 200.0) -> BlendWeights:
+def fit_weights(stats: BlendStats, *, prior: float | np.ndarray = 0.5, prior_pixels: float = 200.0,
+                curve: np.ndarray | None = None) -> BlendWeights:
     """The blend weights that minimise the error on the hidden pixels, per band and distance bin.
 
     Parameters
@@ -312,6 +322,9 @@ def fit_weights(stats: BlendStats, *, prior: float | np.ndarray = 0.5, prior_pix
         Weight of bin 1 when it has no hidden pixel (``fit.classical_blend``).
     prior_pixels : float
         Pseudo-pixels of the prior: a bin with that many hidden pixels is half its own estimate.
+    curve : (bins,) or (partners, bins) array, optional
+        Weights measured on other scenes (``blend.prior_curve``): each bin shrinks toward the curve's
+        weight for it instead of toward the bin before.
 
     Examples
     --------
@@ -322,7 +335,9 @@ def fit_weights(stats: BlendStats, *, prior: float | np.ndarray = 0.5, prior_pix
     """
     bands = stats.bands
     prior = np.broadcast_to(np.asarray(prior, dtype=np.float64), (bands,))
-    candidates = [_shrunk_weights(stats, p, prior, prior_pixels) for p in range(stats.partners)]
+    curves = [None] * stats.partners if curve is None else np.broadcast_to(np.asarray(curve, np.float64),
+                                                                             (stats.partners, N_BINS))
+    candidates = [_shrunk_weights(stats, p, prior, prior_pixels, curves[p]) for p in range(stats.partners)]
     mses = [_carried_mse(stats, p, w) for p, w in enumerate(candidates)]
     # the partner whose blend errs least where the real gaps are (bins weighted by gap pixels)
     gap_share = stats.gaps / np.maximum(stats.gaps.sum(axis=1, keepdims=True), 1)
@@ -331,7 +346,8 @@ def fit_weights(stats: BlendStats, *, prior: float | np.ndarray = 0.5, prior_pix
     rows = np.arange(bands)
     weights = np.stack(candidates)[partner, rows]
     mse = np.stack(mses)[partner, rows]
-    return BlendWeights(weights, partner, mse, stats.n[partner, rows])
+    alone = np.stack([_carried_mse(stats, p, np.ones((bands, N_BINS))) for p in range(stats.partners)])[partner, rows]
+    return BlendWeights(weights, partner, mse, stats.n[partner, rows], alone)
 
 
 def histogram_match(stats: BlendStats) -> np.ndarray:

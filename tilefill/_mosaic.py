@@ -55,13 +55,17 @@ class _Mosaic:
     stats: BlendStats | None = None  # the mosaic's own, on the scene's hidden pixels
 
 
-def _hidden_stats(store: TileStore, thin: frozenset, strip: int = 256) -> BlendStats:
+def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None
+                 ) -> BlendStats:
     """The blend's statistics on the scene's hidden pixels, measured on the mosaic itself.
 
     At a hidden pixel the mosaic at weight ``w`` is ``A + w * B``, with ``A`` and ``B`` the grid-weighted
     means over the tiles covering it of DIP's fill (a thin-gap tile's: its partner's) and of the partner's
     fill minus DIP's (a thin-gap tile's: 0): overlapping fits averaged exactly as at the real gaps. Distance
     bins of hidden pixels are taken to the pixels the fits saw; the gap counts to all known pixels.
+
+    ``truth`` (bands, H, W), in the store's [0, 1] units: score the real gap pixels against it
+    instead, where a benchmark knows what lies under the gaps (``benchmarks/blend_study.py``).
     """
     grid, bands, width, height = store.grid, store.info.count, store.info.width, store.info.height
     partners = store.group["partners"].shape[1]
@@ -72,16 +76,19 @@ def _hidden_stats(store: TileStore, thin: frozenset, strip: int = 256) -> BlendS
         h = min(strip, height - y)
         y0, y1 = max(0, y - HALO), min(height, y + h + HALO)
         gaps = np.asarray(store.group["gaps"][:, y0:y1, :])
-        hidden = np.asarray(store.group["hidden"][:, y0:y1, :])
+        hidden = hidden_all = np.asarray(store.group["hidden"][:, y0:y1, :])
         known = ~gaps & np.asarray(store.group["footprint"][y0:y1, :])[None]
         core = slice(y - y0, y - y0 + h)
         gap_bins = distance_bins(known)[:, core]
         for b in range(bands):
             out.gaps[b] += np.bincount(gap_bins[b][gaps[b, core]], minlength=N_BINS)[:N_BINS]
-        hidden = hidden[:, core]
+        if truth is not None:
+            hidden, held_bins = gaps[:, core], gap_bins
+        else:
+            hidden = hidden[:, core]
+            held_bins = distance_bins(known & ~hidden_all)[:, core] if hidden.any() else None
         if not hidden.any():
             continue
-        held_bins = distance_bins(known & ~np.asarray(store.group["hidden"][:, y0:y1, :]))[:, core]
         a = np.zeros((partners, bands, h, width), dtype=np.float32)
         d = np.zeros_like(a)
         wsum = np.zeros((bands, h, width), dtype=np.float32)
@@ -107,7 +114,7 @@ def _hidden_stats(store: TileStore, thin: frozenset, strip: int = 256) -> BlendS
                 wsum[dst[1:]] += w[:, src]
             if tile.y + tile.size <= y + h:
                 cache.pop(tile.index, None)
-        truth = np.asarray(store.group["scene"][:, y:y + h, :])
+        actual = np.asarray(store.group["scene"][:, y:y + h, :]) if truth is None else truth[:, y:y + h, :]
         where = hidden & (wsum > 0)
         norm = np.where(wsum > 0, wsum, 1)
         for b in range(bands):
@@ -116,13 +123,19 @@ def _hidden_stats(store: TileStore, thin: frozenset, strip: int = 256) -> BlendS
                 continue
             k = held_bins[b][sel]
             for p in range(partners):
-                err = a[p, b][sel] / norm[b][sel] - truth[b][sel]
+                err = a[p, b][sel] / norm[b][sel] - actual[b][sel]
                 diff = d[p, b][sel] / norm[b][sel]
                 out.n[p, b] += np.bincount(k, minlength=N_BINS)[:N_BINS]
                 out.saa[p, b] += np.bincount(k, err * err, minlength=N_BINS)[:N_BINS]
                 out.sab[p, b] += np.bincount(k, err * diff, minlength=N_BINS)[:N_BINS]
                 out.sbb[p, b] += np.bincount(k, diff * diff, minlength=N_BINS)[:N_BINS]
     return out
+
+
+def thin_tiles(store: TileStore) -> frozenset:
+    """Tiles filled by their classical partner alone (no fit: ``fit.thin_gap_px``)."""
+    iterations = np.asarray(store.group["tile_info"][:, TILE_INFO_FIELDS.index("iterations")])
+    return frozenset(int(i) for i in np.flatnonzero(iterations == 0))
 
 
 def _plan(store: TileStore, blend) -> _Mosaic:
@@ -135,16 +148,20 @@ def _plan(store: TileStore, blend) -> _Mosaic:
     """
     if not store.has_partners:
         return _Mosaic()
-    iterations = np.asarray(store.group["tile_info"][:, TILE_INFO_FIELDS.index("iterations")])
-    thin = frozenset(int(i) for i in np.flatnonzero(iterations == 0))
+    thin = thin_tiles(store)
     cfg = store.config
     if blend.weights != "distance" or "hidden" not in store.group:
         return _Mosaic(thin=thin)
-    stats = _hidden_stats(store, thin)
-    scene = fit_weights(stats, prior=cfg.fit.classical_blend, prior_pixels=blend.prior_pixels)
+    stats = mosaic_stats(store, thin)
+    if not blend.choose_partner:
+        stats = stats.first_partner()
+    scene = fit_weights(stats, prior=cfg.fit.classical_blend, prior_pixels=blend.prior_pixels,
+                        curve=blend.curve(stats.partners))
     arrays = store.blend_stats()
     done = [int(i) for i in np.flatnonzero(np.isfinite(arrays[:, 0, 0, 0, 0])) if int(i) not in thin]
     per_tile = {i: BlendStats.from_array(arrays[i]) for i in done}
+    if not blend.choose_partner:
+        per_tile = {i: st.first_partner() for i, st in per_tile.items()}
     single = sum(per_tile.values(), BlendStats.zeros(stats.partners, stats.bands))
     rows = np.arange(stats.bands)
     n_all = single.n[scene.partner, rows]
@@ -238,14 +255,15 @@ def _tile_fill(store: TileStore, plan: _Mosaic, index: int) -> tuple[np.ndarray,
 def _mosaic_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, *, estimate: bool = False
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Weighted sum of the predictions over rows [y, y+h), the summed weight and, with ``estimate``,
-    the weighted sum of the estimated error, per band.
+    the weighted sum of the estimated error with the weight behind it (2, bands, h, width), per band.
 
     A tile band without a prediction (NaN: nothing known in reach) adds no weight there.
     """
     grid, bands, width = store.grid, store.info.count, store.info.width
     acc = np.zeros((bands, h, width), dtype=np.float32)
     wsum = np.zeros((bands, h, width), dtype=np.float32)
-    err = np.zeros((bands, h, width), dtype=np.float32) if estimate else None
+    # the weighted sum of the estimates and the weight behind them (no hidden pixel in reach: no estimate)
+    err = np.zeros((2, bands, h, width), dtype=np.float32) if estimate else None
     fitted = cache.setdefault("fitted", set(store.tiles_to_fit))
     tile_weights = cache.setdefault("tile_weights", store.tile_weights() if store.has_partners else None)
     bins = _strip_bins(store, y, h) if plan.scene is not None else None
@@ -274,11 +292,16 @@ def _mosaic_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, 
                 value = value + mix * (partner[:, src] - value)
             acc[dst] += w[:, src] * value
             wsum[dst] += w[:, src]
-            if estimate and tile.index in plan.ratio:
-                weights = plan.scene
-                rmse = np.sqrt(weights.mse[np.arange(bands)[:, None, None], np.minimum(bins[dst], N_BINS - 1)]
-                               * plan.ratio[tile.index][:, None, None])
-                err[dst] += w[:, src] * np.nan_to_num(rmse).astype(np.float32)
+            if estimate:
+                # a thin-gap tile is its partner alone: that curve; a fitted tile: the blend's, times its ratio
+                at = (np.arange(bands)[:, None, None], np.minimum(bins[dst], N_BINS - 1))
+                if tile.index in plan.thin:
+                    mse = plan.scene.alone_mse[at]
+                else:
+                    mse = plan.scene.mse[at] * plan.ratio.get(tile.index, np.ones(bands))[:, None, None]
+                has_estimate = np.isfinite(mse)
+                err[(0, *dst)] += w[:, src] * np.where(has_estimate, np.sqrt(np.where(has_estimate, mse, 0)), 0)
+                err[(1, *dst)] += w[:, src] * has_estimate
         if tile.y + tile.size <= y + h:  # this tile reaches no later strip
             cache.pop(tile.index, None)
     return acc, wsum, err
@@ -378,7 +401,8 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
                     dst.write_mask(np.where(inside, 255, 0).astype(np.uint8), window=win)
                 if err_dst is not None:
                     est = np.full(values.shape, np.nan, dtype=np.float32)
-                    est[target] = (err / np.where(covered, wsum, 1) * span)[target]
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        est[target] = (err[0] / err[1] * span)[target]  # NaN where no estimate reached
                     err_dst.write(est, window=win)
         final = tmp
         if cog:
