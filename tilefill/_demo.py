@@ -194,7 +194,8 @@ def run_demo(out_dir: str | Path = "tilefill-demo", *, sensor: str = "landsat8",
     if error is not None:
         est = np.sqrt(np.nanmean(error[gap] ** 2)) * scale
         lines.append(f"estimated gap RMSE (OUT.quality.tif, without the truth): {est:.4f}; true: "
-                     f"{np.sqrt(np.mean(((restored - data)[[2, 1, 0]][:, gap] * scale) ** 2)):.4f} (red, green, blue)")
+                     f"{np.sqrt(np.mean(((restored.astype(np.float64) - data)[[2, 1, 0]][:, gap] * scale) ** 2)):.4f} "
+                     "(red, green, blue)")
     panels = "corrupted | restored | original" + (" | estimated error (green low, red high)" if error is not None else "")
     lines.append(f"quicklook ({panels}): {out / 'quicklook.png'}")
     echo("\n".join(lines))
