@@ -149,13 +149,12 @@ class BlendConfig:
     ``weights: fixed`` takes each tile's weight (``fit.classical_blend``, or the one ``fit.blend_auto``
     chose). ``weights: distance`` fits one weight per band and per distance of the pixel to known data
     (bins 1, 2, 3, 4-5, 6-8, 9-16, 17-32, 33+ px) on the scene's hidden pixels (``fit.validation``), scored
-    on the mosaic itself. ``prior_pixels``:
-    hidden pixels a bin needs to count as much as its prior: ``prior_curve``'s weight for the bin, or
-    without a curve the previous bin's weight (bin 1's: ``fit.classical_blend``). ``prior_curve``: the
-    weights per bin measured on the real gaps of other scenes (``benchmarks/blend_study.py``), one
-    list of 8 for every partner or one per partner of ``fit.blend_method``. ``choose_partner``: pick
-    each band's partner among ``fit.blend_method`` on the hidden pixels. Decided after the fits:
-    changing any of these reuses a kept work store.
+    on the mosaic itself. ``prior_pixels``: hidden pixels a bin needs to count as much as its prior:
+    ``prior_curve``'s weight for the bin, or without a curve the previous bin's weight (bin 1's:
+    ``fit.classical_blend``). ``prior_curve``: the weights per bin measured on the real gaps of other
+    scenes (``benchmarks/blend_study.py``), one list of 8 for every partner or one per partner of
+    ``fit.blend_method``. ``choose_partner``: pick each band's partner among ``fit.blend_method`` on the
+    hidden pixels. Decided after the fits: changing any of these reuses a kept work store.
     """
 
     weights: str = "fixed"

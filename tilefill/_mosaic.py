@@ -76,18 +76,18 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
         h = min(strip, height - y)
         y0, y1 = max(0, y - HALO), min(height, y + h + HALO)
         gaps = np.asarray(store.group["gaps"][:, y0:y1, :])
-        hidden = hidden_all = np.asarray(store.group["hidden"][:, y0:y1, :])
+        hidden = np.asarray(store.group["hidden"][:, y0:y1, :])
         known = ~gaps & np.asarray(store.group["footprint"][y0:y1, :])[None]
         core = slice(y - y0, y - y0 + h)
         gap_bins = distance_bins(known)[:, core]
         for b in range(bands):
             out.gaps[b] += np.bincount(gap_bins[b][gaps[b, core]], minlength=N_BINS)[:N_BINS]
-        if truth is not None:
-            hidden, held_bins = gaps[:, core], gap_bins
-        else:
-            hidden = hidden[:, core]
-            held_bins = distance_bins(known & ~hidden_all)[:, core] if hidden.any() else None
-        if not hidden.any():
+        if truth is None:  # the hidden pixels, binned by their distance to what the fits saw
+            scored = hidden[:, core]
+            scored_bins = distance_bins(known & ~hidden)[:, core] if scored.any() else None
+        else:  # the real gaps
+            scored, scored_bins = gaps[:, core], gap_bins
+        if not scored.any():
             continue
         a = np.zeros((partners, bands, h, width), dtype=np.float32)
         d = np.zeros_like(a)
@@ -115,13 +115,13 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
             if tile.y + tile.size <= y + h:
                 cache.pop(tile.index, None)
         actual = np.asarray(store.group["scene"][:, y:y + h, :]) if truth is None else truth[:, y:y + h, :]
-        where = hidden & (wsum > 0)
+        where = scored & (wsum > 0)
         norm = np.where(wsum > 0, wsum, 1)
         for b in range(bands):
             sel = where[b]
             if not sel.any():
                 continue
-            k = held_bins[b][sel]
+            k = scored_bins[b][sel]
             for p in range(partners):
                 err = a[p, b][sel] / norm[b][sel] - actual[b][sel]
                 diff = d[p, b][sel] / norm[b][sel]
