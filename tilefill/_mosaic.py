@@ -76,13 +76,13 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
         h = min(strip, height - y)
         y0, y1 = max(0, y - HALO), min(height, y + h + HALO)
         gaps = np.asarray(store.group["gaps"][:, y0:y1, :])
-        hidden = np.asarray(store.group["hidden"][:, y0:y1, :])
         known = ~gaps & np.asarray(store.group["footprint"][y0:y1, :])[None]
         core = slice(y - y0, y - y0 + h)
         gap_bins = distance_bins(known)[:, core]
         for b in range(bands):
             out.gaps[b] += np.bincount(gap_bins[b][gaps[b, core]], minlength=N_BINS)[:N_BINS]
         if truth is None:  # the hidden pixels, binned by their distance to what the fits saw
+            hidden = np.asarray(store.group["hidden"][:, y0:y1, :])
             scored = hidden[:, core]
             scored_bins = distance_bins(known & ~hidden)[:, core] if scored.any() else None
         else:  # the real gaps
