@@ -3,7 +3,7 @@
 Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's mmap
 threshold at 128 KiB: each tensor buffer of a fit is then mapped and unmapped every iteration and faulted
 in again. tilefill's workers get ``tilefill._schedule.WORKER_MALLOC_ENV`` instead. This runs the same fit
-(real Landsat-8 pixels, one 128 px tile, the ``fast`` network, one thread) in a fresh one-worker
+(real Landsat-8 pixels, one 128 px tile, the ``default`` network, one thread) in a fresh one-worker
 ``LocalCluster`` per setting and reads the worker's own resource usage around the fit, so the figures are
 the worker's, not the machine's (CPU and system seconds and minor page faults hardly depend on what else
 runs; wall time does, and is reported beside them).
@@ -81,7 +81,7 @@ def measure(env, preset: str, tile: int, iterations: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="fast")
+    ap.add_argument("--preset", default="default")
     ap.add_argument("--tile-size", type=int, default=128)
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)

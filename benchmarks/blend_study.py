@@ -21,6 +21,11 @@ curve+scene:N    the scene's hidden pixels, shrunk toward that curve with N pseu
                  band": each band's partner chosen on the hidden pixels, ``blend.choose_partner``)
 oracle           weights and partners fitted on the real gaps themselves: the best any weight per bin can do
 
+Where the runs kept two partners (biharmonic and GDAL), a third, virtual one is scored beside them: their
+mean ("mean of two", through ``mosaic_stats(mix=...)``), with the rules "curve+scene:1000, mean partner",
+"curve+scene:1000, partner per scene (first or mean)" (the partner whose blend errs least on the scene's
+hidden pixels, all bands together) and "oracle, mean partner allowed".
+
 Usage
 -----
     python benchmarks/blend_study.py --keep /tmp/keep --quality benchmarks/results/quality-*.json
@@ -61,12 +66,19 @@ def measure(keep: Path, case: str) -> dict:
     with rasterio.open(keep / f"{stem}.tif") as ds:
         truth = store.scaling.forward(ds.read().astype(np.float64))
     thin = thin_tiles(store)
-    hidden = mosaic_stats(store, thin)
-    gaps = mosaic_stats(store, thin, truth=truth)
+    names = list(store.config.fit.blend_methods)
+    mix = np.eye(len(names))
+    if len(names) > 1:  # a virtual partner: the mean of the first two classical fills
+        mix = np.vstack([mix, np.eye(len(names))[:2].mean(axis=0)])
+        names.append(MEAN)
+    hidden = mosaic_stats(store, thin, mix=mix)
+    gaps = mosaic_stats(store, thin, truth=truth, mix=mix)
     mask = np.asarray(store.group["gaps"][:])
     sst = np.array([np.var(truth[b][mask[b]]) * mask[b].sum() for b in range(truth.shape[0])])
-    return {"case": case, "hidden": hidden, "gaps": gaps, "sst": sst, "thin_tiles": len(thin),
-            "partners": list(store.config.fit.blend_methods)}
+    return {"case": case, "hidden": hidden, "gaps": gaps, "sst": sst, "thin_tiles": len(thin), "partners": names}
+
+
+MEAN = "mean of two"  # the virtual partner: (biharmonic + GDAL) / 2 where the runs kept both
 
 
 MIN_CASES = 6  # a bin of the curve needs the real gaps of this many cases (1% of their gap pixels or more)
@@ -121,13 +133,32 @@ def rules(c: dict, others: list[dict], prior_pixels: list[float]) -> dict:
     for n in prior_pixels:
         w = fit_weights(hidden, prior=0.5, prior_pixels=n, curve=curve[:1])
         out[f"curve+scene:{n:g}"] = (w.weights, w.partner)
-    if c["hidden"].partners > 1:  # blend.choose_partner: true
+    stored = [p for p, name in enumerate(c["partners"]) if name != MEAN]
+    if len(stored) > 1:  # blend.choose_partner: true, among the partners the pipeline computes
         for n in prior_pixels:
-            w = fit_weights(c["hidden"], prior=0.5, prior_pixels=n, curve=curve)
+            w = fit_weights(_only(c["hidden"], stored), prior=0.5, prior_pixels=n, curve=curve[stored])
             out[f"curve+scene:{n:g}, partner per band"] = (w.weights, w.partner)
-    w = fit_weights(c["gaps"], prior=0.5, prior_pixels=0)
+    if MEAN in c["partners"]:
+        m = c["partners"].index(MEAN)
+        w = fit_weights(_only(c["hidden"], [m]), prior=0.5, prior_pixels=1000, curve=curve[m:m + 1])
+        out["curve+scene:1000, mean partner"] = (w.weights, np.full(bands, m))
+        # one partner for the whole scene (all bands), the one whose blend errs least on the hidden pixels
+        first = fit_weights(c["hidden"].first_partner(), prior=0.5, prior_pixels=1000, curve=curve[:1])
+        ratio = np.mean(c["hidden"].sse(w.weights, np.full(bands, m)).sum(axis=1)
+                        / c["hidden"].sse(first.weights, first.partner).sum(axis=1))
+        out["curve+scene:1000, partner per scene (first or mean)"] = (
+            (w.weights, np.full(bands, m)) if ratio < 1 else (first.weights, first.partner))
+    w = fit_weights(_only(c["gaps"], stored), prior=0.5, prior_pixels=0)
     out["oracle"] = (w.weights, w.partner)
+    if MEAN in c["partners"]:
+        w = fit_weights(c["gaps"], prior=0.5, prior_pixels=0)
+        out["oracle, mean partner allowed"] = (w.weights, w.partner)
     return out
+
+
+def _only(stats: BlendStats, partners: list[int]) -> BlendStats:
+    """The same sums for some partners alone (partner indices then count within ``partners``)."""
+    return BlendStats(stats.n[partners], stats.saa[partners], stats.sab[partners], stats.sbb[partners], stats.gaps)
 
 
 def classical_best(quality_rows: list[dict]) -> dict:

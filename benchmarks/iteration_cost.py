@@ -1,4 +1,4 @@
-"""CPU time of one fit iteration: the flat `fast` network against a slim pyramid, with and without fused
+"""CPU time of one fit iteration: `default`'s flat network against `fast`'s slim pyramid, with and without fused
 Adam and NHWC memory (``engine.channels_last``).
 
 One real Landsat-8 tile with SLC-off stripes, one thread, tilefill's engine (``fit_problems``), timed
@@ -8,6 +8,7 @@ the same fit with ``torch.optim.Adam(fused=False)``, the loop tilefill used befo
 Usage
 -----
     python benchmarks/iteration_cost.py --tile-size 128 --iterations 60 --repeats 3 --out benchmarks/reports
+    python benchmarks/iteration_cost.py --tile-size 192 --iterations 30 --repeats 3 --bf16   # + bf16 autocast
 """
 
 from __future__ import annotations
@@ -51,25 +52,30 @@ def main(argv=None):
     ap.add_argument("--tile-size", type=int, default=128)
     ap.add_argument("--iterations", type=int, default=60, help="timed iterations per repeat (5 warm-up before)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time bf16 autocast (engine.precision) with fused Adam and NHWC memory")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     device = torch.device("cpu")
     image, known = real_tiles(args.tile_size, 1)[0]
     rows = []
-    for net_name, over in (("fast (flat 32)", {}), ("slim 8/16/32/64/64, skip 4", SLIM)):
-        cfg = load_config("fast", over)
-        for fused, nhwc in ((False, False), (True, False), (True, True)):
-            rt = Runtime(EngineConfig(channels_last=nhwc), device)
+    # default's settings with or without the slim network (fast is that network on 192 px tiles)
+    for net_name, over in (("default (flat 32)", {}), ("slim 8/16/32/64/64, skip 4", SLIM)):
+        cfg = load_config("default", over)
+        variants = [(False, False, "fp32"), (True, False, "fp32"), (True, True, "fp32")]
+        for fused, nhwc, precision in variants + ([(True, True, "bf16")] if args.bf16 else []):
+            rt = Runtime(EngineConfig(channels_last=nhwc, precision=precision), device)
             times = []
             with adam(fused):
                 for r in range(args.repeats):
                     sec, _ = time_engine([Problem(image, known, r)], cfg.network, cfg.fit, rt, 5, args.iterations)
                     times.append(sec)
             row = {"network": net_name, "adam": "fused" if fused else "per-parameter", "channels_last": nhwc,
-                   "ms_per_iteration": 1000 * float(np.median(times)), "repeats_ms": [1000 * t for t in times]}
+                   "precision": precision, "ms_per_iteration": 1000 * float(np.median(times)),
+                   "repeats_ms": [1000 * t for t in times]}
             rows.append(row)
-            print(f"{net_name:<28} Adam {row['adam']:<14} channels_last {str(nhwc):<5} "
+            print(f"{net_name:<28} Adam {row['adam']:<14} channels_last {str(nhwc):<5} {precision} "
                   f"{row['ms_per_iteration']:.1f} ms/iteration", flush=True)
     meta = {**machine_meta(device), "tile_size": args.tile_size, "timed_iterations": args.iterations,
             "warmup_iterations": 5, "repeats": args.repeats, "tile": "real Landsat-8, SLC-off stripes, seed 7"}

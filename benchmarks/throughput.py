@@ -13,8 +13,8 @@ the gap pixels, to check that speed did not cost quality. Both are timed alike (
 
 Usage
 -----
-    python benchmarks/throughput.py --preset fast --tile-size 128 --iterations 10        # CPU, minutes
-    python benchmarks/throughput.py --preset fast --tile-size 128 --workers 1,2          # + pipeline scaling
+    python benchmarks/throughput.py --preset default --tile-size 128 --iterations 10        # CPU, minutes
+    python benchmarks/throughput.py --preset default --tile-size 128 --workers 1,2          # + pipeline scaling
     python benchmarks/throughput.py --preset paper --tile-size 256 --batch 1,4,8,16 \\
         --precision fp32,bf16 --quality 1500 --peak-tflops 790                           # one H100
 """
@@ -98,7 +98,7 @@ def pipeline_scaling(preset: str, workers: list[int], iterations: int, tiles_per
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", default="fast")
+    ap.add_argument("--preset", default="default")
     ap.add_argument("--tile-size", type=int, default=256)
     ap.add_argument("--iterations", type=int, default=10, help="timed iterations per measurement")
     ap.add_argument("--warmup", type=int, default=2, help="iterations before the timed ones")

@@ -9,7 +9,7 @@ start saves at equal quality, if any. A plain loop, one thread, as the public DI
 
 Usage
 -----
-    python benchmarks/warmstart.py --scene landsat8 --preset fast --iterations 500 --tiles 4
+    python benchmarks/warmstart.py --scene landsat8 --preset default --iterations 500 --tiles 4
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def fit(image, gap, cfg, iterations: int, seed: int, init: dict | None = None,
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scene", default="landsat8")
-    ap.add_argument("--preset", default="fast")
+    ap.add_argument("--preset", default="default")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--prior-iterations", type=int, default=None, help="default: --iterations")

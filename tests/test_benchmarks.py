@@ -62,7 +62,9 @@ def test_blend_study_scores_every_rule_on_the_real_gaps_of_kept_runs(tmp_path, m
     study = json.loads(next((out / "study").glob("blend-study-*.json")).read_text())
     assert [e["case"] for e in study["cases"]] == ["landsat8:slc", "sentinel2:slc"]
     for e in study["cases"]:
-        oracle = e["rules"]["oracle"]["r2"]
+        # the oracle among every partner, the mean of biharmonic and GDAL included, bounds every rule
+        oracle = e["rules"]["oracle, mean partner allowed"]["r2"]
+        assert all(r <= o + 1e-9 for r, o in zip(e["rules"]["oracle"]["r2"], oracle))
         for name, rule in e["rules"].items():
             if name != "presets before":  # that one is scored on the rounded output file, not the sums
                 assert all(r <= o + 1e-9 for r, o in zip(rule["r2"], oracle)), name
@@ -70,8 +72,27 @@ def test_blend_study_scores_every_rule_on_the_real_gaps_of_kept_runs(tmp_path, m
         assert set(e["classical"]["method"]) <= {"gdal", "biharmonic"}
         # tiny.yaml has no per-tile blend_auto: the presets' fixed blend is the 0.5 rule, up to the rounding
         assert np.allclose(e["rules"]["presets before"]["r2"], e["rules"]["fixed"]["r2"], atol=0.002)
-    assert {"curve", "curve+scene:200", "curve+scene:200, partner per band"} <= set(study["summary"])
+    assert {"curve", "curve+scene:200", "curve+scene:200, partner per band", "partner:mean of two",
+            "curve+scene:1000, mean partner", "curve+scene:1000, partner per scene (first or mean)"} <= set(study["summary"])
     assert len(study["meta"]["curve_all_images"]["biharmonic"]) == 8
+    # the same two runs as presets side by side (benchmarks/compare_presets.py)
+    q, fixed = next((out / "q").glob("*.json")), next((out / "fixed").glob("*.json"))
+    _run("compare_presets.py", [f"distance={q}", f"fixed={fixed}", "--out", str(out / "cmp" / "presets")], monkeypatch)
+    cmp = json.loads((out / "cmp" / "presets.json").read_text())
+    assert [e["case"] for e in cmp["cases"]] == ["landsat8:slc", "sentinel2:slc"]
+    rows = {(r["case"], r["method"]): [g["r2"] for g in r["gaps"]] for r in json.loads(q.read_text())["rows"]}
+    for e in cmp["cases"]:
+        best = np.maximum(rows[(e["case"], "gdal")], rows[(e["case"], "biharmonic")])
+        assert np.allclose(e["presets"]["distance"]["margin"], np.array(rows[(e["case"], "dip")]) - best)
+    for name, summary in cmp["summary"].items():
+        means = [e["presets"][name]["mean"] for e in cmp["cases"]]
+        assert summary["mean_r2"] == pytest.approx(np.mean(means)) and summary["bands"] == 8
+        assert summary["bands_below_classical"] == sum(m < -0.002 for e in cmp["cases"]
+                                                       for m in e["presets"][name]["margin"])
+    below = {c for c, _ in cmp["summary"]["fixed"]["cases_below_distance"]}
+    assert below == {e["case"] for e in cmp["cases"]
+                     if e["presets"]["fixed"]["mean"] < e["presets"]["distance"]["mean"] - 0.002}
+    assert "| distance |" in (out / "cmp" / "presets.md").read_text()
 
 
 def test_throughput_benchmark_compares_engine_and_reference(tmp_path, monkeypatch):

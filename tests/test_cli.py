@@ -436,3 +436,18 @@ def test_demo_fills_every_gap_of_its_crop_and_scores_it(tmp_path):
     again = CliRunner().invoke(main, ["demo", "--out-dir", str(out), "--size", "128", "--workers", "0"])
     assert again.exit_code == 1 and "--overwrite" in again.output
     assert "Traceback" not in again.output and (out / "slc_off.tif").stat().st_mtime_ns == before
+
+
+def test_demo_crop_is_width_by_height_and_a_crop_too_large_is_one_line(tmp_path):
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(main, ["demo", "--out-dir", str(out), "--config", TINY_RECIPE, "--iterations", "1",
+                                    "--method", "gdal", "--size", "160x96", "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out / "restored.tif") as ds:
+        assert (ds.width, ds.height) == (160, 96)
+    assert "160 x 96 px" in res.output
+    for size, code, says in (("700x100", 1, "does not fit in the 627 x 603 px"), ("12y3", 2, "WIDTHxHEIGHT"),
+                             ("0x64", 2, "WIDTHxHEIGHT")):
+        bad = CliRunner().invoke(main, ["demo", "--out-dir", str(tmp_path / size), "--size", size, "--workers", "0"])
+        assert bad.exit_code == code and says in bad.output and "Traceback" not in bad.output, bad.output
+        assert not (tmp_path / size / "restored.tif").exists()

@@ -128,7 +128,7 @@ class TileGrid:
         Examples
         --------
         >>> from tilefill import load_config
-        >>> TileGrid.from_config(600, 500, load_config("fast")).shape
+        >>> TileGrid.from_config(600, 500, load_config("default")).shape  # 128 px tiles
         (6, 5)
         """
         return cls(height, width, config.tiles.size, config.tiles.overlap, transform, crs=crs,

@@ -55,8 +55,8 @@ class _Mosaic:
     stats: BlendStats | None = None  # the mosaic's own, on the scene's hidden pixels
 
 
-def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None
-                 ) -> BlendStats:
+def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None,
+                 mix: np.ndarray | None = None) -> BlendStats:
     """The blend's statistics on the scene's hidden pixels, measured on the mosaic itself.
 
     At a hidden pixel the mosaic at weight ``w`` is ``A + w * B``, with ``A`` and ``B`` the grid-weighted
@@ -66,9 +66,13 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
 
     ``truth`` (bands, H, W), in the store's [0, 1] units: score the real gap pixels against it
     instead, where a benchmark knows what lies under the gaps (``benchmarks/blend_study.py``).
+    ``mix`` (partners out, partners stored): score linear mixes of the stored partners' fills as the
+    partners instead (a row ``[0.5, 0.5]``: the mean of two classical fills).
     """
     grid, bands, width, height = store.grid, store.info.count, store.info.width, store.info.height
-    partners = store.group["partners"].shape[1]
+    stored = store.group["partners"].shape[1]
+    mix = np.eye(stored, dtype=np.float32) if mix is None else np.asarray(mix, dtype=np.float32)
+    partners = mix.shape[0]
     out = BlendStats.zeros(partners, bands)
     fitted = set(store.tiles_to_fit)
     cache: dict = {}
@@ -98,7 +102,8 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
             if tile.index not in cache:
                 pred = store.read_tile(tile.index)
                 has = np.isfinite(pred[:, 0, 0])
-                cache[tile.index] = (np.nan_to_num(pred), np.nan_to_num(store.read_partners(tile.index)),
+                fills = np.tensordot(mix, np.nan_to_num(store.read_partners(tile.index)), axes=1)
+                cache[tile.index] = (np.nan_to_num(pred), fills,
                                      grid.weights(tile)[None] * has[:, None, None]) if has.any() else None
             entry = cache[tile.index]
             if entry is not None:

@@ -248,12 +248,32 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, bands
         sys.exit(1)
 
 
+class CropSize(click.ParamType):
+    """``WIDTHxHEIGHT`` or one side ``N`` of a square, in px; ``0``: no crop (None)."""
+
+    name = "WxH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple) or value is None:
+            return value
+        try:
+            sides = [int(v) for v in str(value).lower().split("x")]
+        except ValueError:
+            sides = []
+        if len(sides) not in (1, 2) or min(sides) < 0 or (len(sides) == 2 and 0 in sides):
+            self.fail(f"{value!r} is not WIDTHxHEIGHT (e.g. 512x352), one side (e.g. 384), or 0", param, ctx)
+        if sides == [0]:
+            return None
+        return (sides[0], sides[-1])
+
+
 @main.command("demo")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("tilefill-demo"), show_default=True,
               help="Folder for the demo's scene, mask, restored scene and quicklook.")
 @click.option("--sensor", type=click.Choice(["landsat8", "sentinel2"]), default="landsat8", show_default=True)
-@click.option("--size", type=click.IntRange(min=0), default=384, show_default=True,
-              help="Side of the centre crop of the sample in px (0: the whole 627 x 603 sample).")
+@click.option("--size", type=CropSize(), default="512x352", show_default=True,
+              help="Centre crop of the sample in px: WIDTHxHEIGHT, or one side of a square (0: the whole "
+                   "627 x 603 sample).")
 @apply(fill_options(config_default="fast"))  # minutes on a laptop CPU
 @apply(cluster_options(existing=False))
 def demo_cmd(out_dir, sensor, size, config, overwrite, quiet, **kw):
@@ -263,7 +283,7 @@ def demo_cmd(out_dir, sensor, size, config, overwrite, quiet, **kw):
     _setup_logging(quiet)
     cluster = _cluster_spec(kw)
     _run(run_demo, out_dir, sensor=sensor, config=config, overrides=_config_overrides(**kw), cluster=cluster,
-         overwrite=overwrite, size=size or None, progress=not quiet, echo=click.echo)
+         overwrite=overwrite, size=size, progress=not quiet, echo=click.echo)
 
 
 @main.command("simulate-gaps")
