@@ -70,9 +70,7 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
     partners instead (a row ``[0.5, 0.5]``: the mean of two classical fills).
     """
     grid, bands, width, height = store.grid, store.info.count, store.info.width, store.info.height
-    stored = store.group["partners"].shape[1]
-    mix = np.eye(stored, dtype=np.float32) if mix is None else np.asarray(mix, dtype=np.float32)
-    partners = mix.shape[0]
+    partners = store.group["partners"].shape[1] if mix is None else len(mix)
     out = BlendStats.zeros(partners, bands)
     fitted = set(store.tiles_to_fit)
     cache: dict = {}
@@ -102,7 +100,9 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
             if tile.index not in cache:
                 pred = store.read_tile(tile.index)
                 has = np.isfinite(pred[:, 0, 0])
-                fills = np.tensordot(mix, np.nan_to_num(store.read_partners(tile.index)), axes=1)
+                fills = np.nan_to_num(store.read_partners(tile.index))
+                if mix is not None:
+                    fills = np.tensordot(np.asarray(mix, dtype=np.float32), fills, axes=1)
                 cache[tile.index] = (np.nan_to_num(pred), fills,
                                      grid.weights(tile)[None] * has[:, None, None]) if has.any() else None
             entry = cache[tile.index]
