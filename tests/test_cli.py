@@ -446,6 +446,13 @@ def test_demo_crop_is_width_by_height_and_a_crop_too_large_is_one_line(tmp_path)
     with rasterio.open(out / "restored.tif") as ds:
         assert (ds.width, ds.height) == (160, 96)
     assert "160 x 96 px" in res.output
+    # no --size: the demo's own crop (3 x 2 tiles of fast's 192 px); 0: the whole sample
+    for args, shape in (([], (512, 352)), (["--size", "0"], (627, 603))):
+        res = CliRunner().invoke(main, ["demo", "--out-dir", str(out), "--config", TINY_RECIPE, "--method", "gdal",
+                                        "--workers", "0", "--overwrite", *args])
+        assert res.exit_code == 0, res.output
+        with rasterio.open(out / "restored.tif") as ds:
+            assert (ds.width, ds.height) == shape
     for size, code, says in (("700x100", 1, "does not fit in the 627 x 603 px"), ("12y3", 2, "WIDTHxHEIGHT"),
                              ("0x64", 2, "WIDTHxHEIGHT")):
         bad = CliRunner().invoke(main, ["demo", "--out-dir", str(tmp_path / size), "--size", size, "--workers", "0"])

@@ -249,12 +249,12 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, bands
 
 
 class CropSize(click.ParamType):
-    """``WIDTHxHEIGHT`` or one side ``N`` of a square, in px; ``0``: no crop (None)."""
+    """``WIDTHxHEIGHT`` or one side ``N`` of a square, in px, as ``(width, height)``; ``0``: no crop, ``0``."""
 
     name = "WxH"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple) or value is None:
+        if isinstance(value, tuple) or value in (None, 0):
             return value
         try:
             sides = [int(v) for v in str(value).lower().split("x")]
@@ -262,18 +262,16 @@ class CropSize(click.ParamType):
             sides = []
         if len(sides) not in (1, 2) or min(sides) < 0 or (len(sides) == 2 and 0 in sides):
             self.fail(f"{value!r} is not WIDTHxHEIGHT (e.g. 512x352), one side (e.g. 384), or 0", param, ctx)
-        if sides == [0]:
-            return None
-        return (sides[0], sides[-1])
+        return 0 if sides == [0] else (sides[0], sides[-1])
 
 
 @main.command("demo")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("tilefill-demo"), show_default=True,
               help="Folder for the demo's scene, mask, restored scene and quicklook.")
 @click.option("--sensor", type=click.Choice(["landsat8", "sentinel2"]), default="landsat8", show_default=True)
-@click.option("--size", type=CropSize(), default="512x352", show_default=True,
+@click.option("--size", type=CropSize(), default=None,
               help="Centre crop of the sample in px: WIDTHxHEIGHT, or one side of a square (0: the whole "
-                   "627 x 603 sample).")
+                   "627 x 603 sample). Default: 512x352, which the fast preset's tiles cover 3 x 2.")
 @apply(fill_options(config_default="fast"))  # minutes on a laptop CPU
 @apply(cluster_options(existing=False))
 def demo_cmd(out_dir, sensor, size, config, overwrite, quiet, **kw):
@@ -282,8 +280,9 @@ def demo_cmd(out_dir, sensor, size, config, overwrite, quiet, **kw):
 
     _setup_logging(quiet)
     cluster = _cluster_spec(kw)
+    crop = {} if size is None else {"size": size or None}  # not given: run_demo's own default crop
     _run(run_demo, out_dir, sensor=sensor, config=config, overrides=_config_overrides(**kw), cluster=cluster,
-         overwrite=overwrite, size=size, progress=not quiet, echo=click.echo)
+         overwrite=overwrite, progress=not quiet, echo=click.echo, **crop)
 
 
 @main.command("simulate-gaps")
