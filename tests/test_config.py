@@ -180,6 +180,8 @@ def _yaml(tmp_path, text):
     ("fit:\n  keep_known: yes please\n", "true or false"),
     ("fit:\n  iterations: 0\n", "at least 1"),
     ("fit:\n  learning_rate: -0.1\n", "positive"),
+    ("fit:\n  lr_end: 0\n", "lr_end must be in"),
+    ("fit:\n  lr_end: 1.5\n", "lr_end must be in"),
     ("fit:\n  device: tpu\n", "device"),
     ("network:\n  upsample: bicubic\n", "upsample"),
     ("fit:\n  input: photo\n", "noise, meshgrid or context"),
@@ -202,6 +204,8 @@ def test_bad_yaml_files_raise_tilefill_errors(tmp_path, text, match):
     ({"tiles.size": 0}, "at least 64"),
     ({"fit.iterations": "ten"}, "invalid config"),
     ({"fit.thin_gap_px": -1}, "thin_gap_px"),
+    ({"fit.narrow_gap_px": -1}, "narrow_gap_px"),
+    ({"fit.narrow_input_noise": -0.1}, "narrow_input_noise"),
     ({"engine.tiles_per_task": 0}, "tiles_per_task"),
 ])
 def test_bad_overrides_raise_tilefill_errors(overrides, match):

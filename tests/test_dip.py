@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tilefill._config import FitConfig, NetworkConfig
-from tilefill._dip import SkipNet, fit_dip
+from tilefill._dip import SkipNet, fit_dip, learning_rate
 from tilefill._runtime import resolve_device
 
 pytestmark = pytest.mark.timeout(60)
@@ -147,6 +147,21 @@ def test_loss_goes_down_with_iterations(tiny_network):
     long = fit_dip(img, known, tiny_network, _fit(40), seed=0)
     assert long.final_loss < 0.9 * short.final_loss
     assert known_mse(long) < 0.9 * known_mse(short)
+
+
+def test_lr_end_decays_the_learning_rate_along_a_cosine(tiny_network):
+    fit = _fit(9, lr_end=0.1)
+    rates = [learning_rate(fit, i) for i in range(9)]
+    assert rates[0] == pytest.approx(fit.learning_rate) and rates[-1] == pytest.approx(0.1 * fit.learning_rate)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[4] == pytest.approx(0.55 * fit.learning_rate)  # half way down the cosine
+    assert {learning_rate(_fit(9), i) for i in range(9)} == {_fit(9).learning_rate}  # lr_end 1: constant
+    img, known = _image(), _known()
+    first = fit_dip(img, known, tiny_network, _fit(1, lr_end=0.1), seed=0)
+    assert np.array_equal(first.prediction, fit_dip(img, known, tiny_network, _fit(1), seed=0).prediction)
+    decayed = fit_dip(img, known, tiny_network, fit, seed=0)
+    constant = fit_dip(img, known, tiny_network, _fit(9), seed=0)
+    assert not np.allclose(decayed.prediction, constant.prediction)  # the fit takes the schedule
 
 
 def test_only_known_pixels_enter_the_loss(tiny_network):

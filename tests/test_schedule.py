@@ -355,6 +355,39 @@ def test_tiles_with_only_thin_gaps_get_the_classical_fill(tmp_path, synth, dip_c
             np.testing.assert_allclose(store.read_tile(t.index), fill_classical("gdal", image, known), atol=1e-6)
 
 
+def test_tiles_with_narrow_gaps_are_fitted_with_the_narrow_input_noise(tmp_path, synth, dip_config):
+    """1 px stripes everywhere, a 5 px stripe (reach 3) in the top tiles, a 12 px band in the bottom ones:
+    thin tiles get the partner, narrow ones the fit of ``fit.narrow_input_noise``, the others ``fit.input_noise``."""
+    values = synth.to_range(synth.smooth_field(2, 128, 128), "uint16")
+    gap = np.zeros((128, 128), dtype=bool)
+    gap[5::16] = True
+    gap[20:25] = True
+    gap[100:112] = True
+    values[:, gap] = 0
+    path = synth.write_geotiff(tmp_path / "narrow.tif", values, nodata=0)
+
+    def tiles(name, overrides):
+        config = dip_config.override({"fit.thin_gap_px": 1, **overrides})
+        with open_scene(path) as scene:
+            grid = TileGrid(128, 128, 64, 32, scene.info.affine)
+            store = build_store(scene, grid, config, tmp_path / f"{name}.zarr", footprint="full")
+        run = run_tiles(Cluster(None), str(store.path), store.tiles_to_fit, per_task=1)
+        assert run.failures == {}
+        return grid, {r.index: (r.iterations, store.read_tile(r.index)) for r in run.results}
+
+    grid, rule = tiles("rule", {"fit.narrow_gap_px": 3, "fit.narrow_input_noise": 0.0})
+    _, quiet = tiles("quiet", {"fit.input_noise": 0.0})  # every fitted tile with the narrow noise
+    kinds = {}
+    for t in grid:
+        kinds[t.index] = "dip" if t.y + t.size > 100 else "narrow" if t.y < 25 else "thin"
+    assert set(kinds.values()) == {"dip", "narrow", "thin"}
+    for i, kind in kinds.items():
+        iterations, filled = rule[i]
+        assert iterations == (0 if kind == "thin" else 2)
+        same = np.allclose(filled, quiet[i][1], atol=1e-5)
+        assert same == (kind != "dip"), (i, kind)
+
+
 # --- a real LocalCluster ------------------------------------------------------------------------------------
 
 def test_local_cluster_runs_tiles_and_collects_failures(tmp_path, synth, dip_config):

@@ -539,6 +539,22 @@ class FitTracker:
         return torch.where(sel, self.best_out, other)
 
 
+def learning_rate(fit: FitConfig, it: int) -> float:
+    """The learning rate of iteration ``it`` (from 0): ``fit.learning_rate`` down to ``fit.lr_end`` of it
+    along a half cosine (constant where ``lr_end`` is 1).
+
+    Examples
+    --------
+    >>> from tilefill._config import FitConfig
+    >>> fit = FitConfig(iterations=101, learning_rate=0.01, lr_end=0.1)
+    >>> [round(learning_rate(fit, i), 4) for i in (0, 50, 100)]
+    [0.01, 0.0055, 0.001]
+    """
+    last = max(fit.iterations - 1, 1)
+    share = fit.lr_end + (1 - fit.lr_end) * 0.5 * (1 + math.cos(math.pi * min(it, last) / last))
+    return fit.learning_rate * share
+
+
 def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, rt: Runtime,
                on_iteration: Callable[[int], None] | None = None) -> list[DipResult]:
     """The plain loop: K same-sized problems in one grouped network, on the runtime's device."""
@@ -572,6 +588,8 @@ def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, 
     losses = torch.full((k,), float("nan"), device=dev)
     done = 0
     for it in range(fit.iterations):
+        if fit.lr_end != 1:
+            opt.param_groups[0]["lr"] = learning_rate(fit, it)
         opt.zero_grad(set_to_none=True)
         out = forward(inputs.next())
         per_net = inputs.loss(out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -238,11 +238,27 @@ def fill_tile(store_path: str, index: int) -> TileResult:
     return fill_tiles(store_path, [index])[0]
 
 
+def _tile_kind(cfg, known: np.ndarray, own_window: bool) -> str:
+    """How a DIP run fills a tile, from its gap geometry: ``thin`` (``fit.thin_gap_px``: the classical
+    partner alone), ``narrow`` (``fit.narrow_gap_px``: DIP with ``fit.narrow_input_noise``) or ``dip``.
+    Windows widened for context (``own_window`` False) are always ``dip``; other methods keep their name."""
+    fit = cfg.fit
+    if cfg.method != "dip" or not own_window or not (fit.thin_gap_px or fit.narrow_gap_px):
+        return cfg.method
+    reach = gap_reach(known)
+    if fit.thin_gap_px and reach <= fit.thin_gap_px:
+        return "thin"  # thin gaps only: the classical fill is the better one here
+    if fit.narrow_gap_px and reach <= fit.narrow_gap_px:
+        return "narrow"
+    return "dip"
+
+
 def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
     """Fill several tiles in one task: those with windows of one size are fitted together.
 
     With ``fit.thin_gap_px``, a DIP tile whose gaps are all that thin gets ``fit.blend_method``
-    alone (its result then reports 0 iterations).
+    alone (its result then reports 0 iterations); with ``fit.narrow_gap_px``, one whose gaps are all
+    that narrow is fitted with ``fit.narrow_input_noise``.
 
     Each tile's chunk is written as soon as its group is done, so a crash loses at most one
     group. A tile's ``seconds`` is its group's time shared equally among the group's tiles.
@@ -265,18 +281,16 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
         if not known.any():
             results[i] = TileResult(i, "no-context", window=side, worker=worker, seconds=read_share)
             continue
-        method = cfg.method
-        if method == "dip" and cfg.fit.thin_gap_px and side == grid.size and \
-                gap_reach(known) <= cfg.fit.thin_gap_px:
-            method = "thin"  # thin gaps only: the classical fill is the better one here
-        groups.setdefault((method, side), []).append(i)
+        groups.setdefault((_tile_kind(cfg, known, side == grid.size), side), []).append(i)
     hidden = {i: store.read_hidden(*windows[i][:3]) for i in indices} if cfg.method == "dip" else {}
     for (method, side), group in groups.items():
         t0 = time.perf_counter()
-        if method == "dip":
+        if method in ("dip", "narrow"):
             holdouts = [hidden[i] for i in group] if all(hidden[i] is not None for i in group) else None
-            filled = run_method_many(method, [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group], cfg,
-                                     holdouts)
+            run_cfg = cfg if method == "dip" else \
+                replace(cfg, fit=replace(cfg.fit, input_noise=cfg.fit.narrow_input_noise))
+            filled = run_method_many("dip", [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group],
+                                     run_cfg, holdouts)
         else:  # a classical method, or the thin-gap tiles of a DIP run (the first partner alone)
             filled = [classical_alone(windows[i][3], windows[i][4], cfg.fit, hidden.get(i)) if cfg.method == "dip"
                       else run_method_many(method, [(windows[i][3], windows[i][4], 0)], cfg)[0] for i in group]
