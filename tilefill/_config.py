@@ -60,7 +60,7 @@ class FitConfig:
     iterations: int = 1500
     learning_rate: float = 0.01
     # the learning rate at the last iteration, as a share of learning_rate, reached along a half cosine
-    # (1 = constant, the paper's): the same iterations settle closer to where more would have led
+    # (1 = constant, the paper's; measured on two crops only and not adopted, see README)
     lr_end: float = 1.0
     input_scale: float = 0.1  # z ~ U(0, input_scale), one channel per band
     input_noise: float = 0.1  # sigma_p: N(0, sigma_p^2) added to z every iteration
