@@ -160,3 +160,28 @@ def test_gpu_check_runs_every_step_at_toy_sizes_on_cpu(tmp_path, monkeypatch):
     assert set(result["targets"]) == {"engine_10x_reference_default", "scene_fast_minutes", "scene_default_minutes"}
     md = (tmp_path / "gpu_check.md").read_text()
     assert "## Targets" in md and "## The CLI" in md and "| tiles_per_task_8 | 0 |" in md
+
+
+def test_noise_choice_sets_the_hidden_pixels_pick_beside_the_truths(tmp_path, monkeypatch):
+    """Reports of two settings: the estimate's pick is the lowest mean estimated RMSE, the best the highest r2,
+    a later report's row of a case replaces an earlier one's, and a case with one setting is left out."""
+    def row(case, r2, pairs):
+        return {"case": case, "method": "dip", "gaps_mean": {"r2": r2}, "estimate": {"pairs": pairs}}
+
+    def report(name, rows):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"meta": {}, "rows": rows + [{**rows[0], "method": "gdal"}]}))
+        return f"{path}"
+
+    a = report("a", [row("right", 0.80, [[0.04, 0.05], [0.06, 0.05]]), row("wrong", 0.60, [[0.05, 0.07]]),
+                     row("alone", 0.5, [[0.1, 0.1]])])
+    a_later = report("a_later", [row("wrong", 0.62, [[0.05, 0.07]])])
+    b = report("b", [row("right", 0.70, [[0.06, 0.06]]), row("wrong", 0.58, [[0.04, 0.08]])])
+    _run("noise_choice.py", [f"0.1={a}", f"0.1={a_later}", f"0.05={b}", "--out", str(tmp_path / "choice")], monkeypatch)
+    cases = {c["case"]: c for c in json.loads((tmp_path / "choice.json").read_text())["cases"]}
+    assert set(cases) == {"right", "wrong"}
+    assert cases["right"]["chosen_by_estimate"] == cases["right"]["best"] == "0.1"
+    assert cases["right"]["points"]["0.1"]["estimated_rmse"] == pytest.approx(0.05)
+    assert (cases["wrong"]["chosen_by_estimate"], cases["wrong"]["best"]) == ("0.05", "0.1")
+    assert cases["wrong"]["r2_lost"] == pytest.approx(0.62 - 0.58)
+    assert "picks the best setting in 1 of 2 cases" in (tmp_path / "choice.md").read_text()
