@@ -118,7 +118,7 @@ def scene_flops(cfg, bands: int = 4) -> dict:
     data (filled by the classical partner, no fit), each at ``fit.iterations`` (an upper bound where
     early stopping ends fits sooner; the measured mean iterations per tile are reported beside it).
     """
-    from tilefill._fill import gap_reach
+    from tilefill._fill import _tile_kind
 
     mask = _scene_mask()
     grid = TileGrid.from_config(SCENE[0], SCENE[1], cfg)
@@ -128,7 +128,7 @@ def scene_flops(cfg, bands: int = 4) -> dict:
         if not g.any():
             continue
         with_gaps += 1
-        if cfg.fit.thin_gap_px and gap_reach(np.broadcast_to(~g, (1,) + g.shape)) <= cfg.fit.thin_gap_px:
+        if _tile_kind(cfg, np.broadcast_to(~g, (1,) + g.shape), True) == "thin":  # the pipeline's own rule
             continue
         fitted += 1
     nets = cfg.fit.ensemble * (bands if cfg.fit.per_band else 1) * len(cfg.fit.input.split("+"))

@@ -11,8 +11,7 @@ Usage
         0.05=benchmarks/reports/fast-sweep-cpu-256-noise0.05-mid-reach.json --out benchmarks/reports/noise-choice
 
 Each LABEL=JSON may be given several times (reports are pooled per label, a later report's row of a case replacing
-an earlier one's); cases present under fewer than two
-labels are left out. Writes OUT.json and OUT.md.
+an earlier one's); cases present under fewer than two labels are left out. Writes OUT.json and OUT.md.
 """
 
 from __future__ import annotations
@@ -81,8 +80,9 @@ def main(argv=None):
     rows = choices(runs)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"sources": sources, "cases": rows}, indent=1))
-    out.with_suffix(".md").write_text(markdown(rows, sources))
-    print(markdown(rows, sources))
+    md = markdown(rows, sources)
+    out.with_suffix(".md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":
