@@ -138,9 +138,27 @@ def machine_meta(device: torch.device) -> dict:
     meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (no GPU in this run)",
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0]}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0],
+            **cpu_meta()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         meta.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                     device_memory_gb=props.total_memory / 2**30, capability=f"{props.major}.{props.minor}")
     return meta
+
+
+def cpu_meta() -> dict:
+    """The host CPU's model and the flags that decide CPU fit speed: with AVX-512 BF16, bf16 autocast can pay;
+    without it, it made a fit 5-8x slower here (README, Performance)."""
+    model, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_flags": sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})}

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _shared import cpu_meta  # noqa: E402
 from quality import run_case  # noqa: E402
 
 from tilefill import TileGrid, __version__, load_config  # noqa: E402
@@ -220,7 +221,7 @@ def main(argv=None):
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     prefix = out_dir / f"frontier-{stamp}"
     meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores", **cpu_meta(),
             "device": "cpu (no GPU in this run)", "cases": cases, "crop": args.crop, "seed": args.seed,
             "workers": args.workers, "common_overrides": common, "scene": list(SCENE)}
     rows, summary, peers = [], [], {}

@@ -45,6 +45,8 @@ from tilefill._demo import load_sample
 from tilefill._gaps import load_paper_image, load_paper_mask, slc_off_mask, stripe_mask_with_fraction, write_mask
 from tilefill._metrics import band_scores, distance_scores, summarise, texture_ratio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _shared, run as a script or by path
+
 FRACTIONS = {"f3": 0.03, "f6": 0.06, "f15": 0.15, "f35": 0.35, "f55": 0.55}
 PAPER_MASKS = ("paper6", "paper13", "paper26")
 SLC_MASKS = ("slc", "slc-centre", "slc-edge", "cloud")
@@ -387,9 +389,11 @@ def main(argv=None):
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     import torch
+    from _shared import cpu_meta
 
     meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores", "python": sys.version.split()[0],
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores", **cpu_meta(),
+            "python": sys.version.split()[0],
             "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
             "cpu (no GPU in this run)", "preset": args.preset, "config": cfg.to_dict(), "crop": args.crop,
             "seed": args.seed, "keep_known": not args.no_keep_known, "cases": cases, "methods": methods}
