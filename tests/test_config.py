@@ -182,6 +182,8 @@ def _yaml(tmp_path, text):
     ("fit:\n  learning_rate: -0.1\n", "positive"),
     ("fit:\n  lr_end: 0\n", "lr_end must be in"),
     ("fit:\n  lr_end: 1.5\n", "lr_end must be in"),
+    ("fit:\n  noise_end: -0.1\n", "noise_end must be in"),
+    ("fit:\n  noise_end: 1.5\n", "noise_end must be in"),
     ("fit:\n  device: tpu\n", "device"),
     ("network:\n  upsample: bicubic\n", "upsample"),
     ("fit:\n  input: photo\n", "noise, meshgrid or context"),

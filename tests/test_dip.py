@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tilefill._config import FitConfig, NetworkConfig
-from tilefill._dip import SkipNet, fit_dip, learning_rate
+from tilefill._dip import FixedInput, Problem, SkipNet, fit_dip, learning_rate
 from tilefill._runtime import resolve_device
 
 pytestmark = pytest.mark.timeout(60)
@@ -162,6 +162,28 @@ def test_lr_end_decays_the_learning_rate_along_a_cosine(tiny_network):
     decayed = fit_dip(img, known, tiny_network, fit, seed=0)
     constant = fit_dip(img, known, tiny_network, _fit(9), seed=0)
     assert not np.allclose(decayed.prediction, constant.prediction)  # the fit takes the schedule
+
+
+def test_noise_end_anneals_the_input_noise_along_a_cosine(tiny_network):
+    img, known = _image(), _known()
+    target, mask = torch.from_numpy(img)[None], torch.from_numpy(known.astype(np.float32))[None]
+
+    def sigmas(fit):
+        inputs = FixedInput([Problem(img, known, seed=0)], fit, target, mask)
+        return [float((inputs.next() - inputs.z).std()) for _ in range(fit.iterations)]
+
+    annealed = sigmas(_fit(9, input_noise=0.1, noise_end=0.2))
+    assert annealed[0] == pytest.approx(0.1, rel=0.02) and annealed[-1] == pytest.approx(0.02, rel=0.02)
+    assert annealed[4] == pytest.approx(0.06, rel=0.02)  # half way down the cosine
+    assert all(a > b for a, b in zip(annealed, annealed[1:]))
+    assert max(sigmas(_fit(9, input_noise=0.1, noise_end=0))[-1:]) == 0
+    constant = sigmas(_fit(9, input_noise=0.1))
+    assert max(constant) - min(constant) < 0.002  # noise_end 1: the paper's constant sigma_p
+    # the first iteration sees the same input either way; the fit takes the schedule
+    once = fit_dip(img, known, tiny_network, _fit(1, noise_end=0.2), seed=0)
+    assert np.array_equal(once.prediction, fit_dip(img, known, tiny_network, _fit(1), seed=0).prediction)
+    assert not np.allclose(fit_dip(img, known, tiny_network, _fit(9, noise_end=0.2), seed=0).prediction,
+                           fit_dip(img, known, tiny_network, _fit(9), seed=0).prediction)
 
 
 def test_only_known_pixels_enter_the_loss(tiny_network):

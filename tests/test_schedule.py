@@ -355,37 +355,53 @@ def test_tiles_with_only_thin_gaps_get_the_classical_fill(tmp_path, synth, dip_c
             np.testing.assert_allclose(store.read_tile(t.index), fill_classical("gdal", image, known), atol=1e-6)
 
 
-def test_tiles_with_narrow_gaps_are_fitted_with_the_narrow_input_noise(tmp_path, synth, dip_config):
-    """1 px stripes everywhere, a 5 px stripe (reach 3) in the top tiles, a 12 px band in the bottom ones:
-    thin tiles get the partner, narrow ones the fit of ``fit.narrow_input_noise``, the others ``fit.input_noise``."""
+def _fits_by_gap_kind(tmp_path, synth, dip_config, name, overrides):
+    """Fit a 128 px scene of 64 px tiles: 1 px stripes everywhere, a 5 px stripe (reach 3) in the top tiles,
+    a 12 px band (reach 6) in the bottom ones. Returns the grid, each tile's kind as the layout makes it
+    (thin, narrow, or dip for the band), and each tile's (iterations, filled window)."""
     values = synth.to_range(synth.smooth_field(2, 128, 128), "uint16")
     gap = np.zeros((128, 128), dtype=bool)
     gap[5::16] = True
     gap[20:25] = True
     gap[100:112] = True
     values[:, gap] = 0
-    path = synth.write_geotiff(tmp_path / "narrow.tif", values, nodata=0)
-
-    def tiles(name, overrides):
-        config = dip_config.override({"fit.thin_gap_px": 1, **overrides})
-        with open_scene(path) as scene:
-            grid = TileGrid(128, 128, 64, 32, scene.info.affine)
-            store = build_store(scene, grid, config, tmp_path / f"{name}.zarr", footprint="full")
-        run = run_tiles(Cluster(None), str(store.path), store.tiles_to_fit, per_task=1)
-        assert run.failures == {}
-        return grid, {r.index: (r.iterations, store.read_tile(r.index)) for r in run.results}
-
-    grid, rule = tiles("rule", {"fit.narrow_gap_px": 3, "fit.narrow_input_noise": 0.0})
-    _, quiet = tiles("quiet", {"fit.input_noise": 0.0})  # every fitted tile with the narrow noise
-    kinds = {}
-    for t in grid:
-        kinds[t.index] = "dip" if t.y + t.size > 100 else "narrow" if t.y < 25 else "thin"
+    path = synth.write_geotiff(tmp_path / f"{name}.tif", values, nodata=0)
+    config = dip_config.override({"fit.thin_gap_px": 1, **overrides})
+    with open_scene(path) as scene:
+        grid = TileGrid(128, 128, 64, 32, scene.info.affine)
+        store = build_store(scene, grid, config, tmp_path / f"{name}.zarr", footprint="full")
+    run = run_tiles(Cluster(None), str(store.path), store.tiles_to_fit, per_task=1)
+    assert run.failures == {}
+    kinds = {t.index: "dip" if t.y + t.size > 100 else "narrow" if t.y < 25 else "thin" for t in grid}
     assert set(kinds.values()) == {"dip", "narrow", "thin"}
+    return kinds, {r.index: (r.iterations, store.read_tile(r.index)) for r in run.results}
+
+
+def test_tiles_with_narrow_gaps_are_fitted_with_the_narrow_input_noise(tmp_path, synth, dip_config):
+    """Thin tiles get the partner, narrow ones the fit of ``fit.narrow_input_noise``, the others ``fit.input_noise``."""
+    kinds, rule = _fits_by_gap_kind(tmp_path, synth, dip_config, "rule",
+                                    {"fit.narrow_gap_px": 3, "fit.narrow_input_noise": 0.0})
+    _, quiet = _fits_by_gap_kind(tmp_path, synth, dip_config, "quiet", {"fit.input_noise": 0.0})  # all narrow noise
     for i, kind in kinds.items():
         iterations, filled = rule[i]
         assert iterations == (0 if kind == "thin" else 2)
         same = np.allclose(filled, quiet[i][1], atol=1e-5)
         assert same == (kind != "dip"), (i, kind)
+
+
+def test_noise_end_anneals_only_tiles_within_its_reach(tmp_path, synth, dip_config):
+    """``fit.noise_end`` anneals the input noise of DIP tiles whose gaps reach at most ``fit.noise_end_max_reach``;
+    narrow tiles keep their own constant noise, tiles with wider gaps (here the 12 px band) a constant one."""
+    narrow = {"fit.narrow_gap_px": 3, "fit.narrow_input_noise": 0.05}
+    _, constant = _fits_by_gap_kind(tmp_path, synth, dip_config, "constant", narrow)
+    kinds, everywhere = _fits_by_gap_kind(tmp_path, synth, dip_config, "everywhere", {**narrow, "fit.noise_end": 0.0})
+    _, within = _fits_by_gap_kind(tmp_path, synth, dip_config, "within",
+                                  {**narrow, "fit.noise_end": 0.0, "fit.noise_end_max_reach": 4})
+    for i, kind in kinds.items():
+        def same(fits):
+            return np.allclose(fits[i][1], constant[i][1], atol=1e-5)
+        assert same(everywhere) == (kind != "dip"), (i, kind)  # the band's tiles anneal, narrow ones do not
+        assert same(within), (i, kind)  # the band reaches 6 px, beyond 4: constant noise there too
 
 
 # --- a real LocalCluster ------------------------------------------------------------------------------------

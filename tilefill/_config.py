@@ -64,6 +64,9 @@ class FitConfig:
     lr_end: float = 1.0
     input_scale: float = 0.1  # z ~ U(0, input_scale), one channel per band
     input_noise: float = 0.1  # sigma_p: N(0, sigma_p^2) added to z every iteration
+    # sigma_p at the last iteration, as a share of input_noise, reached along a half cosine (1 = constant,
+    # the paper's); applies to tiles fitted with input_noise whose gaps reach at most noise_end_max_reach px
+    noise_end: float = 1.0
     per_band: bool = False  # False: all bands in one network (the paper's composite)
     seed: int = 0
     keep_known: bool = True  # False: the paper's full reconstruction replaces known pixels too
@@ -99,6 +102,10 @@ class FitConfig:
     # fits the known pixels sooner, which narrow stripes reward and wide gaps punish (measured)
     narrow_gap_px: float = 0.0
     narrow_input_noise: float = 0.1
+    # The widest gap reach (px, 99% of a tile's gap pixels) at which fit.noise_end anneals the noise; tiles
+    # with wider gaps (cloud holes, 19+ px stripes) keep a constant input_noise (0 = every DIP tile anneals).
+    # Measured: annealing gained on SLC-off stripes (reach 4.5-8) and lost on cloud holes and 55% stripes
+    noise_end_max_reach: float = 0.0
 
     def __post_init__(self):
         if self.ensemble < 1:
@@ -122,8 +129,9 @@ class FitConfig:
         if bad or not methods or len(set(methods)) != len(methods):
             raise TilefillError(f"fit.blend_method must be a classical method ({', '.join(CLASSICAL)}) or a list of "
                                 f"distinct ones, not {self.blend_method!r}")
-        if min(self.thin_gap_px, self.blend_auto_max_reach, self.narrow_gap_px) < 0:
-            raise TilefillError("fit.thin_gap_px, fit.blend_auto_max_reach and fit.narrow_gap_px must be at least 0")
+        if min(self.thin_gap_px, self.blend_auto_max_reach, self.narrow_gap_px, self.noise_end_max_reach) < 0:
+            raise TilefillError("fit.thin_gap_px, fit.blend_auto_max_reach, fit.narrow_gap_px and "
+                                "fit.noise_end_max_reach must be at least 0")
         if min(self.input_noise, self.narrow_input_noise) < 0:
             raise TilefillError("fit.input_noise and fit.narrow_input_noise must be at least 0")
         if self.blend_auto and not self.validation:
@@ -136,6 +144,8 @@ class FitConfig:
             raise TilefillError(f"learning_rate must be positive, not {self.learning_rate}")
         if not 0 < self.lr_end <= 1:
             raise TilefillError(f"fit.lr_end must be in (0, 1], not {self.lr_end}")
+        if not 0 <= self.noise_end <= 1:
+            raise TilefillError(f"fit.noise_end must be in [0, 1], not {self.noise_end}")
         if not 0 <= self.min_known_fraction < 1:
             raise TilefillError("fit.min_known_fraction must be in [0, 1)")
         if self.max_context < 1:

@@ -405,6 +405,7 @@ class FixedInput(FitInputs):
             memory_format=memory_format)
         self.noise_gens = [torch.Generator(device=dev).manual_seed(p.seed + 1) for p in problems] \
             if fit.input_noise else []
+        self.it = 0
 
     def next(self) -> torch.Tensor:
         if not self.noise_gens:
@@ -412,7 +413,9 @@ class FixedInput(FitInputs):
         _, _, h, w = self.z.shape
         dev = self.z.device
         noise = torch.cat([torch.randn((1, self.c, h, w), generator=g, device=dev) for g in self.noise_gens], dim=1)
-        return self.z + noise * self.fit.input_noise
+        sigma = self.fit.input_noise * _cosine_share(self.fit.noise_end, self.it, self.fit.iterations)
+        self.it += 1
+        return self.z + noise * sigma
 
     def loss(self, out: torch.Tensor) -> torch.Tensor:
         # summing the networks' means keeps every network's gradient its own
@@ -550,9 +553,13 @@ def learning_rate(fit: FitConfig, it: int) -> float:
     >>> [round(learning_rate(fit, i), 4) for i in (0, 50, 100)]
     [0.01, 0.0055, 0.001]
     """
-    last = max(fit.iterations - 1, 1)
-    share = fit.lr_end + (1 - fit.lr_end) * 0.5 * (1 + math.cos(math.pi * min(it, last) / last))
-    return fit.learning_rate * share
+    return fit.learning_rate * _cosine_share(fit.lr_end, it, fit.iterations)
+
+
+def _cosine_share(end: float, it: int, iterations: int) -> float:
+    """1 at iteration 0 down to ``end`` at the last one, along a half cosine."""
+    last = max(iterations - 1, 1)
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(it, last) / last))
 
 
 def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, rt: Runtime,

@@ -240,17 +240,34 @@ def fill_tile(store_path: str, index: int) -> TileResult:
 
 def _tile_kind(cfg, known: np.ndarray, own_window: bool) -> str:
     """How a DIP run fills a tile, from its gap geometry: ``thin`` (``fit.thin_gap_px``: the classical
-    partner alone), ``narrow`` (``fit.narrow_gap_px``: DIP with ``fit.narrow_input_noise``) or ``dip``.
-    Windows widened for context (``own_window`` False) are always ``dip``; other methods keep their name."""
+    partner alone), ``narrow`` (``fit.narrow_gap_px``: DIP with ``fit.narrow_input_noise``), ``wide``
+    (beyond ``fit.noise_end_max_reach``: DIP with a constant ``fit.input_noise``) or ``dip``.
+    Windows widened for context (``own_window`` False: a tile nearly all gap) are ``dip``, or ``wide`` where
+    that rule is on; other methods keep their name."""
     fit = cfg.fit
-    if cfg.method != "dip" or not own_window or not (fit.thin_gap_px or fit.narrow_gap_px):
+    wide_rule = fit.noise_end != 1 and fit.noise_end_max_reach
+    if cfg.method != "dip" or not (fit.thin_gap_px or fit.narrow_gap_px or wide_rule):
         return cfg.method
+    if not own_window:
+        return "wide" if wide_rule else "dip"
     reach = gap_reach(known)
     if fit.thin_gap_px and reach <= fit.thin_gap_px:
         return "thin"  # thin gaps only: the classical fill is the better one here
     if fit.narrow_gap_px and reach <= fit.narrow_gap_px:
         return "narrow"
+    if wide_rule and reach > fit.noise_end_max_reach:
+        return "wide"
     return "dip"
+
+
+def _kind_config(cfg, kind: str):
+    """The config a tile of ``kind`` (:func:`_tile_kind`) is fitted with: narrow tiles take their own constant
+    noise, wide ones a constant ``fit.input_noise``, the others ``cfg`` as it is."""
+    if kind == "narrow":
+        return replace(cfg, fit=replace(cfg.fit, input_noise=cfg.fit.narrow_input_noise, noise_end=1.0))
+    if kind == "wide":
+        return replace(cfg, fit=replace(cfg.fit, noise_end=1.0))
+    return cfg
 
 
 def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
@@ -258,7 +275,8 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
 
     With ``fit.thin_gap_px``, a DIP tile whose gaps are all that thin gets ``fit.blend_method``
     alone (its result then reports 0 iterations); with ``fit.narrow_gap_px``, one whose gaps are all
-    that narrow is fitted with ``fit.narrow_input_noise``.
+    that narrow is fitted with ``fit.narrow_input_noise``; with ``fit.noise_end``, one whose gaps reach
+    beyond ``fit.noise_end_max_reach`` keeps a constant input noise.
 
     Each tile's chunk is written as soon as its group is done, so a crash loses at most one
     group. A tile's ``seconds`` is its group's time shared equally among the group's tiles.
@@ -285,12 +303,10 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
     hidden = {i: store.read_hidden(*windows[i][:3]) for i in indices} if cfg.method == "dip" else {}
     for (method, side), group in groups.items():
         t0 = time.perf_counter()
-        if method in ("dip", "narrow"):
+        if method in ("dip", "narrow", "wide"):
             holdouts = [hidden[i] for i in group] if all(hidden[i] is not None for i in group) else None
-            run_cfg = cfg if method == "dip" else \
-                replace(cfg, fit=replace(cfg.fit, input_noise=cfg.fit.narrow_input_noise))
             filled = run_method_many("dip", [(windows[i][3], windows[i][4], tile_seed(cfg, i)) for i in group],
-                                     run_cfg, holdouts)
+                                     _kind_config(cfg, method), holdouts)
         else:  # a classical method, or the thin-gap tiles of a DIP run (the first partner alone)
             filled = [classical_alone(windows[i][3], windows[i][4], cfg.fit, hidden.get(i)) if cfg.method == "dip"
                       else run_method_many(method, [(windows[i][3], windows[i][4], 0)], cfg)[0] for i in group]
