@@ -176,7 +176,7 @@ def test_noise_end_anneals_the_input_noise_along_a_cosine(tiny_network):
     assert annealed[0] == pytest.approx(0.1, rel=0.02) and annealed[-1] == pytest.approx(0.02, rel=0.02)
     assert annealed[4] == pytest.approx(0.06, rel=0.02)  # half way down the cosine
     assert all(a > b for a, b in zip(annealed, annealed[1:]))
-    assert max(sigmas(_fit(9, input_noise=0.1, noise_end=0))[-1:]) == 0
+    assert sigmas(_fit(9, input_noise=0.1, noise_end=0))[-1] == 0
     constant = sigmas(_fit(9, input_noise=0.1))
     assert max(constant) - min(constant) < 0.002  # noise_end 1: the paper's constant sigma_p
     # the first iteration sees the same input either way; the fit takes the schedule

@@ -357,8 +357,8 @@ def test_tiles_with_only_thin_gaps_get_the_classical_fill(tmp_path, synth, dip_c
 
 def _fits_by_gap_kind(tmp_path, synth, dip_config, name, overrides):
     """Fit a 128 px scene of 64 px tiles: 1 px stripes everywhere, a 5 px stripe (reach 3) in the top tiles,
-    a 12 px band (reach 6) in the bottom ones. Returns the grid, each tile's kind as the layout makes it
-    (thin, narrow, or dip for the band), and each tile's (iterations, filled window)."""
+    a 12 px band (reach 6) in the bottom ones. Returns each tile's kind as the layout makes it (thin, narrow,
+    or dip for the band) and each fitted tile's (iterations, filled tile)."""
     values = synth.to_range(synth.smooth_field(2, 128, 128), "uint16")
     gap = np.zeros((128, 128), dtype=bool)
     gap[5::16] = True

@@ -104,7 +104,8 @@ class FitConfig:
     narrow_input_noise: float = 0.1
     # The widest gap reach (px, 99% of a tile's gap pixels) at which fit.noise_end anneals the noise; tiles
     # with wider gaps (cloud holes, 19+ px stripes) keep a constant input_noise (0 = every DIP tile anneals).
-    # Measured: annealing gained on SLC-off stripes (reach 4.5-8) and lost on cloud holes and 55% stripes
+    # Measured on fast: annealing lost on cloud holes and 55% stripes everywhere, and on stripes (reach 4.5-8)
+    # it gained on Sentinel-2 and lost on Landsat-8 and the paper image (README, Performance)
     noise_end_max_reach: float = 0.0
 
     def __post_init__(self):
