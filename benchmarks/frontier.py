@@ -19,20 +19,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _shared import cpu_meta  # noqa: E402
+from _shared import machine_meta  # noqa: E402
 from quality import run_case  # noqa: E402
 
-from tilefill import TileGrid, __version__, load_config  # noqa: E402
+from tilefill import TileGrid, load_config  # noqa: E402
 from tilefill._dip import flops_per_iteration  # noqa: E402
 
 _FLAT = lambda c, s: {"network.channels_down": [c] * 5, "network.channels_up": [c] * 5,  # noqa: E731
@@ -220,9 +219,7 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     prefix = out_dir / f"frontier-{stamp}"
-    meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores", **cpu_meta(),
-            "device": "cpu (no GPU in this run)", "cases": cases, "crop": args.crop, "seed": args.seed,
+    meta = {**machine_meta(torch.device("cpu")), "cases": cases, "crop": args.crop, "seed": args.seed,
             "workers": args.workers, "common_overrides": common, "scene": list(SCENE)}
     rows, summary, peers = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from tilefill import ClusterSpec, TileGrid, __version__, fill_scene, load_config
+from tilefill import ClusterSpec, TileGrid, fill_scene, load_config
 from tilefill._demo import load_sample
 from tilefill._gaps import load_paper_image, load_paper_mask, slc_off_mask, stripe_mask_with_fraction, write_mask
 from tilefill._metrics import band_scores, distance_scores, summarise, texture_ratio
@@ -389,13 +387,9 @@ def main(argv=None):
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     import torch
-    from _shared import cpu_meta
+    from _shared import machine_meta
 
-    meta = {"tilefill": __version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores", **cpu_meta(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__, "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else
-            "cpu (no GPU in this run)", "preset": args.preset, "config": cfg.to_dict(), "crop": args.crop,
+    meta = {**machine_meta(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "preset": args.preset, "config": cfg.to_dict(), "crop": args.crop,
             "seed": args.seed, "keep_known": not args.no_keep_known, "cases": cases, "methods": methods}
     rows, panels = [], {}
     with tempfile.TemporaryDirectory() as tmp:
