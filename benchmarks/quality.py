@@ -230,6 +230,50 @@ def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=
     return rows
 
 
+def distance_curves(rows, min_pixels: int = 200) -> list[str]:
+    """DIP against each classical fill by distance to the nearest known pixel, over every case of a run.
+
+    Per distance bin, over the cases with at least ``min_pixels`` gap pixels there: the median (and range) of
+    DIP's gap RMSE (mean of bands) over each classical fill's, and in how many of those cases DIP's is the
+    lowest of all. Images differ in scale, so the ratios are pooled, not the RMSEs. Empty for one case.
+
+    Examples
+    --------
+    >>> row = lambda case, method, rmse: {"case": case, "method": method,
+    ...     "by_distance": [{"bin": "1", "n": 500, "share": 1.0, "rmse": [rmse]}]}
+    >>> rows = [row("a", "dip", 0.9), row("a", "gdal", 1.0), row("b", "dip", 0.8), row("b", "gdal", 1.0)]
+    >>> distance_curves(rows)[-1]
+    '| 1 | 2 | 100.0% | 0.850 (0.800-0.900) | 2 of 2 |'
+    """
+    cases = {}
+    for r in rows:
+        if r.get("by_distance"):
+            cases.setdefault(r["case"], {})[r["method"]] = {d["bin"]: d for d in r["by_distance"]}
+    cases = {c: m for c, m in cases.items() if "dip" in m and len(m) > 1}
+    if len(cases) < 2:
+        return []
+    others = list(dict.fromkeys(k for m in cases.values() for k in m if k != "dip"))
+    bins = list(dict.fromkeys(b for m in cases.values() for b in m["dip"]))
+    total = sum(d["n"] for m in cases.values() for d in m["dip"].values())
+    out = ["\n### DIP against the classical fills by distance to known data, every case pooled\n",
+           f"Per bin, over the cases with at least {min_pixels} gap pixels there: DIP's gap RMSE (mean of bands) over "
+           "each classical fill's, median (range), and the cases where DIP's is the lowest of all.\n",
+           "| distance (px) | cases | share of gap pixels | " + " | ".join(f"DIP / {k}" for k in others)
+           + " | DIP lowest |", "|---" * (len(others) + 4) + "|"]
+    for b in bins:
+        use = {c: m for c, m in cases.items() if m["dip"].get(b, {}).get("n", 0) >= min_pixels}
+        if not use:
+            continue
+        rm = lambda m, k: float(np.nanmean(m[k][b]["rmse"]))  # noqa: E731
+        ratios = [[rm(m, "dip") / rm(m, k) for m in use.values() if b in m.get(k, {})] for k in others]
+        lowest = sum(rm(m, "dip") < min(rm(m, k) for k in m if k != "dip" and b in m[k]) for m in use.values())
+        share = sum(m["dip"][b]["n"] for m in cases.values() if b in m["dip"]) / total
+        out.append(f"| {b} | {len(use)} | {100 * share:.1f}% | "
+                   + " | ".join(f"{np.median(r):.3f} ({min(r):.3f}-{max(r):.3f})" if r else "-" for r in ratios)
+                   + f" | {lowest} of {len(use)} |")
+    return out
+
+
 def markdown(rows) -> str:
     out = []
     for case in dict.fromkeys(r["case"] for r in rows):
@@ -269,6 +313,7 @@ def markdown(rows) -> str:
                 out.append(f"\n{r['method']}: the estimated gap RMSE per tile against the true one ({e['tiles']} tiles): "
                            f"Pearson {e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median estimate/true "
                            f"{e['median_ratio_estimate_to_true']:.2f}")
+    out += distance_curves(rows)
     for key, what in (("estimate", "Estimated gap RMSE"), ("estimate_map", "The error map (OUT.quality.tif)")):
         pooled = [p for r in rows if r.get(key) for p in r[key]["pairs"]]
         if len({r["case"] for r in rows if r.get(key)}) > 1 and len(pooled) >= 3:

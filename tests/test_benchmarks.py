@@ -45,6 +45,30 @@ def test_quality_benchmark_scores_methods_on_real_pixels(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("quality-*-crops.png"))) == 1  # the Figure-2-like comparison
 
 
+def test_quality_report_pools_dip_against_each_classical_fill_by_distance():
+    """The pooled table: per distance bin, DIP's RMSE over each classical fill's across cases (median and range),
+    only cases with enough gap pixels in the bin, and how often DIP's is the lowest of all."""
+    quality = runpy.run_path(str(ROOT / "benchmarks" / "quality.py"))
+
+    def row(case, method, per_bin):  # bin -> (gap pixels, RMSE of each of two bands)
+        return {"case": case, "method": method, "by_distance": [{"bin": b, "n": n, "share": 0.5, "rmse": list(rm)}
+                                                                for b, (n, rm) in per_bin.items()]}
+
+    rows = [row("a", "dip", {"1": (900, (0.010, 0.030)), "6-8": (100, (0.05, 0.05))}),
+            row("a", "gdal", {"1": (900, (0.025, 0.025)), "6-8": (100, (0.04, 0.04))}),
+            row("a", "biharmonic", {"1": (900, (0.016, 0.016)), "6-8": (100, (0.09, 0.09))}),
+            row("b", "dip", {"1": (400, (0.02, 0.02)), "6-8": (300, (0.03, 0.03))}),
+            row("b", "gdal", {"1": (400, (0.01, 0.01)), "6-8": (300, (0.06, 0.06))}),
+            row("b", "biharmonic", {"1": (400, (0.04, 0.04)), "6-8": (300, (0.05, 0.05))})]
+    lines = quality["distance_curves"](rows)
+    table = {ln.split(" | ")[0][2:]: ln.strip("| ").split(" | ") for ln in lines if ln.startswith("| ") and "px" not in ln}
+    # 1 px: both cases; DIP / gdal 0.8 (a) and 2.0 (b), median 1.4; DIP / biharmonic 1.25 and 0.5; DIP lowest in neither
+    assert table["1"] == ["1", "2", f"{100 * 1300 / 1700:.1f}%", "1.400 (0.800-2.000)", "0.875 (0.500-1.250)", "0 of 2"]
+    # 6-8 px: case a has too few pixels there, so only b counts, where DIP is the lowest
+    assert table["6-8"] == ["6-8", "1", f"{100 * 400 / 1700:.1f}%", "0.500 (0.500-0.500)", "0.600 (0.600-0.600)", "1 of 1"]
+    assert quality["distance_curves"]([r for r in rows if r["case"] == "a"]) == []  # one case: nothing pooled
+
+
 def test_blend_study_scores_every_rule_on_the_real_gaps_of_kept_runs(tmp_path, monkeypatch):
     """Two kept quality runs of two images, then the study: no rule beats the oracle on any band (it is the
     least-squares optimum on the same sums), and the 'presets before' rule is the re-blended output's own."""
