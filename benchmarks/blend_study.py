@@ -20,6 +20,9 @@ curve            a curve of weights per partner and bin measured on the real gap
 curve+scene:N    the scene's hidden pixels, shrunk toward that curve with N pseudo-pixels (", partner per
                  band": each band's partner chosen on the hidden pixels, ``blend.choose_partner``)
 oracle           weights and partners fitted on the real gaps themselves: the best any weight per bin can do
+oracle, partner per bin
+                 the same with a partner per band and distance bin (with two stored partners): what choosing
+                 the partner by distance could give at most
 
 Where the runs kept two partners (biharmonic and GDAL), a third, virtual one is scored beside them: their
 mean ("mean of two", through ``mosaic_stats(mix=...)``), with the rules "curve+scene:1000, mean partner",
@@ -111,7 +114,15 @@ def pooled_curve(cases: list[dict]) -> np.ndarray:
 
 
 def score(c: dict, weights: np.ndarray, partner: np.ndarray) -> dict:
-    sse = c["gaps"].sse(weights, partner).sum(axis=1)
+    """Gap r2 and RMSE per band at ``weights`` (bands, bins) with a partner per band (bands,) or per band and
+    bin (bands, bins)."""
+    partner = np.asarray(partner)
+    if partner.ndim == 2:
+        g, rows, bins = c["gaps"], np.arange(partner.shape[0])[:, None], np.arange(N_BINS)[None]
+        sse = np.maximum(g.saa[partner, rows, bins] + 2 * weights * g.sab[partner, rows, bins]
+                         + weights ** 2 * g.sbb[partner, rows, bins], 0.0).sum(axis=1)
+    else:
+        sse = c["gaps"].sse(weights, partner).sum(axis=1)
     n = c["gaps"].n[0].sum(axis=1)
     return {"r2": (1 - sse / c["sst"]).tolist(), "rmse": np.sqrt(sse / n).tolist()}
 
@@ -150,10 +161,33 @@ def rules(c: dict, others: list[dict], prior_pixels: list[float]) -> dict:
             (w.weights, np.full(bands, m)) if ratio < 1 else (first.weights, first.partner))
     w = fit_weights(_only(c["gaps"], stored), prior=0.5, prior_pixels=0)
     out["oracle"] = (w.weights, w.partner)
+    if len(stored) > 1:
+        out["oracle, partner per bin"] = oracle_per_bin(_only(c["gaps"], stored))
     if MEAN in c["partners"]:
         w = fit_weights(c["gaps"], prior=0.5, prior_pixels=0)
         out["oracle, mean partner allowed"] = (w.weights, w.partner)
     return out
+
+
+def oracle_per_bin(stats: BlendStats) -> tuple[np.ndarray, np.ndarray]:
+    """The best weight and partner of each band and bin on these sums (the real gaps: an upper bound): would a
+    partner chosen by distance, e.g. kriging far from known pixels and biharmonic near, pay?
+
+    Examples
+    --------
+    >>> s = BlendStats.zeros(2, 1)
+    >>> s.n[:] = 100
+    >>> s.saa[:] = 4.0
+    >>> s.sab[0, 0, 0], s.sbb[0, 0, 0] = -2.0, 4.0   # partner 0 halves bin 1's error at weight 0.5
+    >>> s.sab[1, 0, 4], s.sbb[1, 0, 4] = -3.0, 3.0   # partner 1 removes bin 6-8's at weight 1
+    >>> w, p = oracle_per_bin(s)
+    >>> p[0, [0, 4]].tolist(), w[0, [0, 4]].tolist()
+    ([0, 1], [0.5, 1.0])
+    """
+    w = np.clip(np.divide(-stats.sab, stats.sbb, out=np.zeros_like(stats.sab), where=stats.sbb > 0), 0.0, 1.0)
+    sse = np.maximum(stats.saa + 2 * w * stats.sab + w ** 2 * stats.sbb, 0.0)  # (partners, bands, bins)
+    partner = np.argmin(sse, axis=0)
+    return np.take_along_axis(w, partner[None], axis=0)[0], partner
 
 
 def _only(stats: BlendStats, partners: list[int]) -> BlendStats:
@@ -220,7 +254,7 @@ def main(argv=None):
                  "classical": best.get(c["case"]), "rules": {}}
         for name, (w, p) in rules(c, others, pp).items():
             entry["rules"][name] = {**score(c, w, p), "weights": np.round(w, 3).tolist(),
-                                    "partner": [c["partners"][i] for i in p]}
+                                    "partner": np.array(c["partners"], dtype=object)[np.asarray(p)].tolist()}
         if before:  # the output file's own scores (rounded to the output dtype), input units
             r = before[c["case"]]
             entry["rules"]["presets before"] = {"r2": [g["r2"] for g in r["gaps"]], "rmse": [g["rmse"] for g in r["gaps"]]}

@@ -90,8 +90,13 @@ def test_blend_study_scores_every_rule_on_the_real_gaps_of_kept_runs(tmp_path, m
         oracle = e["rules"]["oracle, mean partner allowed"]["r2"]
         assert all(r <= o + 1e-9 for r, o in zip(e["rules"]["oracle"]["r2"], oracle))
         for name, rule in e["rules"].items():
-            if name != "presets before":  # that one is scored on the rounded output file, not the sums
+            # "presets before" is scored on the rounded output file, not the sums; a partner per bin is bounded below
+            if name not in ("presets before", "oracle, partner per bin"):
                 assert all(r <= o + 1e-9 for r, o in zip(rule["r2"], oracle)), name
+        # a partner per band and bin (of the two stored) does at least as well as one per band, on every band
+        per_bin = e["rules"]["oracle, partner per bin"]
+        assert all(b >= o - 1e-9 for b, o in zip(per_bin["r2"], e["rules"]["oracle"]["r2"]))
+        assert np.array(per_bin["partner"]).shape == (4, 8) and set(np.ravel(per_bin["partner"])) <= {"biharmonic", "gdal"}
         # the classical rows are the best of what ran, and the fixed re-blend is scored on its own output
         assert set(e["classical"]["method"]) <= {"gdal", "biharmonic"}
         # tiny.yaml has no per-tile blend_auto: the presets' fixed blend is the 0.5 rule, up to the rounding
