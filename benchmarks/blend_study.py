@@ -116,13 +116,7 @@ def pooled_curve(cases: list[dict]) -> np.ndarray:
 def score(c: dict, weights: np.ndarray, partner: np.ndarray) -> dict:
     """Gap r2 and RMSE per band at ``weights`` (bands, bins) with a partner per band (bands,) or per band and
     bin (bands, bins)."""
-    partner = np.asarray(partner)
-    if partner.ndim == 2:
-        g, rows, bins = c["gaps"], np.arange(partner.shape[0])[:, None], np.arange(N_BINS)[None]
-        sse = np.maximum(g.saa[partner, rows, bins] + 2 * weights * g.sab[partner, rows, bins]
-                         + weights ** 2 * g.sbb[partner, rows, bins], 0.0).sum(axis=1)
-    else:
-        sse = c["gaps"].sse(weights, partner).sum(axis=1)
+    sse = c["gaps"].sse(weights, partner).sum(axis=1)
     n = c["gaps"].n[0].sum(axis=1)
     return {"r2": (1 - sse / c["sst"]).tolist(), "rmse": np.sqrt(sse / n).tolist()}
 
@@ -185,7 +179,7 @@ def oracle_per_bin(stats: BlendStats) -> tuple[np.ndarray, np.ndarray]:
     ([0, 1], [0.5, 1.0])
     """
     w = np.clip(np.divide(-stats.sab, stats.sbb, out=np.zeros_like(stats.sab), where=stats.sbb > 0), 0.0, 1.0)
-    sse = np.maximum(stats.saa + 2 * w * stats.sab + w ** 2 * stats.sbb, 0.0)  # (partners, bands, bins)
+    sse = np.stack([stats.sse(w[p], np.full(stats.bands, p)) for p in range(stats.partners)])
     partner = np.argmin(sse, axis=0)
     return np.take_along_axis(w, partner[None], axis=0)[0], partner
 

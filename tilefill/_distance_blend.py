@@ -235,10 +235,12 @@ class BlendStats:
         return cls(sums[..., 0], sums[..., 1], sums[..., 2], sums[..., 3], arr[-1, :, :, 0])
 
     def sse(self, weights: np.ndarray, partner: np.ndarray | None = None) -> np.ndarray:
-        """Squared error summed per band and bin (bands, bins) at ``weights`` (bands, bins), for each band's partner."""
+        """Squared error summed per band and bin (bands, bins) at ``weights`` (bands, bins), for each band's
+        partner (bands,), or each band's and bin's (bands, bins)."""
         p = np.zeros(self.bands, dtype=int) if partner is None else np.asarray(partner)
         rows = np.arange(self.bands)
-        saa, sab, sbb = self.saa[p, rows], self.sab[p, rows], self.sbb[p, rows]
+        at = (p, rows[:, None], np.arange(N_BINS)[None]) if p.ndim == 2 else (p, rows)
+        saa, sab, sbb = self.saa[at], self.sab[at], self.sbb[at]
         return np.maximum(saa + 2 * weights * sab + weights ** 2 * sbb, 0.0)
 
 
