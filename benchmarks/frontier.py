@@ -157,13 +157,14 @@ def summarise_point(name: str, rows: list[dict], cfg) -> dict:
     flops = sum(r["flops"] for r in rows)
     gap_mpx = sum(r["gap_fraction"] * r["shape"][0] * r["shape"][1] for r in rows) / 1e6
     iters = [r["mean_iterations"] for r in rows if r["mean_iterations"]]
+    mean_iterations = float(np.mean(iters)) if iters else 0.0
+    scene = scene_flops(cfg)
     return {"name": name, "r2": r2, "rmse": rmse, "flops_per_gap_mpx": flops / gap_mpx,
-            "seconds": float(sum(r["seconds"] for r in rows)), "mean_iterations": float(np.mean(iters)) if iters else 0.0,
-            **{f"scene_{k}": v for k, v in scene_flops(cfg).items()}, "pflop": scene_flops(cfg)["pflop"],
+            "seconds": float(sum(r["seconds"] for r in rows)), "mean_iterations": mean_iterations,
+            **{f"scene_{k}": v for k, v in scene.items()}, "pflop": scene["pflop"],
             # with early stopping the cap overstates the cost: the scene at the cases' mean iterations (their
             # tile mix, not the full scene's)
-            "pflop_at_mean_iterations": scene_flops(cfg)["pflop"] * (float(np.mean(iters)) if iters else 0.0)
-            / cfg.fit.iterations,
+            "pflop_at_mean_iterations": scene["pflop"] * mean_iterations / cfg.fit.iterations,
             "per_case_r2": {r["case"]: r["gaps_mean"]["r2"] for r in rows}}
 
 
