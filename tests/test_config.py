@@ -26,7 +26,7 @@ def test_paper_preset_matches_the_anchors():
     assert net.channels_down == net.channels_up == net.channels_skip == (128,) * 5
     assert net.levels == 5
     assert (net.kernel_down, net.kernel_up, net.kernel_skip) == (3, 3, 1)
-    assert net.upsample == "nearest"
+    assert cfg.experimental.upsample == "nearest"
     assert net.leaky_slope == 0.2
     # Adam lr 0.01, 1500 iterations, z ~ U(0, 0.1), sigma_p = 0.1, all bands in one network
     assert fit.learning_rate == 0.01
@@ -81,7 +81,7 @@ def test_default_preset_is_the_measured_recipe_within_10_pflop_a_scene():
     # the distance blend, shrunk toward the curve of benchmarks/blend_study.py: biharmonic near data, less
     # with distance, 0.5 where too few cases measured; one partner, no choice per band
     for cfg in (default, fast):
-        assert cfg.blend.weights == "distance" and cfg.blend.prior_pixels == 1000 and not cfg.blend.choose_partner
+        assert cfg.blend.weights == "distance" and cfg.blend.prior_pixels == 1000 and not cfg.experimental.choose_partner
         curve = cfg.blend.curve(1)[0]
         assert curve.shape == (8,) and all(a >= b for a, b in zip(curve[:6], curve[1:6])) and curve[0] > 0.8
         assert cfg.fit.blend_methods == ("biharmonic",)
@@ -180,14 +180,19 @@ def _yaml(tmp_path, text):
     ("fit:\n  keep_known: yes please\n", "true or false"),
     ("fit:\n  iterations: 0\n", "at least 1"),
     ("fit:\n  learning_rate: -0.1\n", "positive"),
-    ("fit:\n  lr_end: 0\n", "lr_end must be in"),
-    ("fit:\n  lr_end: 1.5\n", "lr_end must be in"),
-    ("fit:\n  noise_end: -0.1\n", "noise_end must be in"),
-    ("fit:\n  noise_end: 1.5\n", "noise_end must be in"),
+    ("experimental:\n  lr_end: 0\n", "experimental.lr_end must be in"),
+    ("experimental:\n  lr_end: 1.5\n", "experimental.lr_end must be in"),
+    ("experimental:\n  noise_end: -0.1\n", "experimental.noise_end must be in"),
+    ("experimental:\n  noise_end: 1.5\n", "experimental.noise_end must be in"),
+    ("fit:\n  lr_end: 0.1\n", "fit.lr_end is now experimental.lr_end"),
+    ("network:\n  upsample: bilinear\n", "network.upsample is now experimental.upsample"),
     ("fit:\n  device: tpu\n", "device"),
-    ("network:\n  upsample: bicubic\n", "upsample"),
-    ("fit:\n  input: photo\n", "noise, meshgrid or context"),
-    ("fit:\n  input: context\n  keep_known: false\n", "predicts the gaps only"),
+    ("experimental:\n  upsample: bicubic\n", "experimental.upsample"),
+    ("experimental:\n  input: photo\n", "noise, meshgrid or context"),
+    ("experimental:\n  input: context\nfit:\n  keep_known: false\n", "predicts the gaps only"),
+    ("experimental:\n  ensemble: 0\n", "experimental.ensemble must be at least 1"),
+    ("experimental:\n  patience: -1\n", "experimental.patience must be at least 0"),
+    ("fit:\n  check_every: -1\n", "fit.check_every must be at least 0"),
     ("output:\n  blocksize: 100\n", "multiple of 16"),
     ("base: no-such-preset\n", "no preset named"),
 ])

@@ -390,13 +390,14 @@ def test_tiles_with_narrow_gaps_are_fitted_with_the_narrow_input_noise(tmp_path,
 
 
 def test_noise_end_anneals_only_tiles_within_its_reach(tmp_path, synth, dip_config):
-    """``fit.noise_end`` anneals the input noise of DIP tiles whose gaps reach at most ``fit.noise_end_max_reach``;
+    """``experimental.noise_end`` anneals the input noise of DIP tiles whose gaps reach at most
+    ``experimental.noise_end_max_reach``;
     narrow tiles keep their own constant noise, tiles with wider gaps (here the 12 px band) a constant one."""
     narrow = {"fit.narrow_gap_px": 3, "fit.narrow_input_noise": 0.05}
     _, constant = _fits_by_gap_kind(tmp_path, synth, dip_config, "constant", narrow)
-    kinds, everywhere = _fits_by_gap_kind(tmp_path, synth, dip_config, "everywhere", {**narrow, "fit.noise_end": 0.0})
+    kinds, everywhere = _fits_by_gap_kind(tmp_path, synth, dip_config, "everywhere", {**narrow, "experimental.noise_end": 0.0})
     _, within = _fits_by_gap_kind(tmp_path, synth, dip_config, "within",
-                                  {**narrow, "fit.noise_end": 0.0, "fit.noise_end_max_reach": 4})
+                                  {**narrow, "experimental.noise_end": 0.0, "experimental.noise_end_max_reach": 4})
     for i, kind in kinds.items():
         def same(fits):
             return np.allclose(fits[i][1], constant[i][1], atol=1e-5)

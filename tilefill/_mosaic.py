@@ -143,11 +143,11 @@ def thin_tiles(store: TileStore) -> frozenset:
     return frozenset(int(i) for i in np.flatnonzero(iterations == 0))
 
 
-def _plan(store: TileStore, blend) -> _Mosaic:
+def _plan(store: TileStore, blend, choose_partner: bool = False) -> _Mosaic:
     """Fit the scene's blend weights on the mosaic's hidden pixels, and each tile's error ratio.
 
     ``blend``: this run's :class:`~tilefill._config.BlendConfig` (a resumed store may have been fitted
-    under another: it is not part of the run key). A tile's ratio is its own fit's error on its hidden
+    under another: it is not part of the run key); ``choose_partner``: ``experimental.choose_partner``. A tile's ratio is its own fit's error on its hidden
     pixels over what the scene's tiles err there on average, at the same distances (shrunk toward 1
     by ``blend.prior_pixels``): where a tile is harder than the scene, its error map is higher.
     """
@@ -158,14 +158,14 @@ def _plan(store: TileStore, blend) -> _Mosaic:
     if blend.weights != "distance" or "hidden" not in store.group:
         return _Mosaic(thin=thin)
     stats = mosaic_stats(store, thin)
-    if not blend.choose_partner:
+    if not choose_partner:
         stats = stats.first_partner()
     scene = fit_weights(stats, prior=cfg.fit.classical_blend, prior_pixels=blend.prior_pixels,
                         curve=blend.curve(stats.partners))
     arrays = store.blend_stats()
     done = [int(i) for i in np.flatnonzero(np.isfinite(arrays[:, 0, 0, 0, 0])) if int(i) not in thin]
     per_tile = {i: BlendStats.from_array(arrays[i]) for i in done}
-    if not blend.choose_partner:
+    if not choose_partner:
         per_tile = {i: st.first_partner() for i, st in per_tile.items()}
     single = sum(per_tile.values(), BlendStats.zeros(stats.partners, stats.bands))
     rows = np.arange(stats.bands)
@@ -348,7 +348,7 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
     info, cfg = store.info, store.config
     run = config or cfg
     keep_known = cfg.fit.keep_known
-    plan = _plan(store, run.blend)
+    plan = _plan(store, run.blend, run.experimental.choose_partner)
     estimate = quality_map is not None and plan.scene is not None
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial.tif")
     tmp_cog = out.with_name(f".{out.name}.{os.getpid()}.partial-cog.tif")
