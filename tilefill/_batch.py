@@ -489,25 +489,31 @@ class BatchReport:
 
     @property
     def done(self) -> list[SceneOutcome]:
+        """Scenes filled by this batch."""
         return self._with("done")
 
     @property
     def skipped(self) -> list[SceneOutcome]:
+        """Scenes done before, left as they were."""
         return self._with("skipped")
 
     @property
     def claimed(self) -> list[SceneOutcome]:
+        """Scenes another live batch was working on."""
         return self._with("claimed")
 
     @property
     def failed(self) -> list[SceneOutcome]:
+        """Scenes that failed (their error in ``error``)."""
         return self._with("failed")
 
     @property
     def damaged(self) -> list[SceneOutcome]:
+        """Scenes whose recorded output no longer matched its record, and were filled again."""
         return [s for s in self.scenes if s.damaged]
 
     def summary(self) -> dict:
+        """The counts of scenes by status and of tiles, as the log's summary record."""
         count = {s: len(self._with(s)) for s in STATUSES}
         return {"type": "summary", "scenes": len(self.scenes) - count["duplicate"], **count,
                 **{f"tiles_{k}": sum(getattr(s, f"tiles_{k}") for s in self.scenes)

@@ -389,6 +389,7 @@ class Config:
         return replace(self, **top, **changes)
 
     def to_dict(self) -> dict:
+        """Every setting as nested plain values, one mapping per section (what a work store keeps)."""
         return dataclasses.asdict(self)
 
     @classmethod

@@ -84,10 +84,12 @@ class FillReport:
 
     @property
     def ok(self) -> bool:
+        """Whether every tile succeeded and the output was written."""
         return not self.failures
 
     @property
     def tiles_retried(self) -> int:
+        """Tiles that ran more than once (their worker died, or they raised)."""
         return len(self.retried)
 
     @property
