@@ -22,8 +22,8 @@ from tilefill import ClusterSpec, TileGrid, TilefillError
 from tilefill import _schedule
 from tilefill._fill import TileResult, fill_tile, fill_tiles
 from tilefill._scene import open_scene
-from tilefill._schedule import (Cluster, Progress, TileRun, _visible_gpus, default_workers, run_tiles, start_cluster,
-                                tile_groups)
+from tilefill._cluster import Cluster, _visible_gpus, default_workers, start_cluster
+from tilefill._schedule import Progress, TileRun, run_tiles, tile_groups
 from tilefill._store import TileStore, build_store
 
 pytestmark = pytest.mark.timeout(120)
@@ -442,7 +442,8 @@ GPU_SCRIPT = textwrap.dedent("""
     def main():
         store_path, indices = sys.argv[1], json.loads(sys.argv[2])
         from tilefill import ClusterSpec, TilefillError
-        from tilefill._schedule import run_tiles, start_cluster
+        from tilefill._cluster import start_cluster
+        from tilefill._schedule import run_tiles
 
         out = {"torch_after_import": "torch" in sys.modules}
         with start_cluster(ClusterSpec(gpus=2), check_cuda=False) as cluster:

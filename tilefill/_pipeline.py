@@ -31,16 +31,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tilefill._mosaic import check_output_path, write_output
-from tilefill._records import failure_path, quality_path, write_failure, write_json
+from tilefill._cluster import LazyCluster
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config, load_config, with_shortcuts
 from tilefill._errors import TilefillError
 from tilefill._fill import TileResult
 from tilefill._grid import TileGrid
+from tilefill._mosaic import check_output_path, write_output
+from tilefill._records import failure_path, quality_path, write_failure, write_json
 from tilefill._runkey import RunKey, run_key
 from tilefill._scene import open_scene
-from tilefill._schedule import SYSTEMATIC, LazyCluster, Progress, TileJob, TileRun
+from tilefill._schedule import SYSTEMATIC, Progress, TileJob, TileRun
 from tilefill._store import TileStore, build_store, resumable_store
 from tilefill._version import __version__
 
