@@ -123,8 +123,9 @@ def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str)
     for old, new in MOVED.items():
         section, leaf = old.split(".")
         cfg[section][leaf] = moved[new.split(".")[1]]
-    # check_every 0 (score at the end only) scores where check_every = iterations does: one key for both
-    cfg["fit"]["check_every"] = config.fit.check_every or config.fit.iterations
+    # 0 (score at the end only) and an interval of the iterations or more score alike: one key for them
+    fit = config.fit
+    cfg["fit"]["check_every"] = min(fit.check_every or fit.iterations, fit.iterations)
     cfg.pop("output")  # decides how the GeoTIFF is written, which every run redoes; never a tile
     cfg.pop("blend")  # how the mosaic weighs the tiles' fills, decided after every tile is done
     cfg.pop("name")
