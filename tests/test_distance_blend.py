@@ -186,7 +186,11 @@ def test_distance_weights_through_the_pipeline_write_a_georeferenced_error_map(t
     true_rmse = np.sqrt(np.mean((filled[:, gaps].astype(float) - truth[:, gaps]) ** 2))
     assert 0.1 < np.sqrt(np.mean(err[:, gaps] ** 2)) / true_rmse < 10
     # per tile, the mosaic's estimate replaces the tile's own
-    assert np.isfinite(report.estimated_rmse) and len(side["tiles"]) == report.tiles_fitted
+    assert len(side["tiles"]) == report.tiles_fitted
+    # the report's figure is the map's: each band's RMS over the filled pixels, mean of the bands, in DN
+    expected = np.mean([np.sqrt(np.mean(e[gaps] ** 2)) for e in err.astype(np.float64)])
+    assert report.estimated_gap_rmse == pytest.approx(expected, rel=1e-4)
+    assert report.estimate_units == "in the input's units" and "in the input's units, mean of the bands" in str(report)
 
 
 def test_blend_settings_reuse_the_fitted_tiles(tmp_path, synth, recipe, one_torch_thread):
