@@ -18,7 +18,7 @@ def test_presets_are_shipped():
     assert (presets_dir() / "paper.yaml").is_file()
 
 
-def test_paper_preset_matches_the_anchors():
+def test_paper_preset_matches_the_papers_appendix():
     cfg = load_config("paper")
     net, fit = cfg.network, cfg.fit
     assert cfg.name == "paper" and cfg.method == "dip"

@@ -393,11 +393,11 @@ def test_meshgrid_input(tiny_network):
     assert np.isfinite(res.prediction).all()
 
 
-def test_flops_match_anchors():
+def test_flops_of_the_paper_network():
     from tilefill._config import NetworkConfig
     from tilefill._dip import flops_per_iteration
 
-    # anchors.md: 31.7 GMAC forward at 256 x 256, about 0.19 TFLOP per training iteration
+    # the paper's network: 31.7 GMAC forward at 256 x 256, about 0.19 TFLOP per training iteration
     f = flops_per_iteration(4, 4, NetworkConfig(), 256, 256)
     assert 0.18e12 < f < 0.20e12
 

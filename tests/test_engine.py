@@ -209,7 +209,7 @@ def test_compiled_network_is_compiled_once_per_shape_and_reinitialised(tiny_netw
 def test_network_memory_scales_with_the_window_and_the_network():
     paper = NetworkConfig()
     at256 = network_memory(4, 4, paper, 256, 256)
-    # anchors.md: autograd saves ~0.7 GB per 256 px tile for the paper network in fp32
+    # autograd saves ~0.7 GB per 256 px tile for the paper's network in fp32
     assert 0.7e9 < at256 < 1.5e9
     assert network_memory(4, 4, paper, 512, 512) == pytest.approx(4 * at256, rel=0.05)
     small = network_memory(4, 4, NetworkConfig(channels_down=(32,) * 5, channels_up=(32,) * 5,
