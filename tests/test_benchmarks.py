@@ -174,45 +174,6 @@ def test_scene_cost_counts_the_committed_reports_figures(tmp_path, monkeypatch):
     assert "| fast |" in (tmp_path / "cost.md").read_text()
 
 
-def test_gpu_check_runs_every_step_at_toy_sizes_on_cpu(tmp_path, monkeypatch):
-    """``--cpu-smoke``: every step of the GPU check, so GPU time is never spent on a broken script."""
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        _run("gpu_check.py", ["--cpu-smoke", "--budget", "900", "--out", str(tmp_path)], monkeypatch)
-    finally:
-        torch.set_num_threads(threads)  # the smoke run fits on one thread
-    result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert result["meta"]["cpu_smoke"] and not result["skipped"] and not result["errors"]
-    # (c) and (b): the reference and every engine configuration, timed alike
-    assert {(r["preset"], r["k"]) for r in result["reference"]} == {("fast", 1), ("default", 1)}
-    engine = {(r["preset"], r["precision"], r["k"]) for r in result["engine"]}
-    assert engine == {(p, q, k) for p in ("fast", "default") for q in ("fp32", "bf16") for k in (1, 2)}
-    assert all(r["iterations_per_s"] > 0 and r["tflops"] > 0 and 0 < r["peak_share"] for r in result["engine"])
-    assert set(result["speedups"]) == {"fast", "default"}
-    # checks: refits equal under engine.deterministic; a group over its memory budget split 3 + 3 + 2
-    assert result["checks"]["refits"]["deterministic"]["bit_equal"]
-    assert result["checks"]["memory_split"]["networks_per_group"] == 3
-    # (d): tiles with gaps of the smoke scene's grid, minutes from engine and pipeline rates
-    scene = result["scene"]
-    assert {r["source"] for r in scene} == {"engine", "pipeline"}
-    assert all(0 < r["dip_fits"] <= r["with_gaps"] <= r["grid"] and r["minutes"] > 0 for r in scene)
-    # (a): every CLI variant filled the crop; gap r2 set against fp32's
-    cli = {r["variant"]: r for r in result["cli"]}
-    assert set(cli) == {"fp32", "bf16", "tiles_per_task_8", "channels_last", "compile"}
-    assert all(r["exit"] == 0 and -1 < r["gap_r2"] <= 1 and r["tiles"] == 4 and r["tiles_per_s"] > 0
-               for r in cli.values())
-    assert cli["fp32"]["gap_r2_minus_fp32"] == 0
-    assert cli["compile"]["gap_r2"] == cli["fp32"]["gap_r2"]  # the eager backend: the same fit
-    # compile: paid once, then reused
-    assert result["compile"]["compile_seconds"] > 0 and result["compile"]["second_fit_compile_seconds"] == 0
-    # the targets that the smoke run's sizes reach (no K >= 8 here for the bf16 share of peak)
-    assert set(result["targets"]) == {"engine_10x_reference_default", "scene_fast_minutes", "scene_default_minutes"}
-    md = (tmp_path / "gpu_check.md").read_text()
-    assert "## Targets" in md and "## The CLI" in md and "| tiles_per_task_8 | 0 |" in md
-
-
 @pytest.mark.study
 def test_noise_choice_sets_the_hidden_pixels_pick_beside_the_truths(tmp_path, monkeypatch):
     """Reports of two settings: the estimate's pick is the lowest mean estimated RMSE, the best the highest r2,
