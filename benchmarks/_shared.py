@@ -4,6 +4,10 @@ Timing, the same for tilefill's engine and the reference: one fit of ``warmup + 
 iterations; the device is synchronised after iteration ``warmup`` and after the last, and the
 time between, over ``timed``, is the seconds per iteration. Warm-up (cuDNN autotuning, lazy
 initialisation, allocator growth) and setup (building the networks) stay out of it.
+
+Memory, on a GPU: the peak is reset after the warm-up, so :func:`peak_memory_gb` after a timed fit
+is the steady fit's peak, without cuDNN autotuning's trial workspaces; :attr:`LoopTimer.warmup_peak_gb`
+keeps the warm-up's.
 """
 
 from __future__ import annotations
@@ -82,11 +86,13 @@ def reference_loop(image, known, network, fit, iterations, device, seed=0, on_it
 
 class LoopTimer:
     """``on_iteration`` callback: synchronises after iterations ``warmup`` and ``warmup + timed`` and
-    keeps the seconds per iteration between them (:attr:`seconds`)."""
+    keeps the seconds per iteration between them (:attr:`seconds`). On a GPU it also keeps the
+    warm-up's peak memory (:attr:`warmup_peak_gb`) and resets the peak there."""
 
     def __init__(self, device: torch.device, warmup: int, timed: int):
         self.device, self.warmup, self.timed = device, warmup, timed
         self.marks: dict[int, float] = {}
+        self.warmup_peak_gb: float | None = None
 
     @property
     def iterations(self) -> int:
@@ -96,6 +102,9 @@ class LoopTimer:
         if done in (self.warmup, self.iterations):
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
+                if done == self.warmup:  # autotuning's workspaces are in this peak, not in the steady one
+                    self.warmup_peak_gb = torch.cuda.max_memory_allocated(self.device) / 2**30
+                    torch.cuda.reset_peak_memory_stats(self.device)
             self.marks[done] = time.perf_counter()
 
     @property
@@ -103,16 +112,17 @@ class LoopTimer:
         return (self.marks[self.iterations] - self.marks[self.warmup]) / self.timed
 
 
-def time_reference(image, known, network, fit, device, warmup: int, timed: int, seed: int = 0) -> float:
-    """Seconds per iteration of :func:`reference_loop`."""
-    timer = LoopTimer(device, warmup, timed)
+def time_reference(image, known, network, fit, device, warmup: int, timed: int, seed: int = 0,
+                   timer: LoopTimer | None = None) -> float:
+    """Seconds per iteration of :func:`reference_loop` (``timer``: a :class:`LoopTimer` to read more from)."""
+    timer = timer or LoopTimer(device, warmup, timed)
     reference_loop(image, known, network, fit, timer.iterations, device, seed=seed, on_iteration=timer)
     return timer.seconds
 
 
-def time_engine(problems, network, fit, runtime, warmup: int, timed: int):
+def time_engine(problems, network, fit, runtime, warmup: int, timed: int, timer: LoopTimer | None = None):
     """Seconds per iteration of tilefill's engine fitting ``problems`` as one group, and its results."""
-    timer = LoopTimer(runtime.device, warmup, timed)
+    timer = timer or LoopTimer(runtime.device, warmup, timed)
     results = fit_problems(problems, network, replace(fit, iterations=timer.iterations), runtime=runtime,
                            on_iteration=timer)
     return timer.seconds, results

@@ -1,4 +1,7 @@
-"""``benchmarks/batch_overlap.py`` keeps working: its idle figures, and a tiny run end to end."""
+"""``benchmarks/studies/batch_overlap.py`` keeps working: its idle figures, and a tiny run end to end.
+
+A study's test: marked ``study``, left out of the default run (CI runs it with ``-m study``).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,15 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.study
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "studies" / "batch_overlap.py"
 
 
 def _bench():
-    return runpy.run_path(str(ROOT / "benchmarks" / "batch_overlap.py"))
+    return runpy.run_path(str(SCRIPT))
 
 
 def _task(scene: str, worker: str, start: float, stop: float) -> dict:
@@ -37,7 +44,7 @@ def test_idle_between_scenes_counts_each_workers_gap_at_each_boundary():
 def test_a_tiny_batch_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["batch_overlap.py", "--scenes", "2", "--size", "96", "--iterations", "1",
                                       "--workers", "1", "--label", "test", "--out", str(tmp_path)])
-    runpy.run_path(str(ROOT / "benchmarks" / "batch_overlap.py"), run_name="__main__")
+    runpy.run_path(str(SCRIPT), run_name="__main__")
     result = json.loads((tmp_path / "batch-overlap-test.json").read_text())
     assert result["tiles"] == result["tiles_fitted"] == 2 * 4 and result["workers"] == 1
     assert len(result["all_idle_per_boundary_s"]) == 1 and result["busy_s"] > 0

@@ -1,4 +1,8 @@
-"""The benchmark scripts keep working: each runs end to end on tiny settings and writes its JSON."""
+"""The benchmark scripts keep working: each runs end to end on tiny settings and writes its JSON.
+
+The product scripts sit in ``benchmarks/``; the one-off studies in ``benchmarks/studies/``, whose tests are
+marked ``study``: left out of the default run, run by CI with ``-m study``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ TINY = str(Path(__file__).with_name("tiny.yaml"))
 
 
 def _run(script: str, args: list[str], monkeypatch) -> None:
+    """Run ``benchmarks/SCRIPT`` (``studies/NAME.py`` for a study) as ``python SCRIPT ARGS`` would."""
     monkeypatch.setattr(sys, "argv", [script, *args])
     runpy.run_path(str(ROOT / "benchmarks" / script), run_name="__main__")
 
@@ -69,6 +74,7 @@ def test_quality_report_pools_dip_against_each_classical_fill_by_distance():
     assert quality["distance_curves"]([r for r in rows if r["case"] == "a"]) == []  # one case: nothing pooled
 
 
+@pytest.mark.study
 def test_blend_study_scores_every_rule_on_the_real_gaps_of_kept_runs(tmp_path, monkeypatch):
     """Two kept quality runs of two images, then the study: no rule beats the oracle on any band (it is the
     least-squares optimum on the same sums), and the 'presets before' rule is the re-blended output's own."""
@@ -80,9 +86,9 @@ def test_blend_study_scores_every_rule_on_the_real_gaps_of_kept_runs(tmp_path, m
                         "--methods", "dip,gdal,biharmonic", "--out", str(out / "q")], monkeypatch)
     _run("quality.py", [*common, "--set", "blend.weights=fixed", "--cases", "landsat8:slc,sentinel2:slc",
                         "--methods", "dip", "--out", str(out / "fixed")], monkeypatch)
-    _run("blend_study.py", ["--keep", str(keep), "--quality", *map(str, (out / "q").glob("*.json")),
-                            "--today", *map(str, (out / "fixed").glob("*.json")), "--prior-pixels", "200",
-                            "--out", str(out / "study")], monkeypatch)
+    _run("studies/blend_study.py", ["--keep", str(keep), "--quality", *map(str, (out / "q").glob("*.json")),
+                                    "--today", *map(str, (out / "fixed").glob("*.json")), "--prior-pixels", "200",
+                                    "--out", str(out / "study")], monkeypatch)
     study = json.loads(next((out / "study").glob("blend-study-*.json")).read_text())
     assert [e["case"] for e in study["cases"]] == ["landsat8:slc", "sentinel2:slc"]
     for e in study["cases"]:
@@ -104,15 +110,15 @@ def test_blend_study_scores_every_rule_on_the_real_gaps_of_kept_runs(tmp_path, m
     assert {"curve", "curve+scene:200", "curve+scene:200, partner per band", "partner:mean of two",
             "curve+scene:1000, mean partner", "curve+scene:1000, partner per scene (first or mean)"} <= set(study["summary"])
     assert len(study["meta"]["curve_all_images"]["biharmonic"]) == 8
-    # the same two runs as presets side by side (benchmarks/compare_presets.py)
+    # the same two runs as presets side by side (benchmarks/studies/compare_presets.py)
     q, fixed = next((out / "q").glob("*.json")), next((out / "fixed").glob("*.json"))
     # a report of classical fills alone (its GDAL rows made better here) only raises the bar
     classical = json.loads(q.read_text())
     classical["rows"] = [{**r, "gaps": [{**g, "r2": g["r2"] + 0.5} for g in r["gaps"]]}
                          for r in classical["rows"] if r["method"] == "gdal" and r["case"] == "sentinel2:slc"]
     (out / "classical.json").write_text(json.dumps(classical))
-    _run("compare_presets.py", [f"distance={q}", f"fixed={fixed}", f"whole={out / 'classical.json'}",
-                                "--out", str(out / "cmp" / "presets")], monkeypatch)
+    _run("studies/compare_presets.py", [f"distance={q}", f"fixed={fixed}", f"whole={out / 'classical.json'}",
+                                        "--out", str(out / "cmp" / "presets")], monkeypatch)
     cmp = json.loads((out / "cmp" / "presets.json").read_text())
     assert set(cmp["summary"]) == {"distance", "fixed"}
     raised = next(e for e in cmp["cases"] if e["case"] == "sentinel2:slc")
@@ -152,45 +158,23 @@ def test_throughput_benchmark_compares_engine_and_reference(tmp_path, monkeypatc
     assert result["speedup"] > 0 and result["scheduler_overhead_s_per_task"] > 0
 
 
-def test_gpu_check_runs_every_step_at_toy_sizes_on_cpu(tmp_path, monkeypatch):
-    """``--cpu-smoke``: every step of the GPU check, so GPU time is never spent on a broken script."""
-    import torch
-
-    threads = torch.get_num_threads()
-    try:
-        _run("gpu_check.py", ["--cpu-smoke", "--budget", "900", "--out", str(tmp_path)], monkeypatch)
-    finally:
-        torch.set_num_threads(threads)  # the smoke run fits on one thread
-    result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert result["meta"]["cpu_smoke"] and not result["skipped"] and not result["errors"]
-    # (c) and (b): the reference and every engine configuration, timed alike
-    assert {(r["preset"], r["k"]) for r in result["reference"]} == {("fast", 1), ("default", 1)}
-    engine = {(r["preset"], r["precision"], r["k"]) for r in result["engine"]}
-    assert engine == {(p, q, k) for p in ("fast", "default") for q in ("fp32", "bf16") for k in (1, 2)}
-    assert all(r["iterations_per_s"] > 0 and r["tflops"] > 0 and 0 < r["peak_share"] for r in result["engine"])
-    assert set(result["speedups"]) == {"fast", "default"}
-    # checks: refits equal under engine.deterministic; a group over its memory budget split 3 + 3 + 2
-    assert result["checks"]["refits"]["deterministic"]["bit_equal"]
-    assert result["checks"]["memory_split"]["networks_per_group"] == 3
-    # (d): tiles with gaps of the smoke scene's grid, minutes from engine and pipeline rates
-    scene = result["scene"]
-    assert {r["source"] for r in scene} == {"engine", "pipeline"}
-    assert all(0 < r["dip_fits"] <= r["with_gaps"] <= r["grid"] and r["minutes"] > 0 for r in scene)
-    # (a): every CLI variant filled the crop; gap r2 set against fp32's
-    cli = {r["variant"]: r for r in result["cli"]}
-    assert set(cli) == {"fp32", "bf16", "tiles_per_task_8", "channels_last", "compile"}
-    assert all(r["exit"] == 0 and -1 < r["gap_r2"] <= 1 and r["tiles"] == 4 and r["tiles_per_s"] > 0
-               for r in cli.values())
-    assert cli["fp32"]["gap_r2_minus_fp32"] == 0
-    assert cli["compile"]["gap_r2"] == cli["fp32"]["gap_r2"]  # the eager backend: the same fit
-    # compile: paid once, then reused
-    assert result["compile"]["compile_seconds"] > 0 and result["compile"]["second_fit_compile_seconds"] == 0
-    # the targets that the smoke run's sizes reach (no K >= 8 here for the bf16 share of peak)
-    assert set(result["targets"]) == {"engine_10x_reference_default", "scene_fast_minutes", "scene_default_minutes"}
-    md = (tmp_path / "gpu_check.md").read_text()
-    assert "## Targets" in md and "## The CLI" in md and "| tiles_per_task_8 | 0 |" in md
+def test_scene_cost_counts_the_committed_reports_figures(tmp_path, monkeypatch):
+    """The count is deterministic: run again for ``fast``, it gives the committed report's row (the README's cost
+    table), and the CPU time is fits x iterations x the iteration report's time."""
+    reports = ROOT / "benchmarks" / "reports"
+    timing = reports / "iteration-cost-cpu-192-20261203-193703.json"
+    _run("scene_cost.py", ["--presets", "fast", "--iteration-cost", f"fast={timing}", "--out", str(tmp_path / "cost")],
+         monkeypatch)
+    (row,) = json.loads((tmp_path / "cost.json").read_text())["rows"]
+    committed = {r["preset"]: r for r in json.loads((reports / "scene-cost-presets.json").read_text())["rows"]}
+    keys = ("tiles", "tiles_with_gaps", "tiles_fitted", "iterations", "pflop", "seconds_per_iteration")
+    assert {k: row[k] for k in keys} == pytest.approx({k: committed["fast"][k] for k in keys})
+    assert 0 < row["tiles_fitted"] <= row["tiles_with_gaps"] <= row["tiles"]
+    assert row["cpu_hours_one_thread"] == pytest.approx(row["tiles_fitted"] * 590 * row["seconds_per_iteration"] / 3600)
+    assert "| fast |" in (tmp_path / "cost.md").read_text()
 
 
+@pytest.mark.study
 def test_noise_choice_sets_the_hidden_pixels_pick_beside_the_truths(tmp_path, monkeypatch):
     """Reports of two settings: the estimate's pick is the lowest mean estimated RMSE, the best the highest r2,
     a later report's row of a case replaces an earlier one's, and a case with one setting is left out."""
@@ -206,7 +190,8 @@ def test_noise_choice_sets_the_hidden_pixels_pick_beside_the_truths(tmp_path, mo
                      row("alone", 0.5, [[0.1, 0.1]])])
     a_later = report("a_later", [row("wrong", 0.62, [[0.05, 0.07]])])
     b = report("b", [row("right", 0.70, [[0.06, 0.06]]), row("wrong", 0.58, [[0.04, 0.08]])])
-    _run("noise_choice.py", [f"0.1={a}", f"0.1={a_later}", f"0.05={b}", "--out", str(tmp_path / "choice")], monkeypatch)
+    _run("studies/noise_choice.py", [f"0.1={a}", f"0.1={a_later}", f"0.05={b}", "--out", str(tmp_path / "choice")],
+         monkeypatch)
     cases = {c["case"]: c for c in json.loads((tmp_path / "choice.json").read_text())["cases"]}
     assert set(cases) == {"right", "wrong"}
     assert cases["right"]["chosen_by_estimate"] == cases["right"]["best"] == "0.1"

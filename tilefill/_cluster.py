@@ -96,6 +96,22 @@ def _visible_gpus(n: int) -> list[str]:
     return pool[:n]
 
 
+def gpu_worker_memory_limit(gpus: int, total: int | None = None) -> int:
+    """Host memory (bytes) each of ``gpus`` GPU workers may take: the machine's, shared among them.
+
+    ``total`` defaults to Dask's reading of this machine's memory (cgroup and rlimit bounds
+    included). Without it a nanny takes Dask's CPU-worker share, memory x threads / cores: 8 GiB
+    on a 16-core, 128 GiB GPU machine, which torch, CUDA, cuDNN and Inductor fill before Dask
+    pauses (80%) and restarts (95%) the worker.
+
+    >>> gpu_worker_memory_limit(2, total=128 * 2**30) // 2**30
+    64
+    """
+    if total is None:
+        from distributed.system import MEMORY_LIMIT as total
+    return int(total) // max(1, gpus)
+
+
 def _cuda_device_count() -> int:
     """CUDA devices a fresh process with this environment sees: asked in a child, so this one never touches CUDA."""
     try:
@@ -368,12 +384,13 @@ def _show_dashboard(link: str) -> str:
 
 def _gpu_cluster(gpus: int, *, dashboard: bool, preload: list[str], env: dict):
     """(cluster, description): one single-threaded worker process per GPU, each pinned to its device with
-    ``CUDA_VISIBLE_DEVICES`` and advertising ``GPU=1``; on loopback."""
+    ``CUDA_VISIBLE_DEVICES``, advertising ``GPU=1`` and allowed its share of the host's memory; on loopback."""
     from distributed import Nanny, Scheduler, SpecCluster
 
     workers = {
         f"gpu-{dev}": {"cls": Nanny, "options": {
             "nthreads": 1, "resources": {"GPU": 1}, "preload": preload, "host": LOOPBACK,
+            "memory_limit": gpu_worker_memory_limit(gpus),
             "env": {"CUDA_VISIBLE_DEVICES": dev, "TILEFILL_THREADS": "1", **env}}}
         for dev in _visible_gpus(gpus)
     }

@@ -631,9 +631,19 @@ def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, 
             for i in range(k)]
 
 
+# how libraries report a failed allocation as text: CUDA ("CUDA error: out of memory"), cuBLAS and cuDNN
+# ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", cuDNN 9's "..._DEVICE_ALLOCATION_FAILED")
+_OUT_OF_MEMORY_TEXT = ("out of memory", "alloc_failed", "allocation_failed", "cudaerrormemoryallocation")
+
+
 def _out_of_memory(exc: BaseException) -> bool:
-    """A device allocation failed: the caching allocator's error, or a library's that reports it as text."""
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    """A device allocation failed: the caching allocator's error, or a library's that reports it as text.
+
+    >>> [_out_of_memory(RuntimeError(m)) for m in ("cuDNN error: CUDNN_STATUS_ALLOC_FAILED", "bad shape")]
+    [True, False]
+    """
+    text = str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or any(t in text for t in _OUT_OF_MEMORY_TEXT)
 
 
 def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig, *,

@@ -12,7 +12,8 @@ resolved once per process and config (:func:`get_runtime`) and handed to every f
   A later fit of that shape reuses the compiled module: its parameters are re-initialised in
   place, so the graph's guards hold and nothing is traced or compiled again;
 - the GPU memory one group of networks may take (``engine.memory_fraction``), and the largest
-  group that fitted after an out-of-memory error.
+  group that fitted after an out-of-memory error, for the next :data:`CAP_FITS` fits of that
+  shape (what ran out may have been passing: another process's memory, fragmentation).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tilefill._errors import TilefillError
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # cuBLAS needs a fixed workspace to be deterministic; read when its first handle is made
 CUBLAS_WORKSPACE = ":4096:8"
+CAP_FITS = 20  # fits of one shape that a group-size cap learned from an out-of-memory error holds for
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -109,8 +111,10 @@ class Runtime:
     memory_budget: int | None = None
     # torch.compile's backend when not engine.compile_backend (a callable: tests count compilations)
     backend: object = None
+    # torch.compile's mode (None: its default); benchmarks try "reduce-overhead" (CUDA graphs)
+    compile_mode: str | None = None
     compiled: dict = field(default_factory=dict, repr=False)
-    # the most networks of one (layout, window) that fitted after an out-of-memory error
+    # per (layout, window): [the most networks that fitted after an out-of-memory error, fits it still holds for]
     caps: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -157,8 +161,9 @@ class Runtime:
         if entry is None:
             net = fresh.to(self.device).to(memory_format=self.memory_format)
             _allow_recompiles(len(self.compiled) + 1)
+            mode = {"mode": self.compile_mode} if self.compile_mode else {}
             entry = self.compiled[key] = _Compiled(net, torch.compile(
-                net, backend=self.backend or self.engine.compile_backend, dynamic=False))
+                net, backend=self.backend or self.engine.compile_backend, dynamic=False, **mode))
         else:
             with torch.no_grad():  # in place: the compiled graph holds these very tensors
                 entry.module.load_state_dict(fresh.state_dict())
@@ -204,18 +209,36 @@ class Runtime:
         """Split ``k`` networks into sub-groups that fit the budget, as even as possible, in order.
 
         ``budget`` defaults to :meth:`budget`; a group that ran out of memory before caps the size
-        (:meth:`learn_cap`). At least one network per sub-group, whatever the budget says: a
-        network too large for the device fails at its own fit with a clear error.
+        (:meth:`learn_cap`) for :data:`CAP_FITS` calls (one per fit), then full groups are tried
+        again. At least one network per sub-group, whatever the budget says: a network too large
+        for the device fails at its own fit with a clear error.
+
+        Examples
+        --------
+        >>> rt = Runtime(EngineConfig(), torch.device("cpu"))
+        >>> rt.learn_cap("shape", 3)
+        >>> rt.group_sizes(8, per_network=1, key="shape")
+        [3, 3, 2]
+        >>> for _ in range(CAP_FITS - 1):
+        ...     _ = rt.group_sizes(8, per_network=1, key="shape")
+        >>> rt.group_sizes(8, per_network=1, key="shape")  # the cap has run out
+        [8]
         """
         budget = self.budget() if budget is None else budget
         most = k if budget is None else max(1, budget // max(per_network, 1))
-        most = min(most, self.caps.get(key, k))
+        cap = self.caps.get(key)
+        if cap is not None:
+            most = min(most, cap[0])
+            cap[1] -= 1
+            if cap[1] <= 0:
+                del self.caps[key]
         groups = -(-k // most)
         return [k // groups + (i < k % groups) for i in range(groups)]
 
     def learn_cap(self, key: tuple, size: int) -> None:
-        """Remember that groups of ``size`` networks of ``key`` fit (one larger did not)."""
-        self.caps[key] = min(self.caps.get(key, size), size)
+        """Remember, for the next :data:`CAP_FITS` fits of ``key``, that groups of ``size`` networks fit (one
+        larger did not)."""
+        self.caps[key] = [min(self.caps.get(key, (size,))[0], size), CAP_FITS]
 
     def release(self) -> None:
         """Give cached but unused device memory back (after an out-of-memory error)."""

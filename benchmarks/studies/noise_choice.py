@@ -7,7 +7,7 @@ tile's gap RMSE estimated from its hidden pixels and measured against the truth)
 
 Usage
 -----
-    python benchmarks/noise_choice.py 0.1=benchmarks/reports/fast-sweep-cpu-256-shipped-mid-reach.json \\
+    python benchmarks/studies/noise_choice.py 0.1=benchmarks/reports/fast-sweep-cpu-256-shipped-mid-reach.json \\
         0.05=benchmarks/reports/fast-sweep-cpu-256-noise0.05-mid-reach.json --out benchmarks/reports/noise-choice
 
 Each LABEL=JSON may be given several times (reports are pooled per label, a later report's row of a case replacing

@@ -10,7 +10,7 @@ runs; wall time does, and is reported beside them).
 
 Usage
 -----
-    python benchmarks/allocator.py --iterations 60 --repeats 3
+    python benchmarks/studies/allocator.py --iterations 60 --repeats 3
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ start saves at equal quality, if any. A plain loop, one thread, as the public DI
 
 Usage
 -----
-    python benchmarks/warmstart.py --scene landsat8 --preset default --iterations 500 --tiles 4
+    python benchmarks/studies/warmstart.py --scene landsat8 --preset default --iterations 500 --tiles 4
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ CHECKPOINTS = (25, 50, 100, 150, 200, 300, 400, 500, 750, 1000)
 
 def scene_tiles(scene: str, size: int, count: int, seed: int = 0):
     """``count + 1`` tiles (image in [0, 1], gap mask) of a real scene with SLC-off stripes; the first is the prior's."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/quality.py
     from quality import load_case
 
     truth, gap, *_ = load_case(f"{scene}:slc", None, seed)

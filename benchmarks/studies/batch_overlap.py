@@ -16,8 +16,8 @@ It uses the public API only, so the same script measures another checkout of til
 
 Usage
 -----
-    PYTHONPATH=/path/to/old/checkout python benchmarks/batch_overlap.py --label before
-    python benchmarks/batch_overlap.py --label after
+    PYTHONPATH=/path/to/old/checkout python benchmarks/studies/batch_overlap.py --label before
+    python benchmarks/studies/batch_overlap.py --label after
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this script is in benchmarks/studies/)
 TINY = ROOT / "tests" / "tiny.yaml"
 
 

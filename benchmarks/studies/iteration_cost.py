@@ -7,8 +7,8 @@ the same fit with ``torch.optim.Adam(fused=False)``, the loop tilefill used befo
 
 Usage
 -----
-    python benchmarks/iteration_cost.py --tile-size 128 --iterations 60 --repeats 3 --out benchmarks/reports
-    python benchmarks/iteration_cost.py --tile-size 192 --iterations 30 --repeats 3 --bf16   # + bf16 autocast
+    python benchmarks/studies/iteration_cost.py --tile-size 128 --iterations 60 --repeats 3 --out benchmarks/reports
+    python benchmarks/studies/iteration_cost.py --tile-size 192 --iterations 30 --repeats 3 --bf16   # + bf16 autocast
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: _shared, beside the product scripts
 from _shared import machine_meta, real_tiles, time_engine  # noqa: E402
 
 from tilefill import load_config  # noqa: E402

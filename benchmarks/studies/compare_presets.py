@@ -9,7 +9,7 @@ the best classical fill of a band is the best of every report's, the stricter ba
 
 Usage
 -----
-    python benchmarks/compare_presets.py fast=benchmarks/reports/quality-fast-cpu-256-cases.json \\
+    python benchmarks/studies/compare_presets.py fast=benchmarks/reports/quality-fast-cpu-256-cases.json \\
         default=benchmarks/reports/quality-default-cpu-256-cases.json \\
         whole=benchmarks/reports/quality-classical-whole-crop-cpu-256-cases.json --out benchmarks/reports/presets-cpu-256
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # blend_study, beside this script
 from blend_study import NOISE, classical_best  # noqa: E402
 
 

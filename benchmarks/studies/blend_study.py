@@ -31,7 +31,7 @@ hidden pixels, all bands together) and "oracle, mean partner allowed".
 
 Usage
 -----
-    python benchmarks/blend_study.py --keep /tmp/keep --quality benchmarks/results/quality-*.json
+    python benchmarks/studies/blend_study.py --keep /tmp/keep --quality benchmarks/results/quality-*.json
 
 Writes benchmarks/results/blend-study-*.json and .md: per case and band the gap r2 of every rule
 beside the best classical method of the quality runs, a summary of losses and margins, the distance
