@@ -15,7 +15,8 @@ describe how a scene is cut. Everything else lives in private modules, one per p
 ``_dip``, ``_runtime``                 Deep Image Prior and the engine it runs on
 ``_classical``, ``_distance_blend``    the classical fills and their blend with DIP
 ``_schedule``                          tile tasks on the cluster: retries, progress, stops
-``_cluster``, ``_clusterspec``         starting, connecting to and checking clusters; signals
+``_cluster``, ``_clusterspec``         starting, connecting to and checking clusters
+``_signals``                           Ctrl-C and SIGTERM in the command and its workers
 ``_mosaic``                            the mosaic of the tiles, written as the restored GeoTIFF
 ``_pipeline``                          one scene, stage after stage, and its report
 ``_archive``, ``_batch``               many scenes: discovery, done records, claims; the pipeline

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from tilefill._archive import (CLAIM_TTL, BatchScene, Claim, check_output_root, claim_path, done_path, done_state,
                                find_scenes, write_done)
-from tilefill._cluster import LazyCluster, Terminated
+from tilefill._cluster import LazyCluster
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config
 from tilefill._errors import TilefillError
@@ -31,6 +31,7 @@ from tilefill._pipeline import (FillReport, PreparedFill, checked_config, defaul
                                 start_fit)
 from tilefill._records import json_safe, utc_now, write_failure
 from tilefill._schedule import POLL, ClusterLost, TileJob, error_signature
+from tilefill._signals import Terminated
 
 logger = logging.getLogger("tilefill")
 

@@ -1,5 +1,6 @@
 """Cluster lifecycle: start a local Dask cluster (CPU workers, or one worker per GPU), connect to an
-existing one, check its workers, and stop it; the command's signal handling.
+existing one, check its workers, and stop it (how the command and its workers take signals:
+``tilefill._signals``).
 
 The client never imports torch or touches CUDA: only the workers do, after each has been
 started with its own ``CUDA_VISIBLE_DEVICES``, so every worker owns one GPU (a CUDA context
@@ -20,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 
 from tilefill._clusterspec import ClusterSpec
 from tilefill._errors import TilefillError
+from tilefill._signals import WORKER_LOG_ENV, signals_held
 from tilefill._version import __version__
 
 # Everything tilefill starts listens on loopback only: a Dask scheduler runs any pickled code it is sent
@@ -44,41 +45,8 @@ CONNECT_TIMEOUT = 10.0  # seconds to wait for an existing scheduler to answer
 # seconds to wait for a worker: a cluster's first one, and new ones after all were lost (batch systems
 # start and restart them late); then the run stops, its finished tiles kept
 WORKER_WAIT = 180.0
-WORKER_LOG_ENV = "TILEFILL_WORKER_LOG"  # where the workers tilefill starts write their stderr
 
 log = logging.getLogger("tilefill")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the command is (see :func:`sigterm_as_interrupt`): it stops as Ctrl-C does."""
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM (what SLURM, Kubernetes and systemd send before they kill) into :class:`Terminated`.
-
-    Every cleanup written for Ctrl-C then runs: tiles cancelled, workers stopped, the store kept, a
-    batch's claims released and its log summarised. A second SIGTERM is ignored so that it cannot
-    cut that cleanup short. Only in the main thread (signals are delivered there).
-
-    Examples
-    --------
-    >>> with sigterm_as_interrupt():  # doctest: +SKIP
-    ...     fill_scene("scene.tif", "restored.tif")
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    before = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 def default_workers() -> int:
@@ -161,43 +129,6 @@ def _check_cuda_workers(client, what: str) -> None:
         if not probe["cuda"]:
             raise TilefillError(f"{what}: a worker sees no CUDA device ({addr}, CUDA_VISIBLE_DEVICES="
                                 f"{probe['visible']}); use --workers for CPU")
-
-
-@contextmanager
-def _signals_held(held: list[int]) -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while a local cluster starts: appended to ``held`` for the caller to raise again.
-
-    Interrupted mid-start, Dask leaves a half-started nanny behind, and its exit hook prints a
-    traceback when the command ends.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-
-
-def dask_setup(worker) -> None:
-    """Preload of the workers tilefill starts: signals are the command's, their output goes to its log.
-
-    They ignore Ctrl-C, which the terminal sends them too, and SIGTERM, which a batch system may
-    send the whole process group: the command alone stops a run (cancel the tiles, close the
-    workers, then the scheduler); a worker that stopped itself at the same moment raced the
-    scheduler's shutdown and printed a heartbeat traceback. Their stderr (Dask's log, with a
-    traceback per failed task) goes to the file ``TILEFILL_WORKER_LOG`` names, not the terminal.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    path = os.environ.get(WORKER_LOG_ENV)
-    if path:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 2)
-        os.close(fd)
 
 
 def _worker_probe() -> dict:
@@ -458,8 +389,8 @@ def start_cluster(spec: ClusterSpec = ClusterSpec(), *, check_cuda: bool = True,
     import dask
     from distributed import Client
 
-    # dask_setup above: signals are the command's, stderr goes to the worker log; the user's own preloads too
-    preload = ["tilefill._cluster", *(dask.config.get("distributed.worker.preload", None) or [])]
+    # _signals.dask_setup: signals are the command's, stderr goes to the worker log; the user's own preloads too
+    preload = ["tilefill._signals", *(dask.config.get("distributed.worker.preload", None) or [])]
     logs = {WORKER_LOG_ENV: str(Path(worker_log).resolve())} if worker_log else {}
     # read by each nanny when it is made, before it spawns (and respawns) its worker process
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENV}
@@ -467,7 +398,7 @@ def start_cluster(spec: ClusterSpec = ClusterSpec(), *, check_cuda: bool = True,
     routes = {} if dashboard else {f"distributed.{role}.http.routes": ["distributed.http.health"]
                                    for role in ("scheduler", "worker")}
     held: list[int] = []  # Ctrl-C or SIGTERM while it starts
-    with _signals_held(held), dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **routes}):
+    with signals_held(held), dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **routes}):
         if gpus:
             cluster, desc = _gpu_cluster(gpus, dashboard=dashboard, preload=preload, env=logs)
         else:

@@ -151,7 +151,7 @@ STOPPED = "workers stopped, no output written; finished tiles are kept, run the 
 
 def _run(fn, *args, stopped: str = STOPPED, **kwargs):
     """Turn a user mistake into one line on stderr and exit 1; Ctrl-C into ``stopped`` and exit 130, SIGTERM 143."""
-    from tilefill._cluster import Terminated, sigterm_as_interrupt
+    from tilefill._signals import Terminated, sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():
