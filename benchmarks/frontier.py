@@ -63,7 +63,7 @@ POINTS = {
     "flat16-skip4": _vary(_FLAT(16, 4)),
     "flat16-skip4-it300": _vary({**_FLAT(16, 4), "fit.iterations": 300}),
     "flat16-skip4-it1000": _vary({**_FLAT(16, 4), "fit.iterations": 1000}),
-    "flat16-skip4-stop": _vary({**_FLAT(16, 4), "fit.iterations": 1000, "fit.check_every": 50, "fit.patience": 4}),
+    "flat16-skip4-stop": _vary({**_FLAT(16, 4), "fit.iterations": 1000, "fit.check_every": 50, "experimental.patience": 4}),
     "slim8-64-skip4": _vary(_SLIM8),
     "slim16-128-skip4": _vary(_SLIM((16, 32, 64, 128, 128), 4)),
     "slim8-64-skip4-lr0.02": _vary({**_SLIM8, "fit.learning_rate": 0.02}),
@@ -85,7 +85,7 @@ POINTS = {
     # `fast` stopped on its hidden pixels: up to 1000 iterations, scored every 50 from the 500th (the EMA
     # averages the second half of the cap), stopped after 3 checks without a better score, each tile giving
     # its best-scored output; its cost is the iterations the tiles ran (`pflop_at_mean_iterations`)
-    "fast-stop1000": ("fast", {"fit.iterations": 1000, "fit.check_every": 50, "fit.patience": 3}),
+    "fast-stop1000": ("fast", {"fit.iterations": 1000, "fit.check_every": 50, "experimental.patience": 3}),
     "flat16-skip4-tile64": _vary({**_FLAT(16, 4), "tiles.size": 64, "tiles.overlap": 32}),
     "flat16-skip4-lr0.02": _vary({**_FLAT(16, 4), "fit.learning_rate": 0.02}),
 }
@@ -95,7 +95,7 @@ SCENE = (7000, 8000)  # rows, columns of the full scene the FLOPs are extrapolat
 def run_flops(cfg, report, bands: int) -> float:
     """FLOPs of a run's fits: each fitted tile's iterations x its network's FLOPs per iteration, x networks."""
     per_tile = 0.0
-    nets = cfg.fit.ensemble * (bands if cfg.fit.per_band else 1) * len(cfg.fit.input.split("+"))
+    nets = cfg.experimental.ensemble * (bands if cfg.fit.per_band else 1) * len(cfg.experimental.inputs)
     cin = 1 if cfg.fit.per_band else bands
     for t in report.tiles:
         if t.status == "filled" and t.iterations:
@@ -135,7 +135,7 @@ def scene_flops(cfg, bands: int = 4) -> dict:
         if _tile_kind(cfg, np.broadcast_to(~g, (1,) + g.shape), True) == "thin":  # the pipeline's own rule
             continue
         fitted += 1
-    nets = cfg.fit.ensemble * (bands if cfg.fit.per_band else 1) * len(cfg.fit.input.split("+"))
+    nets = cfg.experimental.ensemble * (bands if cfg.fit.per_band else 1) * len(cfg.experimental.inputs)
     per_fit = cfg.fit.iterations * _flops(1 if cfg.fit.per_band else bands, cfg.network, cfg.tiles.size) * nets
     return {"tiles": len(grid), "tiles_with_gaps": with_gaps, "tiles_fitted": fitted,
             "pflop": fitted * per_fit / 1e15}

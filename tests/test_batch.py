@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from conftest import IN_PROCESS
 from tilefill import TilefillError, fill_batch
-from tilefill._batch import Claim, claim_path, done_path, find_scenes
+from tilefill._archive import Claim, claim_path, done_path, find_scenes
 from tilefill._pipeline import default_store
 from tilefill._records import failure_path
 from tilefill._runkey import file_digest

@@ -28,9 +28,10 @@ from click.testing import CliRunner
 from distributed import get_task_stream
 
 from tilefill import ClusterSpec, TilefillError
-from tilefill import _schedule
+from tilefill import _cluster
 from tilefill._pipeline import default_store, worker_log_path
-from tilefill._schedule import run_tiles, start_cluster
+from tilefill._cluster import start_cluster
+from tilefill._schedule import run_tiles
 from tilefill.cli import main
 
 pytestmark = pytest.mark.timeout(180)
@@ -192,11 +193,11 @@ def test_workers_that_cannot_see_the_work_store_are_named(tmp_path):
             return {"tcp://10.0.0.7:4000": fn(path.replace(str(tmp_path), "/elsewhere"), modules),
                     "tcp://10.0.0.8:4000": fn(path, modules)}
 
-    cluster = _schedule.Cluster(Client())
+    cluster = _cluster.Cluster(Client())
     with pytest.raises(TilefillError, match=r"1 of 2 Dask worker\(s\) cannot see the work store .* tcp://10.0.0.7"):
         cluster.check_workers(tmp_path, torch=False)
     cluster.check_workers("/", torch=False)  # every worker sees /
-    _schedule.Cluster(None).check_workers("/nowhere")  # in-process: nothing to check
+    _cluster.Cluster(None).check_workers("/nowhere")  # in-process: nothing to check
 
 
 def test_a_worker_that_cannot_import_torch_is_named_before_any_tile(tmp_path, scene):

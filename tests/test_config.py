@@ -18,7 +18,7 @@ def test_presets_are_shipped():
     assert (presets_dir() / "paper.yaml").is_file()
 
 
-def test_paper_preset_matches_the_anchors():
+def test_paper_preset_matches_the_papers_appendix():
     cfg = load_config("paper")
     net, fit = cfg.network, cfg.fit
     assert cfg.name == "paper" and cfg.method == "dip"
@@ -26,7 +26,7 @@ def test_paper_preset_matches_the_anchors():
     assert net.channels_down == net.channels_up == net.channels_skip == (128,) * 5
     assert net.levels == 5
     assert (net.kernel_down, net.kernel_up, net.kernel_skip) == (3, 3, 1)
-    assert net.upsample == "nearest"
+    assert cfg.experimental.upsample == "nearest"
     assert net.leaky_slope == 0.2
     # Adam lr 0.01, 1500 iterations, z ~ U(0, 0.1), sigma_p = 0.1, all bands in one network
     assert fit.learning_rate == 0.01
@@ -81,7 +81,7 @@ def test_default_preset_is_the_measured_recipe_within_10_pflop_a_scene():
     # the distance blend, shrunk toward the curve of benchmarks/blend_study.py: biharmonic near data, less
     # with distance, 0.5 where too few cases measured; one partner, no choice per band
     for cfg in (default, fast):
-        assert cfg.blend.weights == "distance" and cfg.blend.prior_pixels == 1000 and not cfg.blend.choose_partner
+        assert cfg.blend.weights == "distance" and cfg.blend.prior_pixels == 1000 and not cfg.experimental.choose_partner
         curve = cfg.blend.curve(1)[0]
         assert curve.shape == (8,) and all(a >= b for a, b in zip(curve[:6], curve[1:6])) and curve[0] > 0.8
         assert cfg.fit.blend_methods == ("biharmonic",)
@@ -180,14 +180,19 @@ def _yaml(tmp_path, text):
     ("fit:\n  keep_known: yes please\n", "true or false"),
     ("fit:\n  iterations: 0\n", "at least 1"),
     ("fit:\n  learning_rate: -0.1\n", "positive"),
-    ("fit:\n  lr_end: 0\n", "lr_end must be in"),
-    ("fit:\n  lr_end: 1.5\n", "lr_end must be in"),
-    ("fit:\n  noise_end: -0.1\n", "noise_end must be in"),
-    ("fit:\n  noise_end: 1.5\n", "noise_end must be in"),
+    ("experimental:\n  lr_end: 0\n", "experimental.lr_end must be in"),
+    ("experimental:\n  lr_end: 1.5\n", "experimental.lr_end must be in"),
+    ("experimental:\n  noise_end: -0.1\n", "experimental.noise_end must be in"),
+    ("experimental:\n  noise_end: 1.5\n", "experimental.noise_end must be in"),
+    ("fit:\n  lr_end: 0.1\n", "fit.lr_end is now experimental.lr_end"),
+    ("network:\n  upsample: bilinear\n", "network.upsample is now experimental.upsample"),
     ("fit:\n  device: tpu\n", "device"),
-    ("network:\n  upsample: bicubic\n", "upsample"),
-    ("fit:\n  input: photo\n", "noise, meshgrid or context"),
-    ("fit:\n  input: context\n  keep_known: false\n", "predicts the gaps only"),
+    ("experimental:\n  upsample: bicubic\n", "experimental.upsample"),
+    ("experimental:\n  input: photo\n", "noise, meshgrid or context"),
+    ("experimental:\n  input: context\nfit:\n  keep_known: false\n", "predicts the gaps only"),
+    ("experimental:\n  ensemble: 0\n", "experimental.ensemble must be at least 1"),
+    ("experimental:\n  patience: -1\n", "experimental.patience must be at least 0"),
+    ("fit:\n  check_every: -1\n", "fit.check_every must be at least 0"),
     ("output:\n  blocksize: 100\n", "multiple of 16"),
     ("base: no-such-preset\n", "no preset named"),
 ])
@@ -245,3 +250,67 @@ def test_base_cycle_is_a_tilefill_error(tmp_path):
     b.write_text(f"base: {a}\n")
     with pytest.raises(TilefillError, match="base"):
         load_config(a)
+
+
+def test_iterations_alone_scores_at_the_end_only(monkeypatch):
+    """``--config fast --iterations 1000`` scores the hidden pixels once, at the end: no best-checkpoint selection.
+
+    The presets once set ``check_every`` to their own iteration count, so more iterations also
+    scored at 590 and kept the better-scored output, a choice measured as not paying.
+    """
+    import torch
+    from click.testing import CliRunner
+
+    from tilefill import _pipeline
+    from tilefill._dip import FitTracker
+    from tilefill.cli import main
+
+    seen = {}
+
+    def fake_fill(scene, output, *, config, overrides, **kw):  # what the command would run
+        seen["cfg"] = load_config(config, overrides)
+        return type("Report", (), {"unfilled_pixels": 0, "__str__": lambda self: "ok"})()
+
+    monkeypatch.setattr(_pipeline, "fill_scene", fake_fill)
+    res = CliRunner().invoke(main, ["scene.tif", "-o", "out.tif", "--config", "fast", "--iterations", "1000"])
+    assert res.exit_code == 0, res.output
+    fit = seen["cfg"].fit
+    assert fit.iterations == 1000 and fit.check_every == 0 and seen["cfg"].experimental.patience == 0
+    assert [n for n in range(1, 1001) if fit.scored_at(n)] == [1000]
+    # an output that is perfect until iteration 700 and off by 1 after: a score at 590 would keep the early one
+    tracker = FitTracker(fit, k=1, c=1, target=torch.zeros(1, 1, 2, 2), held=torch.ones(1, 1, 2, 2))
+    for it in range(1000):
+        tracker.step(it, lambda it=it: torch.full((1, 1, 2, 2), 0.0 if it < 700 else 1.0))
+    kept = float(tracker.result()[0, 0, 0, 0])
+    assert kept == pytest.approx(1 - fit.ema ** 300, rel=1e-3)  # the EMA at the end, not the checkpoint at 590
+    # asked for explicitly, checkpoints still work
+    every = FitTracker(dataclasses.replace(fit, check_every=590), k=1, c=1, target=torch.zeros(1, 1, 2, 2),
+                       held=torch.ones(1, 1, 2, 2))
+    for it in range(1000):
+        every.step(it, lambda it=it: torch.full((1, 1, 2, 2), 0.0 if it < 700 else 1.0))
+    assert float(every.result()[0, 0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_every_preset_leaves_check_every_unset():
+    from tilefill._config import presets_dir
+
+    for path in presets_dir().glob("*.yaml"):
+        assert "check_every" not in path.read_text(), path.name
+        assert load_config(path.stem).fit.check_every == 0
+
+
+def test_the_research_knobs_moved_to_experimental():
+    from tilefill._config import MOVED
+
+    cfg = load_config("fast", {"experimental.lr_end": 0.1, "experimental.upsample": "bilinear"})
+    assert cfg.experimental.lr_end == 0.1 and cfg.experimental.upsample == "bilinear"
+    for old, new in MOVED.items():
+        with pytest.raises(TilefillError, match=f"{old} is now {new}"):
+            load_config("fast", {old: 1})
+    # a work store written before the move keeps them in their old sections: it still opens
+    old_layout = cfg.to_dict()
+    moved = old_layout.pop("experimental")
+    for old, new in MOVED.items():
+        section, leaf = old.split(".")
+        old_layout[section][leaf] = moved[new.split(".")[1]]
+    assert Config.from_dict(old_layout) == cfg

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tilefill._config import FitConfig, NetworkConfig
+from tilefill._config import ExperimentalConfig, FitConfig, NetworkConfig
 from tilefill._dip import FixedInput, Problem, SkipNet, fit_dip, learning_rate
 from tilefill._runtime import resolve_device
 
@@ -78,8 +78,8 @@ def test_paper_network_structure():
 
 def test_channels_and_kernels_follow_the_config():
     cfg = NetworkConfig(channels_down=(8, 8, 16, 16, 16), channels_up=(8, 8, 16, 16, 16), channels_skip=(4,) * 5,
-                        upsample="bilinear", leaky_slope=0.1)
-    net = SkipNet(2, 2, cfg)
+                        leaky_slope=0.1)
+    net = SkipNet(2, 2, cfg, upsample="bilinear")
     mods = list(net.modules())
     assert {u.mode for u in mods if isinstance(u, nn.Upsample)} == {"bilinear"}
     assert {a.negative_slope for a in mods if isinstance(a, nn.LeakyReLU)} == {0.1}
@@ -150,16 +150,16 @@ def test_loss_goes_down_with_iterations(tiny_network):
 
 
 def test_lr_end_decays_the_learning_rate_along_a_cosine(tiny_network):
-    fit = _fit(9, lr_end=0.1)
-    rates = [learning_rate(fit, i) for i in range(9)]
+    fit, decay = _fit(9), ExperimentalConfig(lr_end=0.1)
+    rates = [learning_rate(fit, i, decay.lr_end) for i in range(9)]
     assert rates[0] == pytest.approx(fit.learning_rate) and rates[-1] == pytest.approx(0.1 * fit.learning_rate)
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert rates[4] == pytest.approx(0.55 * fit.learning_rate)  # half way down the cosine
     assert {learning_rate(_fit(9), i) for i in range(9)} == {_fit(9).learning_rate}  # lr_end 1: constant
     img, known = _image(), _known()
-    first = fit_dip(img, known, tiny_network, _fit(1, lr_end=0.1), seed=0)
+    first = fit_dip(img, known, tiny_network, _fit(1), seed=0, experimental=decay)
     assert np.array_equal(first.prediction, fit_dip(img, known, tiny_network, _fit(1), seed=0).prediction)
-    decayed = fit_dip(img, known, tiny_network, fit, seed=0)
+    decayed = fit_dip(img, known, tiny_network, fit, seed=0, experimental=decay)
     constant = fit_dip(img, known, tiny_network, _fit(9), seed=0)
     assert not np.allclose(decayed.prediction, constant.prediction)  # the fit takes the schedule
 
@@ -168,21 +168,23 @@ def test_noise_end_anneals_the_input_noise_along_a_cosine(tiny_network):
     img, known = _image(), _known()
     target, mask = torch.from_numpy(img)[None], torch.from_numpy(known.astype(np.float32))[None]
 
-    def sigmas(fit):
-        inputs = FixedInput([Problem(img, known, seed=0)], fit, target, mask)
+    def sigmas(fit, noise_end=1.0):
+        inputs = FixedInput([Problem(img, known, seed=0)], fit, target, mask,
+                            experimental=ExperimentalConfig(noise_end=noise_end))
         return [float((inputs.next() - inputs.z).std()) for _ in range(fit.iterations)]
 
-    annealed = sigmas(_fit(9, input_noise=0.1, noise_end=0.2))
+    annealed = sigmas(_fit(9, input_noise=0.1), noise_end=0.2)
     assert annealed[0] == pytest.approx(0.1, rel=0.02) and annealed[-1] == pytest.approx(0.02, rel=0.02)
     assert annealed[4] == pytest.approx(0.06, rel=0.02)  # half way down the cosine
     assert all(a > b for a, b in zip(annealed, annealed[1:]))
-    assert sigmas(_fit(9, input_noise=0.1, noise_end=0))[-1] == 0
+    assert sigmas(_fit(9, input_noise=0.1), noise_end=0)[-1] == 0
     constant = sigmas(_fit(9, input_noise=0.1))
     assert max(constant) - min(constant) < 0.002  # noise_end 1: the paper's constant sigma_p
     # the first iteration sees the same input either way; the fit takes the schedule
-    once = fit_dip(img, known, tiny_network, _fit(1, noise_end=0.2), seed=0)
+    anneal = ExperimentalConfig(noise_end=0.2)
+    once = fit_dip(img, known, tiny_network, _fit(1), seed=0, experimental=anneal)
     assert np.array_equal(once.prediction, fit_dip(img, known, tiny_network, _fit(1), seed=0).prediction)
-    assert not np.allclose(fit_dip(img, known, tiny_network, _fit(9, noise_end=0.2), seed=0).prediction,
+    assert not np.allclose(fit_dip(img, known, tiny_network, _fit(9), seed=0, experimental=anneal).prediction,
                            fit_dip(img, known, tiny_network, _fit(9), seed=0).prediction)
 
 
@@ -319,8 +321,8 @@ def test_stacked_network_equals_its_members_at_initialisation(tiny_network):
 
 def test_ensemble_and_ema_and_validation(tiny_network):
     img, known = _image(), _known()
-    fit = _fit(12, ensemble=2, ema=0.9, validation=0.1, check_every=4)
-    res = fit_dip(img, known, tiny_network, fit, seed=0)
+    fit = _fit(12, ema=0.9, validation=0.1, check_every=4)
+    res = fit_dip(img, known, tiny_network, fit, seed=0, experimental=ExperimentalConfig(ensemble=2))
     assert res.prediction.shape == img.shape
     assert len(res.validation_rmse) == img.shape[0] and all(0 < v < 1 for v in res.validation_rmse)
     single = fit_dip(img, known, tiny_network, _fit(12, ema=0.9), seed=0)
@@ -329,8 +331,8 @@ def test_ensemble_and_ema_and_validation(tiny_network):
 
 def test_early_stopping_stops_when_validation_stalls(tiny_network):
     img, known = _image(), _known()
-    res = fit_dip(img, known, tiny_network, _fit(400, validation=0.1, check_every=1, patience=2,
-                                                   learning_rate=0.5), seed=0)
+    res = fit_dip(img, known, tiny_network, _fit(400, validation=0.1, check_every=1, learning_rate=0.5), seed=0,
+                  experimental=ExperimentalConfig(patience=2))
     assert res.iterations < 400
 
 
@@ -387,15 +389,15 @@ def test_bf16_autocast_fits_as_well_as_fp32(tiny_network):
 
 def test_meshgrid_input(tiny_network):
     img, known = _image(), _known()
-    res = fit_dip(img, known, tiny_network, _fit(3, input="meshgrid"), seed=1)
+    res = fit_dip(img, known, tiny_network, _fit(3), seed=1, experimental=ExperimentalConfig(input="meshgrid"))
     assert np.isfinite(res.prediction).all()
 
 
-def test_flops_match_anchors():
+def test_flops_of_the_paper_network():
     from tilefill._config import NetworkConfig
     from tilefill._dip import flops_per_iteration
 
-    # anchors.md: 31.7 GMAC forward at 256 x 256, about 0.19 TFLOP per training iteration
+    # the paper's network: 31.7 GMAC forward at 256 x 256, about 0.19 TFLOP per training iteration
     f = flops_per_iteration(4, 4, NetworkConfig(), 256, 256)
     assert 0.18e12 < f < 0.20e12
 
@@ -437,8 +439,9 @@ def test_context_input_learns_to_fill_the_gaps(tiny_network):
     def gap_rmse(res):
         return float(np.sqrt(np.mean((res.prediction - img)[gap] ** 2)))
 
-    early = fit_dip(img, known, tiny_network, _fit(2, input="context"), seed=3)
-    late = fit_dip(img, known, tiny_network, _fit(150, input="context", ema=0.9), seed=3)
+    context = ExperimentalConfig(input="context")
+    early = fit_dip(img, known, tiny_network, _fit(2), seed=3, experimental=context)
+    late = fit_dip(img, known, tiny_network, _fit(150, ema=0.9), seed=3, experimental=context)
     assert np.isfinite(late.prediction).all() and np.isfinite(late.final_loss)
     assert gap_rmse(late) < 0.5 * gap_rmse(early)
 
@@ -447,9 +450,10 @@ def test_context_input_batched_equals_alone(tiny_network):
     from tilefill._dip import fit_windows
 
     img, known = _image(), _known()
-    fit = _fit(4, input="context", learning_rate=1e-6, validation=0.1, check_every=2)
-    alone = fit_dip(img, known, tiny_network, fit, seed=11)
-    together = fit_windows([(img, known, 11), (img[::-1].copy(), known[::-1].copy(), 12)], tiny_network, fit)
+    fit, context = _fit(4, learning_rate=1e-6, validation=0.1, check_every=2), ExperimentalConfig(input="context")
+    alone = fit_dip(img, known, tiny_network, fit, seed=11, experimental=context)
+    together = fit_windows([(img, known, 11), (img[::-1].copy(), known[::-1].copy(), 12)], tiny_network, fit,
+                           experimental=context)
     assert np.abs(together[0].prediction - alone.prediction).max() < 1e-4
     assert together[0].validation_rmse == pytest.approx(alone.validation_rmse, rel=1e-3)
 
@@ -462,9 +466,9 @@ def test_noise_and_context_members_are_averaged(tiny_network):
     fit = _fit(3, validation=0.1, check_every=3)
     assert hidden.any()
     noise = fit_dip(img, known, tiny_network, fit, seed=1, holdout=hidden)
-    context = fit_dip(img, known, tiny_network, _fit(3, validation=0.1, check_every=3, input="context"),
-                      seed=1 + 1_000_033, holdout=hidden)
-    both = fit_dip(img, known, tiny_network, _fit(3, validation=0.1, check_every=3, input="noise+context"), seed=1)
+    context = fit_dip(img, known, tiny_network, fit, seed=1 + 1_000_033, holdout=hidden,
+                      experimental=ExperimentalConfig(input="context"))
+    both = fit_dip(img, known, tiny_network, fit, seed=1, experimental=ExperimentalConfig(input="noise+context"))
     np.testing.assert_allclose(both.prediction, (noise.prediction + context.prediction) / 2, atol=1e-6)
     # the validation RMSE is the averaged prediction's own, on the hidden pixels both members left out
     expected = [np.sqrt(np.mean((both.prediction[b] - img[b])[hidden[b]] ** 2)) for b in range(img.shape[0])]
@@ -479,7 +483,7 @@ def test_a_network_without_hidden_pixels_gives_in_a_group_what_it_gives_alone():
     target = torch.zeros(1, 2, 4, 4)
     held = torch.zeros(1, 2, 4, 4)
     held[0, 1, :2] = 1  # network 1 (one band each) has hidden pixels, network 0 none
-    tracker = FitTracker(FitConfig(iterations=2, patience=1, check_every=1), k=2, c=1, target=target, held=held)
+    tracker = FitTracker(FitConfig(iterations=2, check_every=1), k=2, c=1, target=target, held=held, patience=1)
     outs = [torch.full((1, 2, 4, 4), 0.5), torch.full((1, 2, 4, 4), 0.9)]
     stops = [tracker.step(it, lambda: outs[it]) for it in range(2)]
     plain = torch.full((1, 2, 4, 4), -1.0)

@@ -152,7 +152,7 @@ def recipe(tiny_config):
     """The tiny network with the default preset's recipe, a few iterations; distance weights."""
     return tiny_config.override({"fit.iterations": 4, "fit.ema": 0.9, "fit.classical_blend": 0.5,
                                  "fit.blend_method": ["biharmonic", "gdal"], "fit.validation": 0.05,
-                                 "fit.check_every": 1000, "blend.weights": "distance"})
+                                 "blend.weights": "distance"})
 
 
 def _scene(tmp_path, synth, h=128, w=160):
@@ -172,7 +172,7 @@ def test_distance_weights_through_the_pipeline_write_a_georeferenced_error_map(t
                         workdir=tmp_path / "work.zarr")
     side = json.loads(out.with_name("out.tif.quality.json").read_text())
     blend = side["blend"]
-    # several partners computed, but without blend.choose_partner the first blends every band
+    # several partners computed, but without experimental.choose_partner the first blends every band
     assert blend["bins"] == list(BIN_LABELS) and blend["partner"] == ["biharmonic"] * 3
     w = np.array(blend["weights"])
     assert w.shape == (3, N_BINS) and ((w >= 0) & (w <= 1)).all()
@@ -186,7 +186,11 @@ def test_distance_weights_through_the_pipeline_write_a_georeferenced_error_map(t
     true_rmse = np.sqrt(np.mean((filled[:, gaps].astype(float) - truth[:, gaps]) ** 2))
     assert 0.1 < np.sqrt(np.mean(err[:, gaps] ** 2)) / true_rmse < 10
     # per tile, the mosaic's estimate replaces the tile's own
-    assert np.isfinite(report.estimated_rmse) and len(side["tiles"]) == report.tiles_fitted
+    assert len(side["tiles"]) == report.tiles_fitted
+    # the report's figure is the map's: each band's RMS over the filled pixels, mean of the bands, in DN
+    expected = np.mean([np.sqrt(np.mean(e[gaps] ** 2)) for e in err.astype(np.float64)])
+    assert report.estimated_gap_rmse == pytest.approx(expected, rel=1e-4)
+    assert report.estimate_units == "in the input's units" and "in the input's units, mean of the bands" in str(report)
 
 
 def test_blend_settings_reuse_the_fitted_tiles(tmp_path, synth, recipe, one_torch_thread):
@@ -240,7 +244,7 @@ def test_the_sums_on_the_real_gaps_give_the_error_of_the_written_output(tmp_path
 
     path, truth, gaps = _scene(tmp_path, synth)
     out = tmp_path / "out.tif"
-    fill_scene(path, out, config=recipe.override({"blend.choose_partner": True}), cluster=IN_PROCESS,
+    fill_scene(path, out, config=recipe.override({"experimental.choose_partner": True}), cluster=IN_PROCESS,
                progress=False, footprint="full", workdir=tmp_path / "work.zarr")
     blend = json.loads(out.with_name("out.tif.quality.json").read_text())["blend"]
     store = TileStore.open(tmp_path / "work.zarr" / "tiles.zarr")  # the store inside the work folder

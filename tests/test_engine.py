@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tilefill._config import EngineConfig, FitConfig, NetworkConfig
+from tilefill._config import EngineConfig, ExperimentalConfig, FitConfig, NetworkConfig
 from tilefill import _dip
 from tilefill._dip import (ContextInput, FitTracker, FixedInput, Problem, SkipNet, fit_dip, fit_problems,
                            network_memory)
@@ -81,7 +81,7 @@ def test_fixed_input_loss_is_each_networks_masked_mean():
 def test_context_input_loss_counts_only_the_stripes_hidden_this_iteration():
     probs = _problems(2)
     target, mask = _target_mask(probs)
-    inputs = ContextInput(probs, _fit(input="context"), target, mask)
+    inputs = ContextInput(probs, _fit(), target, mask, experimental=ExperimentalConfig(input="context"))
     x = inputs.next()
     assert x.shape == (1, 2 * 2 * 2, 64, 64)  # per network: its bands, then their visibility
     hidden = inputs.hidden
@@ -113,9 +113,9 @@ def test_tracker_averages_the_second_half_only():
 
 def test_tracker_keeps_each_networks_best_and_stops_when_all_stall():
     """Two networks, scored on hidden pixels every iteration: each keeps its own best output."""
-    fit = _fit(10, check_every=1, patience=2)
+    fit = _fit(10, check_every=1)
     target = torch.zeros(1, 2, 2, 2)
-    tracker = FitTracker(fit, k=2, c=1, target=target, held=torch.ones(1, 2, 2, 2))
+    tracker = FitTracker(fit, k=2, c=1, target=target, held=torch.ones(1, 2, 2, 2), patience=2)
     # network 0 is best at iteration 0, network 1 at iteration 2; both worse afterwards
     errors = [(0.1, 0.5), (0.2, 0.4), (0.3, 0.05), (0.4, 0.3), (0.5, 0.35)]
     stops = []
@@ -209,7 +209,7 @@ def test_compiled_network_is_compiled_once_per_shape_and_reinitialised(tiny_netw
 def test_network_memory_scales_with_the_window_and_the_network():
     paper = NetworkConfig()
     at256 = network_memory(4, 4, paper, 256, 256)
-    # anchors.md: autograd saves ~0.7 GB per 256 px tile for the paper network in fp32
+    # autograd saves ~0.7 GB per 256 px tile for the paper's network in fp32
     assert 0.7e9 < at256 < 1.5e9
     assert network_memory(4, 4, paper, 512, 512) == pytest.approx(4 * at256, rel=0.05)
     small = network_memory(4, 4, NetworkConfig(channels_down=(32,) * 5, channels_up=(32,) * 5,
@@ -240,11 +240,11 @@ def test_a_group_over_the_memory_budget_is_fitted_in_sub_groups(tiny_network):
 def test_out_of_memory_halves_the_group_and_the_runtime_remembers(tiny_network, monkeypatch):
     real, sizes = _dip._fit_group, []
 
-    def fake_gpu(problems, network, fit, rt, on_iteration=None):  # a device with room for 2 networks at a time
+    def fake_gpu(problems, network, fit, experimental, rt, on_iteration=None):  # room for 2 networks at a time
         sizes.append(len(problems))
         if len(problems) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
-        return real(problems, network, fit, rt, on_iteration)
+        return real(problems, network, fit, experimental, rt, on_iteration)
 
     monkeypatch.setattr(_dip, "_fit_group", fake_gpu)
     probs = _problems(5)
@@ -258,7 +258,7 @@ def test_out_of_memory_halves_the_group_and_the_runtime_remembers(tiny_network, 
     fit_problems(probs, tiny_network, fit, runtime=rt)
     assert sizes == [2, 2, 1]  # learnt: no out-of-memory error again
 
-    def no_room(problems, network, fit, rt, on_iteration=None):
+    def no_room(problems, network, fit, experimental, rt, on_iteration=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
 
     monkeypatch.setattr(_dip, "_fit_group", no_room)
@@ -270,9 +270,9 @@ def test_out_of_memory_halves_the_group_and_the_runtime_remembers(tiny_network, 
 
 def _loss_ratio(tiny_network, engine, input_kind="noise"):
     probs = _problems(3)
-    fit = _fit(40, input=input_kind)
-    a = fit_problems(probs, tiny_network, fit, runtime=Runtime(EngineConfig(), CPU))
-    b = fit_problems(probs, tiny_network, fit, runtime=Runtime(engine, CPU))
+    fit, kind = _fit(40), ExperimentalConfig(input=input_kind)
+    a = fit_problems(probs, tiny_network, fit, experimental=kind, runtime=Runtime(EngineConfig(), CPU))
+    b = fit_problems(probs, tiny_network, fit, experimental=kind, runtime=Runtime(engine, CPU))
     return [r.final_loss / q.final_loss for r, q in zip(b, a)]
 
 

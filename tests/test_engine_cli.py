@@ -54,8 +54,8 @@ OPTIONS = {
     "fp16": ["engine.precision=fp16"],
     "channels_last": ["engine.channels_last=true"],
     "tiles_per_task": ["engine.tiles_per_task=4"],
-    "ensemble": ["fit.ensemble=2"],
-    "all_at_once": ["engine.precision=bf16", "engine.channels_last=true", "engine.tiles_per_task=2", "fit.ensemble=2"],
+    "ensemble": ["experimental.ensemble=2"],
+    "all_at_once": ["engine.precision=bf16", "engine.channels_last=true", "engine.tiles_per_task=2", "experimental.ensemble=2"],
 }
 
 

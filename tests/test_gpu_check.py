@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from tilefill import ClusterSpec
-from tilefill import _dip, _runtime, _schedule
+from tilefill import _cluster, _dip, _runtime
 from tilefill._config import EngineConfig, FitConfig, NetworkConfig, load_config
 from tilefill._dip import Problem, fit_problems
 from tilefill._pipeline import worker_log_path
@@ -388,15 +388,15 @@ def test_gpu_workers_get_the_machines_memory_not_a_cpu_workers_share(monkeypatch
     from distributed.system import MEMORY_LIMIT
     from distributed.worker_memory import parse_memory_limit
 
-    assert _schedule.gpu_worker_memory_limit(2, total=128 * 2**30) == 64 * 2**30
-    assert _schedule.gpu_worker_memory_limit(1) == MEMORY_LIMIT
+    assert _cluster.gpu_worker_memory_limit(2, total=128 * 2**30) == 64 * 2**30
+    assert _cluster.gpu_worker_memory_limit(1) == MEMORY_LIMIT
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # one "GPU" worker on this CPU machine
-    with _schedule.start_cluster(ClusterSpec(gpus=1), check_cuda=False) as cluster:
+    with _cluster.start_cluster(ClusterSpec(gpus=1), check_cuda=False) as cluster:
         workers = cluster.client.scheduler_info(n_workers=-1)["workers"].values()
         assert [w["memory_limit"] for w in workers] == [MEMORY_LIMIT]
     # what the nanny took before: a one-thread worker's share of the cores (1/16 on a 16-core GPU machine)
     default = parse_memory_limit("auto", 1, total_cores=16, logger=logging.getLogger("test"))
-    assert default == pytest.approx(MEMORY_LIMIT / 16, rel=0.01) and default < _schedule.gpu_worker_memory_limit(1)
+    assert default == pytest.approx(MEMORY_LIMIT / 16, rel=0.01) and default < _cluster.gpu_worker_memory_limit(1)
 
 
 # --- out of memory, and what is learned from it ---------------------------------------------------------
@@ -449,7 +449,7 @@ def test_a_learned_group_cap_runs_out_and_full_groups_are_tried_again():
 
 
 @pytest.mark.parametrize("obj", [_runtime.Runtime.group_sizes, _dip._out_of_memory,
-                                 _schedule.gpu_worker_memory_limit])
+                                 _cluster.gpu_worker_memory_limit])
 def test_docstring_examples_run(obj):
     module = sys.modules[obj.__module__]
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)

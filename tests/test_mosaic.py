@@ -260,7 +260,7 @@ def test_existing_output_needs_overwrite(tmp_path, outdir, synth, config):
 def test_failure_mid_write_leaves_nothing(tmp_path, outdir, synth, config, monkeypatch):
     s = _make_scene(tmp_path, synth, "uint16")
     store = _filled_store(tmp_path, s.path, config)
-    real = _mosaic._mosaic_strip
+    real = _mosaic._StripMosaic.strip
     calls = []
 
     def failing(*args, **kwargs):
@@ -272,7 +272,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, outdir, synth, config, monke
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_mosaic, "STRIP", 48)
-    monkeypatch.setattr(_mosaic, "_mosaic_strip", failing)
+    monkeypatch.setattr(_mosaic._StripMosaic, "strip", failing)
     with open_scene(s.path) as scene, pytest.raises(RuntimeError, match="disk on fire"):
         write_output(store, scene, outdir / "r.tif")
     assert len(calls) == 2
@@ -297,7 +297,7 @@ def test_failure_in_the_cog_copy_leaves_nothing(tmp_path, outdir, synth, config,
 def test_interrupt_mid_write_leaves_nothing(tmp_path, outdir, synth, config, monkeypatch):
     s = _make_scene(tmp_path, synth, "uint16")
     store = _filled_store(tmp_path, s.path, config)
-    monkeypatch.setattr(_mosaic, "_mosaic_strip", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(_mosaic._StripMosaic, "strip", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with open_scene(s.path) as scene, pytest.raises(KeyboardInterrupt):
         write_output(store, scene, outdir / "r.tif")
     assert os.listdir(outdir) == []

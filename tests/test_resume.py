@@ -108,6 +108,14 @@ def test_the_key_follows_content_and_parameters_not_names_or_times(scene, tmp_pa
     assert _key(scene, footprint="full").digest != key.digest
     assert _key(scene, bands="1").digest != key.digest
     assert _key(scene, cfg.override({"output.cog": True, "name": "other"})).digest == key.digest
+    # research knobs that change a fit change the key; the mosaic's choice of partner does not
+    assert _key(scene, cfg.override({"experimental.lr_end": 0.5})).digest != key.digest
+    assert _key(scene, cfg.override({"experimental.choose_partner": True})).digest == key.digest
+    # scoring at the end only is scoring every `iterations` (or less often): the same fits, one key
+    assert cfg.fit.check_every == 0
+    for every in (cfg.fit.iterations, cfg.fit.iterations + 100):
+        assert _key(scene, cfg.override({"fit.check_every": every})).digest == key.digest
+    assert _key(scene, cfg.override({"fit.check_every": 7})).digest != key.digest
     # a mask file is input too
     flag = np.zeros((128, 128), dtype=np.uint8)
     mask = synth.write_geotiff(tmp_path / "mask.tif", flag)

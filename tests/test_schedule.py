@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -22,8 +24,8 @@ from tilefill import ClusterSpec, TileGrid, TilefillError
 from tilefill import _schedule
 from tilefill._fill import TileResult, fill_tile, fill_tiles
 from tilefill._scene import open_scene
-from tilefill._schedule import (Cluster, Progress, TileRun, _visible_gpus, default_workers, run_tiles, start_cluster,
-                                tile_groups)
+from tilefill._cluster import Cluster, _visible_gpus, default_workers, start_cluster
+from tilefill._schedule import Progress, TileRun, run_tiles, tile_groups
 from tilefill._store import TileStore, build_store
 
 pytestmark = pytest.mark.timeout(120)
@@ -390,13 +392,14 @@ def test_tiles_with_narrow_gaps_are_fitted_with_the_narrow_input_noise(tmp_path,
 
 
 def test_noise_end_anneals_only_tiles_within_its_reach(tmp_path, synth, dip_config):
-    """``fit.noise_end`` anneals the input noise of DIP tiles whose gaps reach at most ``fit.noise_end_max_reach``;
+    """``experimental.noise_end`` anneals the input noise of DIP tiles whose gaps reach at most
+    ``experimental.noise_end_max_reach``;
     narrow tiles keep their own constant noise, tiles with wider gaps (here the 12 px band) a constant one."""
     narrow = {"fit.narrow_gap_px": 3, "fit.narrow_input_noise": 0.05}
     _, constant = _fits_by_gap_kind(tmp_path, synth, dip_config, "constant", narrow)
-    kinds, everywhere = _fits_by_gap_kind(tmp_path, synth, dip_config, "everywhere", {**narrow, "fit.noise_end": 0.0})
+    kinds, everywhere = _fits_by_gap_kind(tmp_path, synth, dip_config, "everywhere", {**narrow, "experimental.noise_end": 0.0})
     _, within = _fits_by_gap_kind(tmp_path, synth, dip_config, "within",
-                                  {**narrow, "fit.noise_end": 0.0, "fit.noise_end_max_reach": 4})
+                                  {**narrow, "experimental.noise_end": 0.0, "experimental.noise_end_max_reach": 4})
     for i, kind in kinds.items():
         def same(fits):
             return np.allclose(fits[i][1], constant[i][1], atol=1e-5)
@@ -435,13 +438,69 @@ def test_local_cluster_runs_tiles_and_collects_failures(tmp_path, synth, dip_con
         assert reopened.tile_done(i) and np.isfinite(reopened.read_tile(i)).all()
 
 
+class _Lines(logging.Handler):
+    """The tilefill logger's messages, whatever the CLI's logging setup did to it in this process."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_busy_workers_are_not_taken_for_lost_ones_and_lost_ones_are(monkeypatch):
+    """A loaded local cluster: each look at its workers finds them, while the client refreshes its cached view
+    of the scheduler (with no worker in it) every 10 ms; the demo once warned "no Dask worker left" between two
+    tiles of a healthy run. With the workers really gone, the warning comes and the run stops."""
+    import dask
+
+    from tilefill._cluster import scheduler_workers
+    from tilefill._schedule import ClusterLost, TileJob
+
+    def busy(store_path, indices):  # nested: pickled by value; a fit that holds its worker for a while
+        import time
+
+        end = time.time() + 1.5
+        while time.time() < end:
+            pass
+        return [None] * len(indices)
+
+    lines = _Lines()
+    logger = logging.getLogger("tilefill")
+    logger.addHandler(lines)
+    monkeypatch.setattr(_schedule, "_run_tile_group", busy)
+    monkeypatch.setattr(_schedule, "WATCH_EVERY", 0.0)  # look at the workers at every poll
+    monkeypatch.setattr(_schedule, "POLL", 0.005)
+    try:
+        with dask.config.set({"distributed.client.scheduler-info-interval": "10ms"}), \
+                start_cluster(ClusterSpec(workers=2, worker_wait=2)) as cluster:
+            looks = []
+            real = cluster.usable_workers
+            monkeypatch.setattr(cluster, "usable_workers", lambda: looks.append(real()) or looks[-1])
+            run = TileJob(cluster, "store.zarr", [0, 1, 2, 3]).submit().wait()
+            assert len(run.results) == 4 and run.failures == {}
+            assert len(looks) > 100 and set(looks) == {2}, looks  # every look saw both busy workers
+            assert lines.lines == []
+            cluster.client.cluster.scale(0)  # the workers go, and nothing brings them back
+            deadline = time.monotonic() + 60
+            while scheduler_workers(cluster.client) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with pytest.raises(ClusterLost, match="no Dask worker to run tiles for 2 s"):
+                TileJob(cluster, "store.zarr", [4, 5]).submit().wait()
+    finally:
+        logger.removeHandler(lines)
+    assert lines.lines == ["no Dask worker left to run tiles; waiting up to 2 s for workers to come back"]
+
+
 GPU_SCRIPT = textwrap.dedent("""
     import json, os, sys
 
     def main():
         store_path, indices = sys.argv[1], json.loads(sys.argv[2])
         from tilefill import ClusterSpec, TilefillError
-        from tilefill._schedule import run_tiles, start_cluster
+        from tilefill._cluster import start_cluster
+        from tilefill._schedule import run_tiles
 
         out = {"torch_after_import": "torch" in sys.modules}
         with start_cluster(ClusterSpec(gpus=2), check_cuda=False) as cluster:

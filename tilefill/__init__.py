@@ -3,8 +3,26 @@
 The public surface is small: :func:`fill_scene` runs the whole pipeline (:func:`fill_batch`
 runs it over an archive), :class:`Config` holds every setting (loaded from ``configs/*.yaml``
 presets), :class:`ClusterSpec` says where tiles are fitted, :class:`TileGrid` and :class:`Tile`
-describe how a scene is cut. Everything else lives in private modules, one
-per pipeline stage.
+describe how a scene is cut. Everything else lives in private modules, one per pipeline stage:
+
+=====================================  ============================================================
+``_config``                            every setting, in tiers, with its doc
+``_scene``, ``_landsat``               read and mask: GeoTIFFs and Landsat product folders
+``_grid``                              the overlapping tile grid
+``_runkey``                            the run key that guards a work store
+``_store``                             the tile store (Zarr): scaled scene, gaps, predictions
+``_fill``                              one tile task: its window, the fill, its chunk
+``_dip``, ``_runtime``                 Deep Image Prior and the engine it runs on
+``_classical``, ``_distance_blend``    the classical fills and their blend with DIP
+``_schedule``                          tile tasks on the cluster: retries, progress, stops
+``_cluster``, ``_clusterspec``         starting, connecting to and checking clusters
+``_signals``                           Ctrl-C and SIGTERM in the command and its workers
+``_mosaic``                            the mosaic of the tiles, written as the restored GeoTIFF
+``_pipeline``                          one scene, stage after stage, and its report
+``_archive``, ``_batch``               many scenes: discovery, done records, claims; the pipeline
+``_records``, ``_metrics``, ``_gaps``  JSON records; scores; gap masks
+``cli``, ``_demo``                     the ``tilefill`` command and its demo
+=====================================  ============================================================
 """
 
 from tilefill._clusterspec import ClusterSpec

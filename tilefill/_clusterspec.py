@@ -1,6 +1,6 @@
 """Where the tiles are fitted: one value for the cluster choice of the API and the CLI.
 
-Kept apart from ``tilefill._schedule`` (which starts and drives clusters) so that it imports
+Kept apart from ``tilefill._cluster`` (which starts and connects to clusters) so that it imports
 nothing heavy: ``import tilefill`` and ``tilefill --help`` stay quick.
 """
 
@@ -32,7 +32,7 @@ class ClusterSpec:
         Serve the Dask dashboard of a cluster started here (on 127.0.0.1; the link is logged).
     worker_wait : float, optional
         Seconds to wait for workers when the cluster has none (at the start, or all lost) before
-        the run stops with its finished tiles kept (default ``tilefill._schedule.WORKER_WAIT``).
+        the run stops with its finished tiles kept (default ``tilefill._cluster.WORKER_WAIT``).
 
     Examples
     --------

@@ -1,18 +1,24 @@
 """Every setting of a run, in one typed place.
 
-A :class:`Config` is built from a preset in ``configs/*.yaml`` (``paper`` is the paper's
-method, ``fast`` a small network for CPUs), a user's own YAML file, and overrides from the
-CLI or the Python API. Sections mirror the pipeline: ``network`` (the DIP skip network),
-``fit`` (the optimisation of one tile), ``tiles`` (the grid), ``blend`` (how the mosaic weighs DIP
-against its classical partner), ``output`` (the GeoTIFF).
+A :class:`Config` is built from a preset in ``configs/*.yaml`` (``default``, ``fast`` for CPUs,
+``paper`` the paper's method), a user's own YAML file, and overrides from the CLI or the Python API.
+Sections mirror the pipeline: ``network`` (the DIP skip network), ``fit`` (the optimisation of one
+tile), ``engine`` (how fits run on the device), ``tiles`` (the grid), ``blend`` (how the mosaic weighs
+DIP against its classical partner), ``output`` (the GeoTIFF) and ``experimental`` (research knobs,
+off in every preset).
+
+Every setting is declared with :func:`setting`: its default, a one-line doc and a tier, ``user``
+(what a user may change), ``expert`` (the paper's hyperparameters and the presets' recipe) or
+``experimental``. :func:`settings_reference` lists them all; the documentation's configuration
+reference is generated from it, and a test fails when a setting lacks its doc or tier.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import yaml
@@ -21,27 +27,45 @@ from tilefill._distance_blend import N_BINS as N_DISTANCE_BINS
 from tilefill._errors import TilefillError
 
 CLASSICAL = ("gdal", "biharmonic", "telea", "ns", "kriging")
+TIERS = ("user", "expert", "experimental")
+
+
+def setting(default: Any = MISSING, doc: str = "", *, tier: str, factory: Callable[[], Any] | None = None):
+    """A config field with its one-line ``doc`` and ``tier`` (see :data:`TIERS`) in the field's metadata.
+
+    Examples
+    --------
+    >>> f = setting(1500, "Adam steps per tile fit.", tier="user")
+    >>> f.default, f.metadata["tier"]
+    (1500, 'user')
+    """
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
+    metadata = {"doc": doc, "tier": tier}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
     """The DIP "skip" hourglass (Ulyanov et al. 2018, as in the paper's appendix)."""
 
-    channels_down: tuple[int, ...] = (128, 128, 128, 128, 128)
-    channels_up: tuple[int, ...] = (128, 128, 128, 128, 128)
-    channels_skip: tuple[int, ...] = (128, 128, 128, 128, 128)
-    kernel_down: int = 3
-    kernel_up: int = 3
-    kernel_skip: int = 1
-    upsample: str = "nearest"
-    leaky_slope: float = 0.2
+    channels_down: tuple[int, ...] = setting((128, 128, 128, 128, 128), "Channels of each level's "
+                                             "downsampling branch, from the finest level.", tier="expert")
+    channels_up: tuple[int, ...] = setting((128, 128, 128, 128, 128), "Channels of each level's upsampling "
+                                           "branch, from the finest level.", tier="expert")
+    channels_skip: tuple[int, ...] = setting((128, 128, 128, 128, 128), "Channels of each level's skip "
+                                             "connection (0: none).", tier="expert")
+    kernel_down: int = setting(3, "Kernel side of the downsampling convolutions.", tier="expert")
+    kernel_up: int = setting(3, "Kernel side of the upsampling convolutions.", tier="expert")
+    kernel_skip: int = setting(1, "Kernel side of the skip convolutions.", tier="expert")
+    leaky_slope: float = setting(0.2, "Negative slope of the LeakyReLU activations.", tier="expert")
 
     def __post_init__(self):
         levels = {len(self.channels_down), len(self.channels_up), len(self.channels_skip)}
         if len(levels) != 1:
             raise TilefillError("network: channels_down, channels_up and channels_skip need one entry per level")
-        if self.upsample not in ("nearest", "bilinear"):
-            raise TilefillError(f"network.upsample must be 'nearest' or 'bilinear', not {self.upsample!r}")
 
     @property
     def levels(self) -> int:
@@ -57,70 +81,46 @@ class NetworkConfig:
 class FitConfig:
     """How one tile is fitted."""
 
-    iterations: int = 1500
-    learning_rate: float = 0.01
-    # the learning rate at the last iteration, as a share of learning_rate, reached along a half cosine
-    # (1 = constant, the paper's; measured on two crops only and not adopted, see README)
-    lr_end: float = 1.0
-    input_scale: float = 0.1  # z ~ U(0, input_scale), one channel per band
-    input_noise: float = 0.1  # sigma_p: N(0, sigma_p^2) added to z every iteration
-    # sigma_p at the last iteration, as a share of input_noise, reached along a half cosine (1 = constant,
-    # the paper's); applies to tiles fitted with input_noise whose gaps reach at most noise_end_max_reach px
-    noise_end: float = 1.0
-    per_band: bool = False  # False: all bands in one network (the paper's composite)
-    seed: int = 0
-    keep_known: bool = True  # False: the paper's full reconstruction replaces known pixels too
-    # A tile with fewer known pixels than this share is fitted on a wider window (x2, x4, ...)
-    min_known_fraction: float = 0.05
-    max_context: int = 4  # widest window, in tile sides
-    device: str = "auto"  # auto | cpu | cuda
-    # Beyond the paper (measured in benchmarks/quality.py; all off in the paper preset):
-    ensemble: int = 1  # networks fitted per tile with different seeds; their outputs are averaged
-    ema: float = 0.0  # decay of an exponential average of the outputs over iterations (0 = last output)
-    # noise: z ~ U(0, input_scale) per band | meshgrid: x, y coordinates | context: the window itself,
-    # gaps pre-filled, with more gap-shaped stripes hidden every iteration for the network to predict;
-    # noise+context: both, as ensemble members whose outputs are averaged
-    input: str = "noise"
-    validation: float = 0.0  # share of known pixels hidden in stripes to score the fit (0 = none)
-    check_every: int = 50  # iterations between validation checks
-    patience: int = 0  # stop after this many checks without a better validation score (0 = never)
-    classical_blend: float = 0.0  # weight of blend_method's fill averaged into the prediction
-    # the classical fill blended in: gdal | biharmonic | telea | ns | kriging, or a list of them to
-    # choose from per band on the hidden pixels (blend.weights: distance); the first fills thin-gap tiles
-    blend_method: str | tuple[str, ...] = "gdal"
-    # With validation: pick each band's blend weight on the hidden pixels, in tiles whose gaps reach
-    # at most blend_auto_max_reach px (5 px stripes reach 3; SLC crops 4.5-6) and whose hidden stripes
-    # lie a gap's reach from the real gaps. Elsewhere classical_blend stays: measured, the choice won
-    # on 5 px stripes and lost on the 2-14 px SLC stripes and on 12-19 px ones
-    blend_auto: bool = False
-    blend_auto_max_reach: float = 3.5
-    # A tile whose gap pixels (99% of them) lie within this many px of a known pixel is filled by
-    # blend_method alone: on 1-2 px stripes biharmonic beats DIP and costs no fit (0 = always DIP)
-    thin_gap_px: float = 0.0
-    # A tile whose gap pixels (99% of them) lie within this many px of a known pixel is fitted with
-    # narrow_input_noise instead of input_noise (0 = every tile takes input_noise). Less noise on z
-    # fits the known pixels sooner, which narrow stripes reward and wide gaps punish (measured)
-    narrow_gap_px: float = 0.0
-    narrow_input_noise: float = 0.1
-    # The widest gap reach (px, 99% of a tile's gap pixels) at which fit.noise_end anneals the noise; tiles
-    # with wider gaps (cloud holes, 19+ px stripes) keep a constant input_noise (0 = every DIP tile anneals).
-    # Measured on fast: annealing lost on cloud holes and 55% stripes everywhere, and on stripes (reach 4.5-8)
-    # it gained on Sentinel-2 and lost on Landsat-8 and the paper image (README, Performance)
-    noise_end_max_reach: float = 0.0
+    iterations: int = setting(1500, "Adam steps per tile fit.", tier="user")
+    learning_rate: float = setting(0.01, "Adam's learning rate.", tier="expert")
+    input_scale: float = setting(0.1, "The network's input z is drawn from U(0, input_scale), one channel per "
+                                 "band.", tier="expert")
+    input_noise: float = setting(0.1, "sigma_p: N(0, sigma_p^2) noise added to z every iteration.", tier="expert")
+    per_band: bool = setting(False, "Fit one network per band instead of all bands in one (the paper's "
+                             "composite).", tier="user")
+    seed: int = setting(0, "Seed of the fits (each tile's is derived from it).", tier="user")
+    keep_known: bool = setting(True, "Keep known pixels exactly; false: the paper's full reconstruction replaces "
+                               "them too.", tier="user")
+    min_known_fraction: float = setting(0.05, "A tile with fewer known pixels than this share is fitted on a wider "
+                                        "window (x2, x4, ...).", tier="expert")
+    max_context: int = setting(4, "The widest such window, in tile sides.", tier="expert")
+    device: str = setting("auto", "Where fits run: auto, cpu or cuda.", tier="user")
+    ema: float = setting(0.0, "Decay of an exponential average of the outputs over the fit's second half "
+                         "(0: the last output).", tier="expert")
+    validation: float = setting(0.0, "Share of known pixels hidden in gap-shaped stripes to score the fit "
+                                "without ground truth (0: none).", tier="expert")
+    check_every: int = setting(0, "Iterations between scores on the hidden pixels, each network keeping its "
+                               "best-scored output (0: once, at the end).", tier="expert")
+    classical_blend: float = setting(0.0, "Weight of blend_method's fill averaged into the prediction.",
+                                     tier="expert")
+    blend_method: str | tuple[str, ...] = setting("gdal", "The classical partner (gdal, biharmonic, telea, ns, "
+                                                  "kriging), or a list of them; the first fills thin-gap tiles.",
+                                                  tier="expert")
+    blend_auto: bool = setting(False, "Choose each band's blend weight on the hidden pixels, in tiles whose gaps "
+                               "reach at most blend_auto_max_reach px.", tier="expert")
+    blend_auto_max_reach: float = setting(3.5, "The widest gap reach (px) at which blend_auto chooses the weight.",
+                                          tier="expert")
+    # on 1-2 px stripes a classical fill beats DIP and costs no fit
+    thin_gap_px: float = setting(0.0, "A tile whose gaps all lie within this many px of a known pixel is filled "
+                                 "by blend_method alone, without a fit (0: never).", tier="expert")
+    # less noise on z fits the known pixels sooner, which narrow stripes reward and wide gaps punish
+    narrow_gap_px: float = setting(0.0, "A tile whose gaps all lie within this many px of a known pixel is "
+                                   "fitted with narrow_input_noise (0: never).", tier="expert")
+    narrow_input_noise: float = setting(0.1, "sigma_p of the tiles narrow_gap_px selects.", tier="expert")
 
     def __post_init__(self):
-        if self.ensemble < 1:
-            raise TilefillError(f"fit.ensemble must be at least 1, not {self.ensemble}")
         if not 0 <= self.ema < 1:
             raise TilefillError("fit.ema must be in [0, 1)")
-        kinds = str(self.input).split("+")
-        if not set(kinds) <= {"noise", "meshgrid", "context"} or len(set(kinds)) != len(kinds):
-            raise TilefillError(f"fit.input must be noise, meshgrid or context, or two joined by + "
-                                f"(noise+context), not {self.input!r}")
-        if "context" in kinds and not self.keep_known:
-            # its loss is on hidden stripes only: over known pixels its output is untrained
-            raise TilefillError("fit.input: context predicts the gaps only; --no-keep-known needs the noise or "
-                                "meshgrid input")
         if not 0 <= self.validation < 0.5:
             raise TilefillError("fit.validation must be in [0, 0.5)")
         if not 0 <= self.classical_blend <= 1:
@@ -130,23 +130,18 @@ class FitConfig:
         if bad or not methods or len(set(methods)) != len(methods):
             raise TilefillError(f"fit.blend_method must be a classical method ({', '.join(CLASSICAL)}) or a list of "
                                 f"distinct ones, not {self.blend_method!r}")
-        if min(self.thin_gap_px, self.blend_auto_max_reach, self.narrow_gap_px, self.noise_end_max_reach) < 0:
-            raise TilefillError("fit.thin_gap_px, fit.blend_auto_max_reach, fit.narrow_gap_px and "
-                                "fit.noise_end_max_reach must be at least 0")
+        if min(self.thin_gap_px, self.blend_auto_max_reach, self.narrow_gap_px) < 0:
+            raise TilefillError("fit.thin_gap_px, fit.blend_auto_max_reach and fit.narrow_gap_px must be at least 0")
         if min(self.input_noise, self.narrow_input_noise) < 0:
             raise TilefillError("fit.input_noise and fit.narrow_input_noise must be at least 0")
         if self.blend_auto and not self.validation:
             raise TilefillError("fit.blend_auto needs fit.validation > 0 (the hidden pixels choose the weight)")
-        if self.check_every < 1 or self.patience < 0:
-            raise TilefillError("fit.check_every must be at least 1 and fit.patience at least 0")
+        if self.check_every < 0:
+            raise TilefillError("fit.check_every must be at least 0 (0: score once, at the end)")
         if self.iterations < 1:
             raise TilefillError(f"iterations must be at least 1, not {self.iterations}")
         if self.learning_rate <= 0:
             raise TilefillError(f"learning_rate must be positive, not {self.learning_rate}")
-        if not 0 < self.lr_end <= 1:
-            raise TilefillError(f"fit.lr_end must be in (0, 1], not {self.lr_end}")
-        if not 0 <= self.noise_end <= 1:
-            raise TilefillError(f"fit.noise_end must be in [0, 1], not {self.noise_end}")
         if not 0 <= self.min_known_fraction < 1:
             raise TilefillError("fit.min_known_fraction must be in [0, 1)")
         if self.max_context < 1:
@@ -164,6 +159,18 @@ class FitConfig:
         """Whether a classical partner is computed beside DIP (blended at a fixed, chosen or fitted weight)."""
         return bool(self.classical_blend or self.blend_auto or self.validation)
 
+    def scored_at(self, done: int) -> bool:
+        """Whether the fit scores its hidden pixels after ``done`` iterations: every ``check_every``, and at the end.
+
+        Examples
+        --------
+        >>> [n for n in range(1, 11) if FitConfig(iterations=10).scored_at(n)]
+        [10]
+        >>> [n for n in range(1, 11) if FitConfig(iterations=10, check_every=4).scored_at(n)]
+        [4, 8, 10]
+        """
+        return done == self.iterations or bool(self.check_every and done % self.check_every == 0)
+
 
 @dataclass(frozen=True)
 class BlendConfig:
@@ -175,18 +182,16 @@ class BlendConfig:
     on the mosaic itself. ``prior_pixels``: hidden pixels a bin needs to count as much as its prior:
     ``prior_curve``'s weight for the bin, or without a curve the previous bin's weight (bin 1's:
     ``fit.classical_blend``). ``prior_curve``: the weights per bin measured on the real gaps of other
-    scenes (``benchmarks/blend_study.py``), one list of 8 for every partner or one per partner of
-    ``fit.blend_method``. ``choose_partner``: pick each band's partner among ``fit.blend_method`` on the
-    hidden pixels. Decided after the fits: changing any of these reuses a kept work store.
+    scenes, one list of 8 for every partner or one per partner of ``fit.blend_method``. Decided after
+    the fits: changing any of these reuses a kept work store.
     """
 
-    weights: str = "fixed"
-    prior_pixels: float = 200.0
-    prior_curve: tuple = ()
-    # with several fit.blend_method partners, choose each band's on the hidden pixels; off, the first
-    # partner blends every band (measured: the choice took GDAL for Landsat-8's NIR beside a cloud
-    # hole and lost 0.019 gap r2 there, benchmarks/reports/blend-study-cpu-256.md)
-    choose_partner: bool = False
+    weights: str = setting("fixed", "fixed: each tile's own weight; distance: weights per band and distance to "
+                           "known data, fitted on the scene's hidden pixels.", tier="expert")
+    prior_pixels: float = setting(200.0, "Hidden pixels a distance bin needs to count as much as its prior weight.",
+                                  tier="expert")
+    prior_curve: tuple = setting((), "The prior weight per distance bin (8 values), or one such list per partner.",
+                                 tier="expert")
 
     def __post_init__(self):
         if self.weights not in ("fixed", "distance"):
@@ -214,22 +219,21 @@ class EngineConfig:
     """How the fits run on the device: numerics, batching, memory. Speed, not method: none of these
     settings is part of the run key, so a work store resumes under other engine settings."""
 
-    # fp32 | bf16 | fp16: autocast of the network's body; its 1x1 output layer and sigmoid, the loss,
-    # the EMA and the prediction stay fp32
-    precision: str = "fp32"
-    tf32: bool = True  # TF32 matmuls/convs on Ampere+ GPUs
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the network, once per worker process and input shape
-    # torch.compile's backend: inductor generates kernels; aot_eager traces the same graphs without
-    # generating code (minutes faster to compile on a CPU; what the tests use)
-    compile_backend: str = "inductor"
-    # tiles per task, fitted together as one grouped network: small tiles alone leave a GPU idle
-    tiles_per_task: int = 1
-    # Reproducible GPU fits (cuDNN without autotuning, deterministic kernels): a refitted tile equals
-    # the first fit bit for bit on the same GPU model and software. Slower; CPU fits are so already
-    deterministic: bool = False
-    # Share of a GPU's memory one task's networks may take: a larger group is fitted in sub-groups
-    memory_fraction: float = 0.9
+    # the network's 1x1 output layer and sigmoid, the loss, the EMA and the prediction stay fp32
+    precision: str = setting("fp32", "Autocast of the network's body: fp32, bf16 or fp16.", tier="user")
+    tf32: bool = setting(True, "TF32 matmuls and convolutions on Ampere and later GPUs.", tier="expert")
+    channels_last: bool = setting(False, "NHWC memory layout for the network.", tier="expert")
+    compile: bool = setting(False, "torch.compile the network, once per worker process and input shape.",
+                            tier="expert")
+    # aot_eager traces the same graphs without generating code: minutes faster to compile on a CPU
+    compile_backend: str = setting("inductor", "torch.compile's backend (inductor generates kernels; aot_eager "
+                                   "does not).", tier="expert")
+    # small tiles alone leave a GPU idle
+    tiles_per_task: int = setting(1, "Tiles per task, fitted together as one grouped network.", tier="user")
+    deterministic: bool = setting(False, "Reproducible GPU fits (no cuDNN autotuning, deterministic kernels); "
+                                  "slower. CPU fits are so already.", tier="user")
+    memory_fraction: float = setting(0.9, "Share of a GPU's memory one task's networks may take; a larger group "
+                                     "is fitted in sub-groups.", tier="expert")
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -244,26 +248,73 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class TileConfig:
-    """The overlapping tile grid."""
+    """The overlapping tile grid (sides and overlap are checked by Config, which knows what the network's
+    levels need)."""
 
-    size: int = 256
-    overlap: int = 32  # sides and overlap are checked by Config, which knows what the network's levels need
+    size: int = setting(256, "Tile side in px, a multiple of 2 ** network levels.", tier="user")
+    overlap: int = setting(32, "Overlap between neighbouring tiles in px, a multiple of 2 ** network levels.",
+                           tier="user")
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     """How the restored scene is written."""
 
-    cog: bool = False
-    compress: str = "deflate"
-    blocksize: int = 512
-    # OUT.quality.json beside the output: each tile's bounds and self-validated gap RMSE estimate
-    # (written when fit.validation gave estimates)
-    quality_sidecar: bool = True
+    cog: bool = setting(False, "Write a Cloud Optimized GeoTIFF.", tier="user")
+    compress: str = setting("deflate", "GeoTIFF compression (a GDAL name: deflate, lzw, zstd, none ...).",
+                            tier="user")
+    blocksize: int = setting(512, "GeoTIFF block side in px, a multiple of 16.", tier="user")
+    quality_sidecar: bool = setting(True, "Write OUT.quality.json (each tile's estimated gap RMSE) and, with "
+                                    "distance weights, OUT.quality.tif beside the output.", tier="user")
 
     def __post_init__(self):
         if self.blocksize % 16:
             raise TilefillError("output.blocksize must be a multiple of 16 (GeoTIFF tiles)")
+
+
+@dataclass(frozen=True)
+class ExperimentalConfig:
+    """Research knobs: measured, and off in every preset. The documentation's research page says what each
+    study found; these stay so that every study can be run again."""
+
+    lr_end: float = setting(1.0, "The learning rate at the last iteration as a share of fit.learning_rate, "
+                            "reached along a half cosine (1: constant, the paper's).", tier="experimental")
+    noise_end: float = setting(1.0, "sigma_p at the last iteration as a share of fit.input_noise, reached along a "
+                               "half cosine (1: constant, the paper's).", tier="experimental")
+    noise_end_max_reach: float = setting(0.0, "The widest gap reach (px) of a tile whose noise noise_end anneals; "
+                                         "wider ones keep it constant (0: every DIP tile).", tier="experimental")
+    ensemble: int = setting(1, "Networks fitted per tile with different seeds, their outputs averaged.",
+                            tier="experimental")
+    input: str = setting("noise", "What the network sees: noise (the paper's), meshgrid, context (the window, "
+                         "gaps pre-filled), or noise+context.", tier="experimental")
+    patience: int = setting(0, "Stop a fit after this many scores on the hidden pixels without a better one "
+                            "(0: never).", tier="experimental")
+    choose_partner: bool = setting(False, "With several fit.blend_method partners, choose each band's on the "
+                                   "hidden pixels (off: the first blends every band).", tier="experimental")
+    upsample: str = setting("nearest", "The network's upsampling: nearest (the paper's) or bilinear.",
+                            tier="experimental")
+
+    def __post_init__(self):
+        if not 0 < self.lr_end <= 1:
+            raise TilefillError(f"experimental.lr_end must be in (0, 1], not {self.lr_end}")
+        if not 0 <= self.noise_end <= 1:
+            raise TilefillError(f"experimental.noise_end must be in [0, 1], not {self.noise_end}")
+        if self.noise_end_max_reach < 0:
+            raise TilefillError("experimental.noise_end_max_reach must be at least 0")
+        if self.ensemble < 1:
+            raise TilefillError(f"experimental.ensemble must be at least 1, not {self.ensemble}")
+        if set(self.inputs) - {"noise", "meshgrid", "context"} or len(set(self.inputs)) != len(self.inputs):
+            raise TilefillError(f"experimental.input must be noise, meshgrid or context, or two joined by + "
+                                f"(noise+context), not {self.input!r}")
+        if self.patience < 0:
+            raise TilefillError("experimental.patience must be at least 0")
+        if self.upsample not in ("nearest", "bilinear"):
+            raise TilefillError(f"experimental.upsample must be 'nearest' or 'bilinear', not {self.upsample!r}")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The input kinds fitted, each as ensemble members averaged together (``noise+context``: two)."""
+        return tuple(str(self.input).split("+"))
 
 
 @dataclass(frozen=True)
@@ -278,14 +329,16 @@ class Config:
     (50, 128)
     """
 
-    name: str = "paper"
-    method: str = "dip"
+    name: str = setting("paper", "The config's name (a preset's, or a YAML file's stem), shown in logs.", tier="user")
+    method: str = setting("dip", "Fill method: dip, or a classical one (gdal, biharmonic, telea, ns, kriging).",
+                          tier="user")
     network: NetworkConfig = field(default_factory=NetworkConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     tiles: TileConfig = field(default_factory=TileConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    experimental: ExperimentalConfig = field(default_factory=ExperimentalConfig)
 
     def __post_init__(self):
         m, levels = self.network.multiple, self.network.levels
@@ -304,6 +357,10 @@ class Config:
         if len(self.blend.prior_curve) not in (0, 1, len(self.fit.blend_methods)):
             raise TilefillError(f"blend.prior_curve has {len(self.blend.prior_curve)} curves for "
                                 f"{len(self.fit.blend_methods)} partners (fit.blend_method): give one, or one per partner")
+        if "context" in self.experimental.inputs and not self.fit.keep_known:
+            # its loss is on hidden stripes only: over known pixels its output is untrained
+            raise TilefillError("experimental.input: context predicts the gaps only; --no-keep-known needs the noise "
+                                "or meshgrid input")
 
     def override(self, overrides: Mapping[str, Any]) -> "Config":
         """A copy with dotted keys replaced, e.g. ``{"fit.iterations": 10}``; ``None`` values are ignored.
@@ -316,6 +373,8 @@ class Config:
         for key, value in overrides.items():
             if value is None:
                 continue
+            if key in MOVED:
+                raise TilefillError(f"{key} is now {MOVED[key]} (a research knob, off in every preset)")
             section, _, leaf = key.partition(".")
             if not leaf:
                 if section not in ("name", "method"):
@@ -330,6 +389,7 @@ class Config:
         return replace(self, **top, **changes)
 
     def to_dict(self) -> dict:
+        """Every setting as nested plain values, one mapping per section (what a work store keeps)."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -342,11 +402,40 @@ class Config:
         >>> Config.from_dict(cfg.to_dict()) == cfg
         True
         """
-        return cls().override(_flatten(data))
+        # a work store written before the experimental section keeps those settings in their old sections
+        return cls().override({MOVED.get(k, k): v for k, v in _flatten(data).items()})
 
 
 _SECTIONS = {"network": NetworkConfig, "fit": FitConfig, "engine": EngineConfig, "tiles": TileConfig,
-             "blend": BlendConfig, "output": OutputConfig}
+             "blend": BlendConfig, "output": OutputConfig, "experimental": ExperimentalConfig}
+
+# The research knobs grouped under ``experimental``: where each was before (run keys still hash them there)
+MOVED = {"fit.lr_end": "experimental.lr_end", "fit.noise_end": "experimental.noise_end",
+         "fit.noise_end_max_reach": "experimental.noise_end_max_reach", "fit.ensemble": "experimental.ensemble",
+         "fit.input": "experimental.input", "fit.patience": "experimental.patience",
+         "blend.choose_partner": "experimental.choose_partner", "network.upsample": "experimental.upsample"}
+
+
+def settings_reference() -> list[dict]:
+    """Every setting in declaration order: its ``section`` ("" for the top level), ``key`` (its name in
+    the section), ``setting`` (the dotted key of ``--set``), ``type``, ``default``, ``tier`` and ``doc``.
+
+    Examples
+    --------
+    >>> row = next(r for r in settings_reference() if r["setting"] == "fit.iterations")
+    >>> row["section"], row["key"], row["type"], row["default"], row["tier"]
+    ('fit', 'iterations', 'int', 1500, 'user')
+    """
+    rows = [_reference_row("", top) for top in fields(Config) if top.name not in _SECTIONS]
+    for section, cls in _SECTIONS.items():
+        rows += [_reference_row(section, f) for f in fields(cls)]
+    return rows
+
+
+def _reference_row(section: str, f: dataclasses.Field) -> dict:
+    default = f.default_factory() if f.default is MISSING else f.default
+    return {"section": section, "key": f.name, "setting": f"{section}.{f.name}" if section else f.name,
+            "type": str(f.type), "default": default, "tier": f.metadata.get("tier"), "doc": f.metadata.get("doc")}
 
 
 # The settings that have a named option (CLI) and a keyword (fill_scene): name -> dotted key

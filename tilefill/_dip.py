@@ -4,7 +4,7 @@ A fresh "skip" hourglass network maps a fixed noise image z to the tile; its wei
 fitted to the tile's known pixels only, and its output supplies the missing ones. Nothing is
 learned from other images: the network's structure is the prior.
 
-With ``fit.input: context`` the same network sees the window itself instead of noise: its
+With ``experimental.input: context`` the same network sees the window itself instead of noise: its
 known pixels, its gaps pre-filled by normalised convolution, and a visibility mask. Every
 iteration more gap-shaped stripes of known pixels are hidden from that input, and the loss is
 the error on them: the network learns, from this window alone, to predict a stripe from what
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tilefill._config import EngineConfig, FitConfig, NetworkConfig
+from tilefill._config import EngineConfig, ExperimentalConfig, FitConfig, NetworkConfig
 from tilefill._runtime import AUTOCAST, Runtime, get_runtime, network_key
 
 
@@ -71,7 +71,7 @@ def _group_cat(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
 class _Level(nn.Module):
     """One level of the hourglass: concat(skip branch, deeper branch) -> conv stack."""
 
-    def __init__(self, cin: int, level: int, cfg: NetworkConfig, groups: int):
+    def __init__(self, cin: int, level: int, cfg: NetworkConfig, groups: int, upsample: str):
         super().__init__()
         down, up, skip = cfg.channels_down[level], cfg.channels_up[level], cfg.channels_skip[level]
         slope, g = cfg.leaky_slope, groups
@@ -85,8 +85,8 @@ class _Level(nn.Module):
             *_bn_act(down, slope, g),
         ]
         if not last:
-            deeper.append(_Level(down, level + 1, cfg, groups))
-        deeper.append(nn.Upsample(scale_factor=2, mode=cfg.upsample))
+            deeper.append(_Level(down, level + 1, cfg, groups, upsample))
+        deeper.append(nn.Upsample(scale_factor=2, mode=upsample))
         self.deeper = nn.Sequential(*deeper)
         k = down if last else cfg.channels_up[level + 1]
         self.after = nn.Sequential(
@@ -107,6 +107,8 @@ class _Level(nn.Module):
 class SkipNet(nn.Module):
     """The DIP skip network: ``cin`` channels in, ``cout`` out, sigmoid output; ``groups`` nets side by side.
 
+    ``upsample``: ``nearest`` (the paper's) or ``bilinear`` (``experimental.upsample``).
+
     Examples
     --------
     >>> from tilefill._config import NetworkConfig
@@ -115,10 +117,10 @@ class SkipNet(nn.Module):
     2966916
     """
 
-    def __init__(self, cin: int, cout: int, cfg: NetworkConfig, groups: int = 1):
+    def __init__(self, cin: int, cout: int, cfg: NetworkConfig, groups: int = 1, upsample: str = "nearest"):
         super().__init__()
         self.groups = groups
-        self.body = _Level(cin, 0, cfg, groups)
+        self.body = _Level(cin, 0, cfg, groups, upsample)
         self.head = nn.Sequential(_conv(cfg.channels_up[0], cout, 1, groups=groups), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor, autocast: torch.dtype | None = None) -> torch.Tensor:
@@ -135,16 +137,17 @@ class SkipNet(nn.Module):
         return self.head(features.float())
 
     @classmethod
-    def stacked(cls, cin: int, cout: int, cfg: NetworkConfig, seeds: list[int]) -> "SkipNet":
+    def stacked(cls, cin: int, cout: int, cfg: NetworkConfig, seeds: list[int], upsample: str = "nearest"
+                ) -> "SkipNet":
         """K networks in one grouped module, each initialised exactly as ``SkipNet`` is under its seed."""
         singles = []
         for seed in seeds:
             torch.manual_seed(seed)
-            singles.append(cls(cin, cout, cfg))
+            singles.append(cls(cin, cout, cfg, upsample=upsample))
         if len(seeds) == 1:
             return singles[0]
         with torch.device("meta"):  # no initialisation of its own: every value is copied from the singles
-            net = cls(cin, cout, cfg, groups=len(seeds))
+            net = cls(cin, cout, cfg, groups=len(seeds), upsample=upsample)
         net = net.to_empty(device="cpu")
         with torch.no_grad():
             # every parameter and BN buffer stacks along dim 0, network after network; counters are shared
@@ -319,7 +322,7 @@ def context_fill(values: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
 
 
 class _ContextStripes:
-    """Gap-shaped stripes hidden from one network's input each iteration (``fit.input: context``).
+    """Gap-shaped stripes hidden from one network's input each iteration (``experimental.input: context``).
 
     The window's own gaps, moved down by a random 4-28 rows (inside one SLC scan period, so
     the stripes fall between the real ones), kept in random 32 px cells (half of them). A window
@@ -344,8 +347,9 @@ class _ContextStripes:
         return torch.roll(self.gaps, shift, dims=0) & ~self.gaps & keep.to(self.gaps.device)
 
 
-def _input(channels: int, height: int, width: int, fit: FitConfig, gen: torch.Generator) -> torch.Tensor:
-    if fit.input == "meshgrid":
+def _input(channels: int, height: int, width: int, fit: FitConfig, kind: str, gen: torch.Generator
+           ) -> torch.Tensor:
+    if kind == "meshgrid":
         ys, xs = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
         grid = torch.stack([xs, ys])  # the paper's appendix: a 2-channel meshgrid, repeated to fill the channels
         return grid[torch.arange(channels) % 2][None]
@@ -357,15 +361,18 @@ class FitInputs:
 
     ``target`` and ``mask`` are (1, K*C, H, W): the windows' values (0 where unknown) and the
     pixels the fit may learn from. ``z`` is what the networks see when they predict the gaps.
+    ``experimental``: its ``input`` (one kind) and ``noise_end``.
     """
 
     channels_in = 1  # the network's input channels per band
     stride = 1  # iterations between predictions averaged into the EMA
 
     def __init__(self, problems: list[Problem], fit: FitConfig, target: torch.Tensor, mask: torch.Tensor,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 experimental: ExperimentalConfig = ExperimentalConfig()):
         self.k, self.c = len(problems), problems[0].image.shape[0]
         self.fit, self.target, self.mask, self.memory_format = fit, target, mask, memory_format
+        self.experimental = experimental
         self.z: torch.Tensor
 
     def next(self) -> torch.Tensor:
@@ -397,11 +404,12 @@ class FixedInput(FitInputs):
     network's own mean over its elements, the public DIP code's ``mse(out * mask, img * mask)``.
     """
 
-    def __init__(self, problems, fit, target, mask, memory_format=torch.contiguous_format):
-        super().__init__(problems, fit, target, mask, memory_format)
+    def __init__(self, problems, fit, target, mask, memory_format=torch.contiguous_format,
+                 experimental=ExperimentalConfig()):
+        super().__init__(problems, fit, target, mask, memory_format, experimental)
         dev, (c, h, w) = target.device, problems[0].image.shape
         gens = [torch.Generator(device="cpu").manual_seed(p.seed) for p in problems]
-        self.z = torch.cat([_input(c, h, w, fit, g) for g in gens], dim=1).to(dev).contiguous(
+        self.z = torch.cat([_input(c, h, w, fit, experimental.input, g) for g in gens], dim=1).to(dev).contiguous(
             memory_format=memory_format)
         self.noise_gens = [torch.Generator(device=dev).manual_seed(p.seed + 1) for p in problems] \
             if fit.input_noise else []
@@ -413,7 +421,7 @@ class FixedInput(FitInputs):
         _, _, h, w = self.z.shape
         dev = self.z.device
         noise = torch.cat([torch.randn((1, self.c, h, w), generator=g, device=dev) for g in self.noise_gens], dim=1)
-        sigma = self.fit.input_noise * _cosine_share(self.fit.noise_end, self.it, self.fit.iterations)
+        sigma = self.fit.input_noise * _cosine_share(self.experimental.noise_end, self.it, self.fit.iterations)
         self.it += 1
         return self.z + noise * sigma
 
@@ -423,7 +431,7 @@ class FixedInput(FitInputs):
 
 
 class ContextInput(FitInputs):
-    """``fit.input: context``: the window itself, gaps pre-filled, plus its visibility mask.
+    """``experimental.input: context``: the window itself, gaps pre-filled, plus its visibility mask.
 
     Each iteration more gap-shaped stripes of known pixels (:class:`_ContextStripes`, from the
     network's seed + 3) are hidden from that input, and the loss is each network's mean error
@@ -434,8 +442,9 @@ class ContextInput(FitInputs):
     channels_in = 2
     stride = 5
 
-    def __init__(self, problems, fit, target, mask, memory_format=torch.contiguous_format):
-        super().__init__(problems, fit, target, mask, memory_format)
+    def __init__(self, problems, fit, target, mask, memory_format=torch.contiguous_format,
+                 experimental=ExperimentalConfig()):
+        super().__init__(problems, fit, target, mask, memory_format, experimental)
         self.stripes = [_ContextStripes(p.known, p.seed + 3, target.device) for p in problems]
         self.z = _group_cat(context_fill(target, mask), mask, self.k).contiguous(memory_format=memory_format)
         self.hidden = torch.zeros_like(mask)
@@ -471,10 +480,10 @@ class FitTracker:
 
     ``fit.ema``: an exponential average of the predictions over the second half of the fit (one
     step every ``stride`` iterations, of decay ``ema ** stride``). With hidden pixels (``held``,
-    1 where a known pixel is kept out of the loss), every ``fit.check_every`` iterations and at
-    the end the prediction (the EMA's, when there is one) is scored there by RMSE per band; each
-    network keeps the prediction that scored best, and :meth:`step` says stop once every
-    network went ``fit.patience`` checks without a better score.
+    1 where a known pixel is kept out of the loss), at the end and every ``fit.check_every`` iterations
+    (:meth:`FitConfig.scored_at`) the prediction (the EMA's, when there is one) is scored there by RMSE
+    per band; each network keeps the prediction that scored best, and :meth:`step` says stop once every
+    network went ``patience`` checks without a better score (``experimental.patience``; 0: never).
 
     Examples
     --------
@@ -486,9 +495,10 @@ class FitTracker:
     """
 
     def __init__(self, fit: FitConfig, k: int, c: int, target: torch.Tensor, held: torch.Tensor | None = None,
-                 stride: int = 1):
+                 stride: int = 1, patience: int = 0):
         dev = target.device
         self.fit, self.k, self.c, self.target, self.held, self.stride = fit, k, c, target, held, stride
+        self.patience = patience
         self.ema: torch.Tensor | None = None
         self.best_score = torch.full((k,), float("inf"), device=dev)
         self.best_rmse = torch.full((k, c), float("nan"), device=dev)  # that score per band
@@ -509,8 +519,7 @@ class FitTracker:
             step = prediction()
             decay = fit.ema ** self.stride
             self.ema = step.clone() if self.ema is None else self.ema.mul_(decay).add_(step, alpha=1 - decay)
-        due = done % fit.check_every == 0 or done == fit.iterations
-        if self.held is None or not due or (fit.ema and self.ema is None):
+        if self.held is None or not fit.scored_at(done) or (fit.ema and self.ema is None):
             return False
         current = self.ema if self.ema is not None else prediction()
         k, c, held = self.k, self.c, self.held
@@ -528,7 +537,7 @@ class FitTracker:
             self.best_out = torch.where(sel, current, self.best_out)
         self.stale = torch.where(better, torch.zeros_like(self.stale), self.stale + 1)
         # a network without hidden pixels has no say in stopping
-        return bool(fit.patience and bool(((self.stale >= fit.patience) | ~self.scored).all()))
+        return bool(self.patience and bool(((self.stale >= self.patience) | ~self.scored).all()))
 
     def result(self, plain: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """Each network's output that predicted its hidden pixels best, else its EMA, else ``plain()``
@@ -542,18 +551,18 @@ class FitTracker:
         return torch.where(sel, self.best_out, other)
 
 
-def learning_rate(fit: FitConfig, it: int) -> float:
-    """The learning rate of iteration ``it`` (from 0): ``fit.learning_rate`` down to ``fit.lr_end`` of it
-    along a half cosine (constant where ``lr_end`` is 1).
+def learning_rate(fit: FitConfig, it: int, lr_end: float = 1.0) -> float:
+    """The learning rate of iteration ``it`` (from 0): ``fit.learning_rate`` down to ``lr_end`` of it
+    along a half cosine (``experimental.lr_end``; constant where it is 1).
 
     Examples
     --------
     >>> from tilefill._config import FitConfig
-    >>> fit = FitConfig(iterations=101, learning_rate=0.01, lr_end=0.1)
-    >>> [round(learning_rate(fit, i), 4) for i in (0, 50, 100)]
+    >>> fit = FitConfig(iterations=101, learning_rate=0.01)
+    >>> [round(learning_rate(fit, i, lr_end=0.1), 4) for i in (0, 50, 100)]
     [0.01, 0.0055, 0.001]
     """
-    return fit.learning_rate * _cosine_share(fit.lr_end, it, fit.iterations)
+    return fit.learning_rate * _cosine_share(lr_end, it, fit.iterations)
 
 
 def _cosine_share(end: float, it: int, iterations: int) -> float:
@@ -562,17 +571,18 @@ def _cosine_share(end: float, it: int, iterations: int) -> float:
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(it, last) / last))
 
 
-def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, rt: Runtime,
-               on_iteration: Callable[[int], None] | None = None) -> list[DipResult]:
+def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, experimental: ExperimentalConfig,
+               rt: Runtime, on_iteration: Callable[[int], None] | None = None) -> list[DipResult]:
     """The plain loop: K same-sized problems in one grouped network, on the runtime's device."""
     c, h, w = problems[0].image.shape
     k = len(problems)
     dev = rt.device
     rt.activate()
-    kind = INPUTS[fit.input]
+    kind = INPUTS[experimental.input]
     cin = kind.channels_in * c
-    net, model = rt.network(lambda: SkipNet.stacked(cin, c, network, [p.seed for p in problems]),
-                            network_key(network, cin, c, k, h, w))
+    upsample = experimental.upsample
+    net, model = rt.network(lambda: SkipNet.stacked(cin, c, network, [p.seed for p in problems], upsample),
+                            network_key(network, cin, c, k, h, w, upsample))
     held = [p.holdout if p.holdout is not None else
             holdout_mask(p.known, fit.validation, p.seed + 2) if fit.validation else np.zeros_like(p.known)
             for p in problems]
@@ -581,8 +591,8 @@ def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, 
     target = torch.from_numpy(np.concatenate([np.where(p.known, p.image, 0) for p in problems]).astype(np.float32))
     target, mask = target[None].to(dev), torch.from_numpy(train.astype(np.float32))[None].to(dev)
     held_t = torch.from_numpy(np.concatenate(held).astype(np.float32))[None].to(dev) if any(h.any() for h in held) else None
-    inputs = kind(problems, fit, target, mask, rt.memory_format)
-    tracker = FitTracker(fit, k, c, target, held_t, inputs.stride)
+    inputs = kind(problems, fit, target, mask, rt.memory_format, experimental)
+    tracker = FitTracker(fit, k, c, target, held_t, inputs.stride, experimental.patience)
     # fused: one kernel for all parameters (CPU and GPU); the per-parameter loop cost a slim network 6% of its
     # CPU iteration (128 px, one thread: 35.4 -> 33.2 ms, benchmarks/iteration_cost.py)
     opt = torch.optim.Adam(net.parameters(), lr=fit.learning_rate, fused=True)
@@ -595,8 +605,8 @@ def _fit_group(problems: list[Problem], network: NetworkConfig, fit: FitConfig, 
     losses = torch.full((k,), float("nan"), device=dev)
     done = 0
     for it in range(fit.iterations):
-        if fit.lr_end != 1:
-            opt.param_groups[0]["lr"] = learning_rate(fit, it)
+        if experimental.lr_end != 1:
+            opt.param_groups[0]["lr"] = learning_rate(fit, it, experimental.lr_end)
         opt.zero_grad(set_to_none=True)
         out = forward(inputs.next())
         per_net = inputs.loss(out)
@@ -637,10 +647,12 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig, *,
-                 engine: EngineConfig | None = None, device: str | torch.device | None = None,
-                 runtime: Runtime | None = None, on_iteration: Callable[[int], None] | None = None
-                 ) -> list[DipResult]:
+                 experimental: ExperimentalConfig | None = None, engine: EngineConfig | None = None,
+                 device: str | torch.device | None = None, runtime: Runtime | None = None,
+                 on_iteration: Callable[[int], None] | None = None) -> list[DipResult]:
     """Fit one DIP network per problem, all at once (grouped convolutions); same-sized windows only.
+
+    ``experimental`` (default: every research knob off) holds one input kind.
 
     ``runtime`` (default: this process's for ``engine`` and ``device``, else ``fit.device``) says
     where and how. A group larger than the GPU's memory budget is fitted in sub-groups that fit
@@ -659,14 +671,15 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
     >>> [r.prediction.shape for r in fit_problems(probs, net, FitConfig(iterations=2))]
     [(2, 64, 64), (2, 64, 64)]
     """
-    if "+" in fit.input:
-        raise ValueError("fit_problems fits one input kind; fit_windows splits fit.input = 'noise+context'")
+    experimental = experimental or ExperimentalConfig()
+    if len(experimental.inputs) > 1:
+        raise ValueError("fit_problems fits one input kind; fit_windows splits experimental.input = 'noise+context'")
     rt = runtime or get_runtime(engine, device if device is not None else fit.device)
     shapes = {p.image.shape for p in problems}
     if len(shapes) != 1:
         raise ValueError(f"problems fitted together must share one shape, got {sorted(shapes)}")
     c, h, w = shapes.pop()
-    cin = INPUTS[fit.input].channels_in * c
+    cin = INPUTS[experimental.input].channels_in * c
     start, compiled = time.perf_counter(), rt.compile_seconds
     key = (network, cin, h, w)
     budget = rt.budget()
@@ -679,7 +692,7 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
     while pending:
         group = pending.pop(0)
         try:
-            results += _fit_group(group, network, fit, rt, on_iteration)
+            results += _fit_group(group, network, fit, experimental, rt, on_iteration)
             largest = max(largest, len(group))
             continue
         except RuntimeError as exc:  # out of the handler before the retry: its traceback holds the fit's tensors
@@ -697,12 +710,13 @@ def fit_problems(problems: list[Problem], network: NetworkConfig, fit: FitConfig
 
 
 def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: FitConfig, *, seed: int = 0,
-            device: str | torch.device | None = None, engine: EngineConfig | None = None,
-            holdout: np.ndarray | None = None, runtime: Runtime | None = None) -> DipResult:
+            experimental: ExperimentalConfig | None = None, device: str | torch.device | None = None,
+            engine: EngineConfig | None = None, holdout: np.ndarray | None = None,
+            runtime: Runtime | None = None) -> DipResult:
     """Fit DIP to the known pixels of one window and return its prediction.
 
     All bands in one network (the paper's composite), or one network per band with
-    ``fit.per_band``; ``fit.ensemble`` networks with different seeds are averaged.
+    ``fit.per_band``; ``experimental.ensemble`` networks with different seeds are averaged.
 
     Parameters
     ----------
@@ -714,6 +728,8 @@ def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: F
         The architecture and the optimisation settings.
     seed : int
         Seeds the weights, z and the per-iteration noise, so a fit is reproducible.
+    experimental : ExperimentalConfig, optional
+        The research knobs (default: all off, the paper's fit).
     device, engine, runtime
         Where and how it runs: ``runtime``, else this process's runtime for ``engine`` (default
         settings) and ``device`` (default ``fit.device``); see :mod:`tilefill._runtime`.
@@ -731,24 +747,27 @@ def fit_dip(image: np.ndarray, known: np.ndarray, network: NetworkConfig, fit: F
     """
     if image.ndim != 3 or image.shape != known.shape:
         raise ValueError("image and known must both be (bands, H, W)")
-    return fit_windows([(image, known, seed)], network, fit, engine=engine, device=device,
-                       holdouts=None if holdout is None else [holdout], runtime=runtime)[0]
+    return fit_windows([(image, known, seed)], network, fit, experimental=experimental, engine=engine,
+                       device=device, holdouts=None if holdout is None else [holdout], runtime=runtime)[0]
 
 
 def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: NetworkConfig, fit: FitConfig, *,
-                engine: EngineConfig | None = None, device: str | torch.device | None = None,
-                holdouts: list[np.ndarray] | None = None, runtime: Runtime | None = None) -> list[DipResult]:
+                experimental: ExperimentalConfig | None = None, engine: EngineConfig | None = None,
+                device: str | torch.device | None = None, holdouts: list[np.ndarray] | None = None,
+                runtime: Runtime | None = None) -> list[DipResult]:
     """Fit several same-sized windows ``(image, known, seed)`` together; one result per window.
 
-    Each window becomes ``ensemble`` problems per input kind (``fit.input: noise+context`` fits
+    Each window becomes ``ensemble`` problems per input kind (``experimental.input: noise+context`` fits
     both kinds; x bands, with ``per_band``). Problems of one kind are fitted in one grouped
     network; a window's members are averaged back into its prediction. All members of a window
     share its hidden pixels (``holdouts``, or drawn from ``fit.validation`` and the window's
     seed), so the validation RMSE reported is the averaged prediction's own.
     """
+    experimental = experimental or ExperimentalConfig()
+    ensemble = experimental.ensemble
     bands = windows[0][0].shape[0]
     split = range(bands) if fit.per_band else [slice(None)]
-    kinds = fit.input.split("+")
+    kinds = experimental.inputs
     if holdouts is None:
         holdouts = [holdout_mask(known, fit.validation, seed + 2) if fit.validation else None
                     for _image, known, seed in windows]
@@ -758,19 +777,19 @@ def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: Netw
         problems = []
         for w, (image, known, seed) in enumerate(windows):
             hold = holdouts[w]
-            for m in range(fit.ensemble):
+            for m in range(ensemble):
                 for j, b in enumerate(split):
                     sl = slice(b, b + 1) if fit.per_band else b
                     problems.append(Problem(image[sl], known[sl], seed + 7919 * j + 104_729 * m + 1_000_033 * q,
                                             None if hold is None else hold[sl]))
-        fitted = fit_problems(problems, network, replace(fit, input=kind), engine=engine, device=device,
-                              runtime=runtime)
-        per_window = len(split) * fit.ensemble
+        fitted = fit_problems(problems, network, fit, experimental=replace(experimental, input=kind), engine=engine,
+                              device=device, runtime=runtime)
+        per_window = len(split) * ensemble
         for w in range(len(windows)):
             rs = fitted[w * per_window:(w + 1) * per_window]
             results[w] += rs
             members[w] += [np.concatenate([r.prediction for r in rs[m * len(split):(m + 1) * len(split)]])
-                           for m in range(fit.ensemble)]
+                           for m in range(ensemble)]
     out = []
     for w, (image, _known, _seed) in enumerate(windows):
         rs, prediction = results[w], np.mean(members[w], axis=0).astype(np.float32)
@@ -781,7 +800,7 @@ def fit_windows(windows: list[tuple[np.ndarray, np.ndarray, int]], network: Netw
         else:
             validation = (float("nan"),) * bands
         # seconds: each kind is one call of fit_problems, run one after another
-        firsts = rs[::len(split) * fit.ensemble]
+        firsts = rs[::len(split) * ensemble]
         out.append(DipResult(prediction, float(np.mean([r.final_loss for r in rs])), rs[0].iterations,
                              sum(r.seconds for r in firsts), rs[0].device, validation,
                              sum(r.compile_seconds for r in firsts), max(r.networks_per_group for r in rs)))

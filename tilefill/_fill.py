@@ -108,7 +108,8 @@ def run_method_many(method: str, windows: list[tuple[np.ndarray, np.ndarray, int
     fit = config.fit
     hidden = holdouts if holdouts is not None else [
         holdout_mask(known, fit.validation, seed + 2) if fit.validation else None for _image, known, seed in windows]
-    fits = fit_windows(windows, config.network, fit, engine=config.engine, holdouts=hidden)
+    fits = fit_windows(windows, config.network, fit, experimental=config.experimental, engine=config.engine,
+                       holdouts=hidden)
     return [_with_classical(image, known, held, res, fit)
             for (image, known, _seed), held, res in zip(windows, hidden, fits)]
 
@@ -241,11 +242,11 @@ def fill_tile(store_path: str, index: int) -> TileResult:
 def _tile_kind(cfg, known: np.ndarray, own_window: bool) -> str:
     """How a DIP run fills a tile, from its gap geometry: ``thin`` (``fit.thin_gap_px``: the classical
     partner alone), ``narrow`` (``fit.narrow_gap_px``: DIP with ``fit.narrow_input_noise``), ``wide``
-    (beyond ``fit.noise_end_max_reach``: DIP with a constant ``fit.input_noise``) or ``dip``.
+    (beyond ``experimental.noise_end_max_reach``: DIP with a constant ``fit.input_noise``) or ``dip``.
     Windows widened for context (``own_window`` False: a tile nearly all gap) are ``dip``, or ``wide`` where
     that rule is on; other methods keep their name."""
-    fit = cfg.fit
-    wide_rule = fit.noise_end != 1 and fit.noise_end_max_reach
+    fit, exp = cfg.fit, cfg.experimental
+    wide_rule = exp.noise_end != 1 and exp.noise_end_max_reach
     if cfg.method != "dip" or not (fit.thin_gap_px or fit.narrow_gap_px or wide_rule):
         return cfg.method
     if not own_window:
@@ -255,7 +256,7 @@ def _tile_kind(cfg, known: np.ndarray, own_window: bool) -> str:
         return "thin"  # thin gaps only: the classical fill is the better one here
     if fit.narrow_gap_px and reach <= fit.narrow_gap_px:
         return "narrow"
-    if wide_rule and reach > fit.noise_end_max_reach:
+    if wide_rule and reach > exp.noise_end_max_reach:
         return "wide"
     return "dip"
 
@@ -263,10 +264,11 @@ def _tile_kind(cfg, known: np.ndarray, own_window: bool) -> str:
 def _kind_config(cfg, kind: str):
     """The config a tile of ``kind`` (:func:`_tile_kind`) is fitted with: narrow tiles take their own constant
     noise, wide ones a constant ``fit.input_noise``, the others ``cfg`` as it is."""
+    constant = replace(cfg.experimental, noise_end=1.0)
     if kind == "narrow":
-        return replace(cfg, fit=replace(cfg.fit, input_noise=cfg.fit.narrow_input_noise, noise_end=1.0))
+        return replace(cfg, fit=replace(cfg.fit, input_noise=cfg.fit.narrow_input_noise), experimental=constant)
     if kind == "wide":
-        return replace(cfg, fit=replace(cfg.fit, noise_end=1.0))
+        return replace(cfg, experimental=constant)
     return cfg
 
 
@@ -275,8 +277,8 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
 
     With ``fit.thin_gap_px``, a DIP tile whose gaps are all that thin gets ``fit.blend_method``
     alone (its result then reports 0 iterations); with ``fit.narrow_gap_px``, one whose gaps are all
-    that narrow is fitted with ``fit.narrow_input_noise``; with ``fit.noise_end``, one whose gaps reach
-    beyond ``fit.noise_end_max_reach`` keeps a constant input noise.
+    that narrow is fitted with ``fit.narrow_input_noise``; with ``experimental.noise_end``, one whose gaps
+    reach beyond ``experimental.noise_end_max_reach`` keeps a constant input noise.
 
     Each tile's chunk is written as soon as its group is done, so a crash loses at most one
     group. A tile's ``seconds`` is its group's time shared equally among the group's tiles.

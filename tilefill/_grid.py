@@ -53,10 +53,12 @@ class Tile:
 
     @property
     def window(self) -> Window:
+        """The tile as a rasterio window of the scene."""
         return Window(self.x, self.y, self.size, self.size)
 
     @property
     def slices(self) -> tuple[slice, slice]:
+        """The tile's (rows, columns) slices of a scene array."""
         return slice(self.y, self.y + self.size), slice(self.x, self.x + self.size)
 
     @property
@@ -141,6 +143,7 @@ class TileGrid:
 
     @property
     def stride(self) -> int:
+        """Pixels from one tile's start to the next: the side less the overlap."""
         return self.size - self.overlap
 
     @cached_property
@@ -153,6 +156,7 @@ class TileGrid:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Tiles per column and per row: (rows of tiles, columns of tiles)."""
         return len(self.row_starts), len(self.col_starts)
 
     def __len__(self) -> int:

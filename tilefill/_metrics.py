@@ -19,7 +19,7 @@ def scale_factor(dtype_or_image) -> float:
     """Factor that brings raw values to the scoring scale.
 
     Scores are reported on a 0-1 scale. For 8-bit data (the paper's image is uint8 DN) that
-    is DN / 255, as the paper and anchors.md do. Any other type is taken as already scaled:
+    is DN / 255, as the paper does. Any other type is taken as already scaled:
     callers with reflectance stored as integers (e.g. Sentinel-2 L2A, DN / 10000) apply
     their product's own scaling themselves, because it is not knowable from the dtype.
 

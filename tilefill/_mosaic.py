@@ -24,6 +24,7 @@ import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import rasterio
@@ -32,6 +33,7 @@ import rasterio.shutil
 
 from tilefill._distance_blend import HALO, N_BINS, BlendStats, BlendWeights, distance_bins, fit_weights, histogram_match
 from tilefill._errors import TilefillError
+from tilefill._grid import Tile
 from tilefill._scene import Scene, SceneInfo
 from tilefill._store import STRIP, TILE_INFO_FIELDS, TileStore
 
@@ -43,6 +45,8 @@ class WriteStats:
     # with distance weights: tile -> estimated gap RMSE ([0, 1] units, mean of bands), and the fitted blend
     tile_estimates: dict = field(default_factory=dict)
     blend: dict | None = None
+    # with distance weights: per band, the RMS estimated error of the filled pixels, in the input's units
+    estimated_rmse: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,43 @@ class _Mosaic:
     ratio: dict = field(default_factory=dict)  # tile -> (bands,) its hidden pixels' error over the scene curve's
     thin: frozenset = frozenset()  # tiles filled by the classical partner alone
     stats: BlendStats | None = None  # the mosaic's own, on the scene's hidden pixels
+
+
+class _TileCache:
+    """The fitted tiles over a pass of strips from the top: each tile read once, dropped after its last strip.
+
+    ``load(tile)`` gives what a tile contributes (see :func:`_tile_entry`), or None where it has no
+    prediction; :meth:`covering` yields it with the rows it overlaps.
+    """
+
+    def __init__(self, store: TileStore, load: Callable[[Tile], tuple | None]):
+        self.grid, self.load = store.grid, load
+        self.fitted = set(store.tiles_to_fit)
+        self.entries: dict[int, tuple | None] = {}
+
+    def covering(self, y: int, h: int) -> Iterator[tuple[Tile, tuple, slice, slice]]:
+        """``(tile, entry, rows of the tile, the same rows of the strip)`` for each fitted tile over rows [y, y+h)."""
+        for tile in self.grid.tiles_in_rows(y, y + h):
+            if tile.index not in self.fitted:
+                continue
+            if tile.index not in self.entries:
+                self.entries[tile.index] = self.load(tile)
+            entry = self.entries[tile.index]
+            if entry is not None:
+                r0, r1 = max(y, tile.y), min(y + h, tile.y + tile.size)
+                yield tile, entry, slice(r0 - tile.y, r1 - tile.y), slice(r0 - y, r1 - y)
+            if tile.y + tile.size <= y + h:  # this tile reaches no later strip
+                self.entries.pop(tile.index, None)
+
+
+def _tile_entry(store: TileStore, tile: Tile, pred: np.ndarray, partner: np.ndarray | None) -> tuple | None:
+    """``(prediction, partner, weights)`` of a tile, NaN set to 0; its grid weights are 0 on a band without a
+    prediction (NaN: nothing known in reach), and the tile adds nothing where no band has one (None)."""
+    has = np.isfinite(pred[:, 0, 0])
+    if not has.any():
+        return None
+    return (np.nan_to_num(pred), None if partner is None else np.nan_to_num(partner),
+            store.grid.weights(tile)[None] * has[:, None, None])
 
 
 def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None,
@@ -69,11 +110,17 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
     ``mix`` (partners out, partners stored): score linear mixes of the stored partners' fills as the
     partners instead (a row ``[0.5, 0.5]``: the mean of two classical fills).
     """
-    grid, bands, width, height = store.grid, store.info.count, store.info.width, store.info.height
+    bands, width, height = store.info.count, store.info.width, store.info.height
     partners = store.group["partners"].shape[1] if mix is None else len(mix)
     out = BlendStats.zeros(partners, bands)
-    fitted = set(store.tiles_to_fit)
-    cache: dict = {}
+
+    def load(tile: Tile) -> tuple | None:
+        fills = store.read_partners(tile.index)
+        if mix is not None:
+            fills = np.tensordot(np.asarray(mix, dtype=np.float32), np.nan_to_num(fills), axes=1)
+        return _tile_entry(store, tile, store.read_tile(tile.index), fills)
+
+    cache = _TileCache(store, load)
     for y in range(0, height, strip):
         h = min(strip, height - y)
         y0, y1 = max(0, y - HALO), min(height, y + h + HALO)
@@ -94,31 +141,14 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
         a = np.zeros((partners, bands, h, width), dtype=np.float32)
         d = np.zeros_like(a)
         wsum = np.zeros((bands, h, width), dtype=np.float32)
-        for tile in grid.tiles_in_rows(y, y + h):
-            if tile.index not in fitted:
-                continue
-            if tile.index not in cache:
-                pred = store.read_tile(tile.index)
-                has = np.isfinite(pred[:, 0, 0])
-                fills = np.nan_to_num(store.read_partners(tile.index))
-                if mix is not None:
-                    fills = np.tensordot(np.asarray(mix, dtype=np.float32), fills, axes=1)
-                cache[tile.index] = (np.nan_to_num(pred), fills,
-                                     grid.weights(tile)[None] * has[:, None, None]) if has.any() else None
-            entry = cache[tile.index]
-            if entry is not None:
-                pred, fills, w = entry
-                r0, r1 = max(y, tile.y), min(y + h, tile.y + tile.size)
-                src = slice(r0 - tile.y, r1 - tile.y)
-                dst = (slice(None), slice(None), slice(r0 - y, r1 - y), slice(tile.x, tile.x + tile.size))
-                if tile.index in thin:
-                    a[dst] += w[:, src] * fills[:, :, src]
-                else:
-                    a[dst] += w[:, src] * pred[:, src]
-                    d[dst] += w[:, src] * (fills[:, :, src] - pred[:, src])
-                wsum[dst[1:]] += w[:, src]
-            if tile.y + tile.size <= y + h:
-                cache.pop(tile.index, None)
+        for tile, (pred, fills, w), src, rows in cache.covering(y, h):
+            dst = (slice(None), slice(None), rows, slice(tile.x, tile.x + tile.size))
+            if tile.index in thin:
+                a[dst] += w[:, src] * fills[:, :, src]
+            else:
+                a[dst] += w[:, src] * pred[:, src]
+                d[dst] += w[:, src] * (fills[:, :, src] - pred[:, src])
+            wsum[dst[1:]] += w[:, src]
         actual = np.asarray(store.group["scene"][:, y:y + h, :]) if truth is None else truth[:, y:y + h, :]
         where = scored & (wsum > 0)
         norm = np.where(wsum > 0, wsum, 1)
@@ -143,11 +173,12 @@ def thin_tiles(store: TileStore) -> frozenset:
     return frozenset(int(i) for i in np.flatnonzero(iterations == 0))
 
 
-def _plan(store: TileStore, blend) -> _Mosaic:
+def _plan(store: TileStore, blend, choose_partner: bool = False) -> _Mosaic:
     """Fit the scene's blend weights on the mosaic's hidden pixels, and each tile's error ratio.
 
-    ``blend``: this run's :class:`~tilefill._config.BlendConfig` (a resumed store may have been fitted
-    under another: it is not part of the run key). A tile's ratio is its own fit's error on its hidden
+    ``blend``: this run's :class:`~tilefill._config.BlendConfig` and ``choose_partner`` its
+    ``experimental.choose_partner`` (a resumed store may have been fitted under others: they are not part
+    of the run key). A tile's ratio is its own fit's error on its hidden
     pixels over what the scene's tiles err there on average, at the same distances (shrunk toward 1
     by ``blend.prior_pixels``): where a tile is harder than the scene, its error map is higher.
     """
@@ -158,14 +189,14 @@ def _plan(store: TileStore, blend) -> _Mosaic:
     if blend.weights != "distance" or "hidden" not in store.group:
         return _Mosaic(thin=thin)
     stats = mosaic_stats(store, thin)
-    if not blend.choose_partner:
+    if not choose_partner:
         stats = stats.first_partner()
     scene = fit_weights(stats, prior=cfg.fit.classical_blend, prior_pixels=blend.prior_pixels,
                         curve=blend.curve(stats.partners))
     arrays = store.blend_stats()
     done = [int(i) for i in np.flatnonzero(np.isfinite(arrays[:, 0, 0, 0, 0])) if int(i) not in thin]
     per_tile = {i: BlendStats.from_array(arrays[i]) for i in done}
-    if not blend.choose_partner:
+    if not choose_partner:
         per_tile = {i: st.first_partner() for i, st in per_tile.items()}
     single = sum(per_tile.values(), BlendStats.zeros(stats.partners, stats.bands))
     rows = np.arange(stats.bands)
@@ -257,35 +288,29 @@ def _tile_fill(store: TileStore, plan: _Mosaic, index: int) -> tuple[np.ndarray,
     return pred, partners[weights.partner, np.arange(partners.shape[1])]
 
 
-def _mosaic_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, *, estimate: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Weighted sum of the predictions over rows [y, y+h), the summed weight and, with ``estimate``,
-    the weighted sum of the estimated error with the weight behind it (2, bands, h, width), per band.
+class _StripMosaic:
+    """The mosaic of the store's tiles, strip by strip from the top, blended as ``plan`` says."""
 
-    A tile band without a prediction (NaN: nothing known in reach) adds no weight there.
-    """
-    grid, bands, width = store.grid, store.info.count, store.info.width
-    acc = np.zeros((bands, h, width), dtype=np.float32)
-    wsum = np.zeros((bands, h, width), dtype=np.float32)
-    # the weighted sum of the estimates and the weight behind them (no hidden pixel in reach: no estimate)
-    err = np.zeros((2, bands, h, width), dtype=np.float32) if estimate else None
-    fitted = cache.setdefault("fitted", set(store.tiles_to_fit))
-    tile_weights = cache.setdefault("tile_weights", store.tile_weights() if store.has_partners else None)
-    bins = _strip_bins(store, y, h) if plan.scene is not None else None
-    for tile in grid.tiles_in_rows(y, y + h):
-        if tile.index not in fitted:
-            continue
-        if tile.index not in cache:
-            pred, partner = _tile_fill(store, plan, tile.index)
-            has = np.isfinite(pred[:, 0, 0])
-            cache[tile.index] = (np.nan_to_num(pred), None if partner is None else np.nan_to_num(partner),
-                                 grid.weights(tile)[None] * has[:, None, None]) if has.any() else None
-        entry = cache[tile.index]
-        if entry is not None:
-            pred, partner, w = entry
-            r0, r1 = max(y, tile.y), min(y + h, tile.y + tile.size)
-            src = slice(r0 - tile.y, r1 - tile.y)
-            dst = (slice(None), slice(r0 - y, r1 - y), slice(tile.x, tile.x + tile.size))
+    def __init__(self, store: TileStore, plan: _Mosaic):
+        self.store, self.plan = store, plan
+        self.cache = _TileCache(store, lambda tile: _tile_entry(store, tile, *_tile_fill(store, plan, tile.index)))
+        self.tile_weights = store.tile_weights() if store.has_partners else None
+
+    def strip(self, y: int, h: int, *, estimate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Weighted sum of the predictions over rows [y, y+h), the summed weight and, with ``estimate``,
+        the weighted sum of the estimated error with the weight behind it (2, bands, h, width), per band.
+
+        A tile band without a prediction (NaN: nothing known in reach) adds no weight there.
+        """
+        store, plan = self.store, self.plan
+        bands, width = store.info.count, store.info.width
+        acc = np.zeros((bands, h, width), dtype=np.float32)
+        wsum = np.zeros((bands, h, width), dtype=np.float32)
+        # the weighted sum of the estimates and the weight behind them (no hidden pixel in reach: no estimate)
+        err = np.zeros((2, bands, h, width), dtype=np.float32) if estimate else None
+        bins = _strip_bins(store, y, h) if plan.scene is not None else None
+        for tile, (pred, partner, w), src, rows in self.cache.covering(y, h):
+            dst = (slice(None), rows, slice(tile.x, tile.x + tile.size))
             value = pred[:, src]
             if partner is not None:
                 if tile.index in plan.thin:
@@ -293,7 +318,7 @@ def _mosaic_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, 
                 elif plan.scene is not None:
                     mix = plan.scene.at(bins[dst]).astype(np.float32)
                 else:
-                    mix = tile_weights[tile.index].astype(np.float32)[:, None, None]
+                    mix = self.tile_weights[tile.index].astype(np.float32)[:, None, None]
                 value = value + mix * (partner[:, src] - value)
             acc[dst] += w[:, src] * value
             wsum[dst] += w[:, src]
@@ -307,9 +332,7 @@ def _mosaic_strip(store: TileStore, plan: _Mosaic, y: int, h: int, cache: dict, 
                 has_estimate = np.isfinite(mse)
                 err[(0, *dst)] += w[:, src] * np.where(has_estimate, np.sqrt(np.where(has_estimate, mse, 0)), 0)
                 err[(1, *dst)] += w[:, src] * has_estimate
-        if tile.y + tile.size <= y + h:  # this tile reaches no later strip
-            cache.pop(tile.index, None)
-    return acc, wsum, err
+        return acc, wsum, err
 
 
 def _check_complete(path: Path) -> None:
@@ -329,14 +352,145 @@ def _check_complete(path: Path) -> None:
         raise OSError(code, f"{os.strerror(code)}: {path.name} is incomplete ({exc})") from None
 
 
+@dataclass(frozen=True)
+class _Partials:
+    """The files a write makes under temporary names in the output's folder, renamed into place at the end."""
+
+    tif: Path
+    cog: Path
+    error_map: Path | None  # OUT.quality.tif's partial, when it is written
+    quality_map: Path | None
+
+    @classmethod
+    def beside(cls, out: Path, quality_map: Path | None) -> "_Partials":
+        pid = os.getpid()
+        part = quality_map.with_name(f".{quality_map.name}.{pid}.partial.tif") if quality_map else None
+        return cls(out.with_name(f".{out.name}.{pid}.partial.tif"), out.with_name(f".{out.name}.{pid}.partial-cog.tif"),
+                   part, quality_map)
+
+    def remove(self) -> None:
+        for p in (self.tif, self.cog, self.error_map):
+            if p is not None:
+                p.unlink(missing_ok=True)
+
+
+def _open_output(stack: ExitStack, path: Path, profile: dict, info: SceneInfo):
+    """The restored GeoTIFF, open for writing, with the input's band names and tags."""
+    dst = stack.enter_context(rasterio.open(path, "w", **profile))
+    for i, name in enumerate(info.band_names, start=1):
+        dst.set_band_description(i, name)
+        if i - 1 < len(info.band_tags) and info.band_tags[i - 1]:
+            dst.update_tags(i, **info.band_tags[i - 1])
+    if info.tags:
+        dst.update_tags(**info.tags)
+    return dst
+
+
+def _open_error_map(stack: ExitStack, path: Path, profile: dict, info: SceneInfo):
+    """``OUT.quality.tif``, open for writing: float32, NaN where nothing was filled."""
+    err_profile = {**profile, "dtype": "float32", "nodata": np.nan}
+    if "predictor" in profile:
+        err_profile["predictor"] = 3
+    dst = stack.enter_context(rasterio.open(path, "w", **err_profile))
+    for i, name in enumerate(info.band_names, start=1):
+        dst.set_band_description(i, f"{name}: estimated error of the filled value")
+    dst.update_tags(units="the input band's units; NaN where no pixel was filled",
+                    method="blend RMSE on hidden pixels at the pixel's distance to known data, "
+                           "scaled by its tile's own hidden-pixel error")
+    return dst
+
+
+@dataclass
+class _Written:
+    """What the strip loop wrote: band-pixels filled and left nodata, and per band the sum of squares and the
+    count of the estimated errors of the filled pixels (input units)."""
+
+    filled: int = 0
+    unfilled: int = 0
+    err_sq: np.ndarray | None = None
+    err_n: np.ndarray | None = None
+
+    def estimated_rmse(self) -> tuple[float, ...]:
+        """Per band, the RMS estimated error of the filled pixels (input units); empty without estimates."""
+        if self.err_n is None:
+            return ()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return tuple(float(v) for v in np.sqrt(self.err_sq / self.err_n))
+
+
+def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, keep_known: bool) -> _Written:
+    """The restored scene, strip by strip: gap pixels (with ``keep_known=False``, every footprint pixel a
+    fitted tile covers) take the mosaic, mapped back to the input's units and dtype; known pixels are the
+    input's own. With distance weights, each filled pixel's estimated error too (into ``err_dst``, if open)."""
+    info = store.info
+    mosaic = _StripMosaic(store, plan)
+    estimate = plan.scene is not None
+    nodata, float_out = info.nodata, np.dtype(info.dtype).kind == "f"
+    needs_mask = nodata is None and not float_out and not store.meta["footprint_is_full"]
+    span = (np.asarray(store.scaling.hi) - np.asarray(store.scaling.lo)).astype(np.float32)[:, None, None]
+    out = _Written(err_sq=np.zeros(info.count), err_n=np.zeros(info.count)) if estimate else _Written()
+    for win in scene.strips(STRIP):
+        y, h = win.row_off, win.height
+        values = scene.read(win)
+        gaps = np.asarray(store.group["gaps"][:, y:y + h, :])
+        inside = np.asarray(store.group["footprint"][y:y + h, :])
+        acc, wsum, err = mosaic.strip(y, h, estimate=estimate)
+        covered = wsum > 0
+        target = (gaps if keep_known else inside[None]) & covered
+        if target.any():
+            pred = acc / np.where(covered, wsum, 1)
+            values[target] = to_dtype(store.scaling.inverse_at(pred, target), info)
+            out.filled += int(target.sum())
+        missing = gaps & ~covered
+        out.unfilled += int(missing.sum())
+        if nodata is not None:
+            values[missing] = nodata
+            values[:, ~inside] = nodata
+        elif float_out:
+            values[missing] = np.nan
+            values[:, ~inside] = np.nan
+        dst.write(values, window=win)
+        if needs_mask:
+            dst.write_mask(np.where(inside, 255, 0).astype(np.uint8), window=win)
+        if estimate:
+            est = np.full(values.shape, np.nan, dtype=np.float32)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                est[target] = (err[0] / err[1] * span)[target]  # NaN where no estimate reached
+            finite = np.isfinite(est)
+            known_err = np.where(finite, est, 0).astype(np.float64)
+            out.err_sq += (known_err * known_err).sum(axis=(1, 2))
+            out.err_n += finite.sum(axis=(1, 2))
+            if err_dst is not None:
+                err_dst.write(est, window=win)
+    return out
+
+
+def _to_cog(partials: _Partials, output) -> Path:
+    """The written GeoTIFF copied as a Cloud Optimized GeoTIFF (``output``: the run's OutputConfig)."""
+    rasterio.shutil.copy(partials.tif, partials.cog, driver="COG", compress=output.compress,
+                         blocksize=output.blocksize, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
+    partials.tif.unlink()
+    return partials.cog
+
+
+def _blend_record(plan: _Mosaic, cfg) -> dict | None:
+    """The fitted distance blend, as the quality sidecar records it; None without one."""
+    if plan.scene is None:
+        return None
+    return {**plan.scene.to_dict(list(cfg.fit.blend_methods)),
+            "gap_pixels": plan.stats.gaps.astype(int).tolist(),
+            "histogram_match": np.round(histogram_match(plan.stats), 3).tolist(),
+            "estimated_rmse": np.round(plan.scene.expected_rmse(plan.stats.gaps), 5).tolist()}
+
+
 def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: bool = False,
                  overwrite: bool = False, quality_map: str | Path | None = None, config=None) -> WriteStats:
     """Blend the store's tiles with the input and write the restored GeoTIFF atomically.
 
     ``quality_map``: also write the estimated error of each filled pixel there (with distance
     weights only; float32, the input's units, NaN where nothing was filled), atomically too.
-    ``config``: this run's settings for what is decided after the fits (``blend``, ``output``); by
-    default the store's own.
+    ``config``: this run's settings for what is decided after the fits (``blend``, ``output``,
+    ``experimental.choose_partner``); by default the store's own.
 
     Examples
     --------
@@ -347,88 +501,21 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
     out = check_output_path(out_path, overwrite)
     info, cfg = store.info, store.config
     run = config or cfg
-    keep_known = cfg.fit.keep_known
-    plan = _plan(store, run.blend)
-    estimate = quality_map is not None and plan.scene is not None
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial.tif")
-    tmp_cog = out.with_name(f".{out.name}.{os.getpid()}.partial-cog.tif")
-    qmap = Path(quality_map) if estimate else None
-    tmp_map = qmap.with_name(f".{qmap.name}.{os.getpid()}.partial.tif") if qmap else None
-    nodata = info.nodata
-    float_out = np.dtype(info.dtype).kind == "f"
-    filled = unfilled = 0
-    cache: dict = {}
-    span = (np.asarray(store.scaling.hi) - np.asarray(store.scaling.lo)).astype(np.float32)[:, None, None]
+    plan = _plan(store, run.blend, run.experimental.choose_partner)
+    partials = _Partials.beside(out, Path(quality_map) if quality_map is not None and plan.scene is not None else None)
     try:
         profile = _profile(info, run.output.compress, run.output.blocksize, (info.height, info.width))
-        needs_mask = nodata is None and not float_out and not store.meta["footprint_is_full"]
         with ExitStack() as stack:
-            dst = stack.enter_context(rasterio.open(tmp, "w", **profile))
-            for i, name in enumerate(info.band_names, start=1):
-                dst.set_band_description(i, name)
-                if i - 1 < len(info.band_tags) and info.band_tags[i - 1]:
-                    dst.update_tags(i, **info.band_tags[i - 1])
-            if info.tags:
-                dst.update_tags(**info.tags)
-            err_dst = None
-            if qmap:
-                err_profile = {**profile, "dtype": "float32", "nodata": np.nan}
-                if "predictor" in profile:
-                    err_profile["predictor"] = 3
-                err_dst = stack.enter_context(rasterio.open(tmp_map, "w", **err_profile))
-                for i, name in enumerate(info.band_names, start=1):
-                    err_dst.set_band_description(i, f"{name}: estimated error of the filled value")
-                err_dst.update_tags(units="the input band's units; NaN where no pixel was filled",
-                                    method="blend RMSE on hidden pixels at the pixel's distance to known data, "
-                                           "scaled by its tile's own hidden-pixel error")
-            for win in scene.strips(STRIP):
-                y, h = win.row_off, win.height
-                values = scene.read(win)
-                gaps = np.asarray(store.group["gaps"][:, y:y + h, :])
-                inside = np.asarray(store.group["footprint"][y:y + h, :])
-                acc, wsum, err = _mosaic_strip(store, plan, y, h, cache, estimate=estimate)
-                covered = wsum > 0
-                target = (gaps if keep_known else inside[None]) & covered
-                if target.any():
-                    pred = acc / np.where(covered, wsum, 1)
-                    values[target] = to_dtype(store.scaling.inverse_at(pred, target), info)
-                    filled += int(target.sum())
-                missing = gaps & ~covered
-                unfilled += int(missing.sum())
-                if nodata is not None:
-                    values[missing] = nodata
-                    values[:, ~inside] = nodata
-                elif float_out:
-                    values[missing] = np.nan
-                    values[:, ~inside] = np.nan
-                dst.write(values, window=win)
-                if needs_mask:
-                    dst.write_mask(np.where(inside, 255, 0).astype(np.uint8), window=win)
-                if err_dst is not None:
-                    est = np.full(values.shape, np.nan, dtype=np.float32)
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        est[target] = (err[0] / err[1] * span)[target]  # NaN where no estimate reached
-                    err_dst.write(est, window=win)
-        final = tmp
-        if cog:
-            rasterio.shutil.copy(tmp, tmp_cog, driver="COG", compress=run.output.compress,
-                                 blocksize=run.output.blocksize, BIGTIFF="IF_SAFER",
-                                 NUM_THREADS="ALL_CPUS")
-            tmp.unlink()
-            final = tmp_cog
+            dst = _open_output(stack, partials.tif, profile, info)
+            err_dst = _open_error_map(stack, partials.error_map, profile, info) if partials.error_map else None
+            written = _write_strips(store, scene, plan, dst, err_dst, cfg.fit.keep_known)
+        final = _to_cog(partials, run.output) if cog else partials.tif
         _check_complete(final)
-        if qmap:
-            os.replace(tmp_map, qmap)
+        if partials.error_map:
+            os.replace(partials.error_map, partials.quality_map)
         os.replace(final, out)
     except BaseException:
-        for p in (tmp, tmp_cog, tmp_map):
-            if p is not None:
-                p.unlink(missing_ok=True)
+        partials.remove()
         raise
-    blend = None
-    if plan.scene is not None:
-        blend = {**plan.scene.to_dict(list(cfg.fit.blend_methods)),
-                 "gap_pixels": plan.stats.gaps.astype(int).tolist(),
-                 "histogram_match": np.round(histogram_match(plan.stats), 3).tolist(),
-                 "estimated_rmse": np.round(plan.scene.expected_rmse(plan.stats.gaps), 5).tolist()}
-    return WriteStats(filled, unfilled, _tile_estimates(plan, store), blend)
+    return WriteStats(written.filled, written.unfilled, _tile_estimates(plan, store), _blend_record(plan, cfg),
+                      written.estimated_rmse())

@@ -31,16 +31,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from tilefill._mosaic import check_output_path, write_output
-from tilefill._records import failure_path, quality_path, write_failure, write_json
+import numpy as np
+
+from tilefill._cluster import LazyCluster
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config, load_config, with_shortcuts
 from tilefill._errors import TilefillError
 from tilefill._fill import TileResult
 from tilefill._grid import TileGrid
+from tilefill._mosaic import check_output_path, write_output
+from tilefill._records import failure_path, quality_path, write_failure, write_json
 from tilefill._runkey import RunKey, run_key
 from tilefill._scene import open_scene
-from tilefill._schedule import SYSTEMATIC, LazyCluster, Progress, TileJob, TileRun
+from tilefill._schedule import SYSTEMATIC, Progress, TileJob, TileRun
 from tilefill._store import TileStore, build_store, resumable_store
 from tilefill._version import __version__
 
@@ -75,19 +78,19 @@ class FillReport:
     stopped: str = ""  # the error that stopped the run: SYSTEMATIC tasks in a row failed with it
     not_tried: tuple[int, ...] = field(default=(), repr=False)  # tiles cancelled when it stopped
     worker_log: Path | None = field(default=None, repr=False)  # tracebacks of failed tiles
-
-    @property
-    def estimated_rmse(self) -> float:
-        """Mean self-validation estimate of the gap RMSE over the fitted tiles ([0, 1] band units; NaN: none)."""
-        est = [t.estimated_rmse for t in self.tiles if math.isfinite(t.estimated_rmse)]
-        return sum(est) / len(est) if est else float("nan")
+    # the gap RMSE estimated without the truth (fit.validation), mean of the bands, in estimate_units
+    # (see gap_estimate); NaN without hidden pixels
+    estimated_gap_rmse: float = float("nan")
+    estimate_units: str = ""
 
     @property
     def ok(self) -> bool:
+        """Whether every tile succeeded and the output was written."""
         return not self.failures
 
     @property
     def tiles_retried(self) -> int:
+        """Tiles that ran more than once (their worker died, or they raised)."""
         return len(self.retried)
 
     @property
@@ -121,14 +124,44 @@ class FillReport:
         if self.ok:
             lines.append(f"gap band-pixels: {self.gap_pixels} found, {self.filled_pixels} filled, "
                          f"{self.unfilled_pixels} left nodata")
-        if math.isfinite(self.estimated_rmse):
-            lines.append(f"estimated gap RMSE (self-validation, 0-1 band scale): {self.estimated_rmse:.4f} "
-                         "mean over tiles")
+        if math.isfinite(self.estimated_gap_rmse):
+            lines.append(f"estimated gap RMSE (self-validation, without the truth): {self.estimated_gap_rmse:.4g} "
+                         f"{self.estimate_units}, mean of the bands")
         lines.append(f"time: {self.seconds:.1f} s on {self.cluster}"
                      + ("; " + ", ".join(f"stage {k}: {v:.1f} s" for k, v in self.stages.items()) if self.stages else ""))
         if self.workdir:
             lines.append(f"work store kept at {self.workdir}")
         return "\n".join(lines)
+
+
+INPUT_UNITS = "in the input's units"
+
+
+def gap_estimate(estimated_rmse: Sequence[float], tiles: Sequence[TileResult], store) -> tuple[float, str]:
+    """The run's estimated gap RMSE, mean of the bands, and its units: ``(NaN, "")`` without estimates.
+
+    ``estimated_rmse``: each band's RMS estimated error of its filled pixels in the input's units (the
+    mosaic's, with distance weights: what ``OUT.quality.tif`` holds); without it, the tiles' self-validation
+    estimates (each a mean over bands on the [0, 1] band scale) are averaged and mapped to each band's range.
+    Where every band declares a ``SCALE`` and one ``UNITS`` (a Landsat product's bands do), the figure is in
+    those units, as the bands' values are read (e.g. reflectance); else in the input's own (e.g. DN).
+    """
+    per_band = np.asarray(estimated_rmse, dtype=np.float64)
+    if not np.isfinite(per_band).any():
+        est = [t.estimated_rmse for t in tiles if math.isfinite(t.estimated_rmse)]
+        if not est:
+            return float("nan"), ""
+        per_band = float(np.mean(est)) * (np.asarray(store.scaling.hi) - np.asarray(store.scaling.lo))
+    info = store.info
+    tags = [dict(t) for t in info.band_tags] + [{}] * (info.count - len(info.band_tags))
+    units = {t.get("UNITS") for t in tags}
+    try:
+        scale = np.abs([float(t["SCALE"]) for t in tags])
+    except (KeyError, TypeError, ValueError):
+        scale = None
+    if scale is not None and len(units) == 1 and None not in units:
+        return float(np.nanmean(per_band * scale)), units.pop()
+    return float(np.nanmean(per_band)), INPUT_UNITS
 
 
 class FillFailed(TilefillError):
@@ -454,8 +487,9 @@ def finish_fill(prep: PreparedFill, run: TileRun | None, clusters: LazyCluster) 
         shutil.rmtree(store_path, ignore_errors=True)
         if worker_log == worker_log_path(store_path):
             worker_log.unlink(missing_ok=True)  # nothing failed: nothing in it to keep
+    estimate, units = gap_estimate(stats.estimated_rmse, common["tiles"], prep.store)
     return FillReport(**common, filled_pixels=stats.filled_pixels, unfilled_pixels=stats.unfilled_pixels,
-                      seconds=time.perf_counter() - prep.start)
+                      seconds=time.perf_counter() - prep.start, estimated_gap_rmse=estimate, estimate_units=units)
 
 
 def _write_stage(prep: PreparedFill, tiles: Sequence[TileResult]):

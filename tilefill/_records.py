@@ -20,6 +20,11 @@ from tilefill._version import __version__
 FAILED_SUFFIX = ".failed.json"
 
 
+def utc_now() -> str:
+    """The time now in UTC, to the second (ISO 8601): what every record and log line is stamped with."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def failure_path(output: str | Path) -> Path:
     """Where a failed run's report goes: ``OUT.failed.json`` beside the output it did not write."""
     output = Path(output)
@@ -63,6 +68,6 @@ def write_failure(output: Path, scene: str | Path, error: str, **details) -> Pat
     """Write ``OUT.failed.json``: the scene, the error in one line, and any details (failed tiles ...)."""
     path = failure_path(output)
     write_json(path, {"status": "failed", "scene": str(scene), "output": str(output), "error": error,
-                      "tilefill": __version__, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "tilefill": __version__, "time": utc_now(),
                       **details})
     return path

@@ -3,11 +3,11 @@
 A key covers the input's content (every band file, mask, gap-mask and QA_PIXEL file and a
 Landsat product's metadata, read in 1 MiB chunks through BLAKE2b, so a file rewritten in place
 under the same name is caught), the parameters (the config less its ``output`` and ``blend``
-sections and ``name``, which change how the mosaic and the GeoTIFF are made but no tile, and less
-the speed settings of :func:`speed_settings`; the selected bands; how each mask decides gaps, e.g.
-the QA_PIXEL bits; the footprint mode; the grid) and tilefill's version. The
-tile store keeps the key in its attributes: a store is resumed only by a run with the same
-key, and a store of another key is refused rather than mixed.
+sections, ``experimental.choose_partner`` and ``name``, which change how the mosaic and the GeoTIFF
+are made but no tile, and less the speed settings of :func:`speed_settings`; the selected bands;
+how each mask decides gaps, e.g. the QA_PIXEL bits; the footprint mode; the grid) and tilefill's
+version. The tile store keeps the key in its attributes: a store is resumed only by a run with the
+same key, and a store of another key is refused rather than mixed.
 
 Hashing reads the whole input once. ``tilefill batch`` avoids that for scenes already done
 by also keeping each file's size and modification time (:class:`InputFile`): when they and
@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tilefill._config import Config
+from tilefill._config import MOVED, Config
 from tilefill._grid import TileGrid
 from tilefill._scene import Scene
 from tilefill._version import __version__
@@ -117,6 +117,15 @@ def speed_settings(config: Config) -> dict:
 def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str) -> dict:
     """The parameters a key covers, as plain JSON-able values."""
     cfg = config.to_dict()
+    # each research knob is hashed in the section it lived in before ``experimental`` grouped them, so
+    # that a key (and the store it guards) outlives the move; choose_partner falls with ``blend`` below
+    moved = cfg.pop("experimental")
+    for old, new in MOVED.items():
+        section, leaf = old.split(".")
+        cfg[section][leaf] = moved[new.split(".")[1]]
+    # 0 (score at the end only) and an interval of the iterations or more score alike: one key for them
+    fit = config.fit
+    cfg["fit"]["check_every"] = min(fit.check_every or fit.iterations, fit.iterations)
     cfg.pop("output")  # decides how the GeoTIFF is written, which every run redoes; never a tile
     cfg.pop("blend")  # how the mosaic weighs the tiles' fills, decided after every tile is done
     cfg.pop("name")

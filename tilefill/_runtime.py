@@ -280,6 +280,7 @@ def get_runtime(engine: EngineConfig | None = None, device: str | torch.device =
     return _RUNTIMES[key]
 
 
-def network_key(network: NetworkConfig, cin: int, cout: int, groups: int, height: int, width: int) -> tuple:
+def network_key(network: NetworkConfig, cin: int, cout: int, groups: int, height: int, width: int,
+                upsample: str = "nearest") -> tuple:
     """What a compiled network is specialised to: its layout, group count and input shape."""
-    return (network, cin, cout, groups, height, width)
+    return (network, cin, cout, groups, height, width, upsample)

@@ -243,25 +243,23 @@ def _write_holdout(group: zarr.Group, holdout: SceneHoldout) -> None:
         above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
 
 
-def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, *, footprint: str = "hull",
-                run_key: str | None = None) -> TileStore:
-    """Read the scene in strips, find gaps and footprint, and write the tile store.
+@dataclass(frozen=True)
+class _Extent:
+    """What the statistics pass finds: each band's range over its known pixels, and the footprint's
+    column range ``[left, right]`` per row."""
 
-    Two passes over the input, each holding one strip of ``STRIP`` rows: the first finds each
-    band's range over its known pixels and each row's data extent (for the footprint hull),
-    the second writes the scaled scene and the masks. ``run_key`` (see ``tilefill._runkey``)
-    is kept in the attributes, for :func:`resumable_store`.
+    scaling: Scaling
+    left: np.ndarray
+    right: np.ndarray
 
-    Examples
-    --------
-    >>> from tilefill._scene import open_scene
-    >>> with open_scene("scene.tif") as scene:  # doctest: +SKIP
-    ...     grid = TileGrid.from_scene(scene.info, load_config("fast"))
-    ...     store = build_store(scene, grid, load_config("fast"), "work/tiles.zarr")
-    """
+    def is_full(self, width: int) -> bool:
+        return bool((self.left <= 0).all() and (self.right >= width - 1).all())
+
+
+def _statistics_pass(scene: Scene, footprint: str) -> _Extent:
+    """First pass over the input: each band's known range (for the scaling) and each row's data extent (for
+    the footprint hull, or the whole raster with ``footprint="full"``)."""
     bands, height, width = scene.shape
-    if footprint not in ("hull", "full"):
-        raise TilefillError(f"footprint must be 'hull' or 'full', not {footprint!r}")
     lo = np.full(bands, np.inf)
     hi = np.full(bands, -np.inf)
     first = np.full(height, -1, dtype=np.int64)
@@ -288,80 +286,125 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     hi = np.where(hi > lo, hi, lo + 1)  # a constant band still maps to [0, 1]
     scaling = Scaling(tuple(lo.tolist()), tuple(hi.tolist()))
     if footprint == "full":
-        left, right = np.zeros(height, dtype=np.int64), np.full(height, width - 1, dtype=np.int64)
-    else:
-        left, right = footprint_extents(first, last)
+        return _Extent(scaling, np.zeros(height, dtype=np.int64), np.full(height, width - 1, dtype=np.int64))
+    return _Extent(scaling, *footprint_extents(first, last))
 
-    path = Path(path)
-    group = _create_or_replace(path, run_key)
+
+def _create_layout(group: zarr.Group, shape: tuple[int, int, int], grid: TileGrid, config: Config) -> None:
+    """The store's arrays (see the module's layout), empty: the scene's, and one chunk per tile of the others."""
+    bands, height, width = shape
     chunk = (bands, CHUNK_PX, CHUNK_PX)
-    scene_arr = group.create_array("scene", shape=(bands, height, width), chunks=chunk, dtype="float32", fill_value=0.0)
-    gaps_arr = group.create_array("gaps", shape=(bands, height, width), chunks=chunk, dtype="bool", fill_value=False)
-    fp_arr = group.create_array("footprint", shape=(height, width), chunks=(CHUNK_PX, CHUNK_PX), dtype="bool", fill_value=False)
-    size = grid.size
+    group.create_array("scene", shape=shape, chunks=chunk, dtype="float32", fill_value=0.0)
+    group.create_array("gaps", shape=shape, chunks=chunk, dtype="bool", fill_value=False)
+    group.create_array("footprint", shape=(height, width), chunks=(CHUNK_PX, CHUNK_PX), dtype="bool", fill_value=False)
+    size, n = grid.size, len(grid)
     # "chunk exists" means "tile done": keep chunks even when they hold only the fill value
-    group.create_array("tiles", shape=(len(grid), bands, size, size), chunks=(1, bands, size, size),
+    group.create_array("tiles", shape=(n, bands, size, size), chunks=(1, bands, size, size),
                        dtype="float32", fill_value=np.nan, config={"write_empty_chunks": True})
-    group.create_array("tile_info", shape=(len(grid), len(TILE_INFO_FIELDS)), chunks=(1, len(TILE_INFO_FIELDS)),
+    group.create_array("tile_info", shape=(n, len(TILE_INFO_FIELDS)), chunks=(1, len(TILE_INFO_FIELDS)),
                        dtype="float64", fill_value=np.nan, config={"write_empty_chunks": True})
     if config.method == "dip" and config.fit.blends:
         from tilefill._distance_blend import N_BINS
 
         partners = len(config.fit.blend_methods)
-        group.create_array("partners", shape=(len(grid), partners, bands, size, size),
+        group.create_array("partners", shape=(n, partners, bands, size, size),
                            chunks=(1, partners, bands, size, size), dtype="float32", fill_value=np.nan)
-        group.create_array("tile_weights", shape=(len(grid), bands), chunks=(1, bands), dtype="float64",
-                           fill_value=np.nan)
-        group.create_array("blend_stats", shape=(len(grid), partners + 1, bands, N_BINS, 4),
+        group.create_array("tile_weights", shape=(n, bands), chunks=(1, bands), dtype="float64", fill_value=np.nan)
+        group.create_array("blend_stats", shape=(n, partners + 1, bands, N_BINS, 4),
                            chunks=(1, partners + 1, bands, N_BINS, 4), dtype="float64", fill_value=np.nan)
 
-    # gap pixels per row under each tile column: enough to tell which tiles have gaps
-    col_gap_rows = np.zeros((height, len(grid.col_starts)), dtype=np.int64)
-    total_gaps = 0
-    holdout = config.method == "dip" and config.fit.blends and config.fit.validation > 0
+
+@dataclass
+class _Written:
+    """What the write pass counts on its way: the gap pixels, per row and tile column the rows that hold
+    one, and (for the hidden pixels) the holdout's candidate cells and the pixels known in every band."""
+
+    gap_pixels: int
+    col_gap_rows: np.ndarray
+    cell_candidates: np.ndarray | None
+    known_everywhere: int = 0
+
+
+def _write_pass(scene: Scene, group: zarr.Group, extent: _Extent, grid: TileGrid, holdout: bool) -> _Written:
+    """Second pass over the input: the scaled scene, its gaps and footprint into the store, strip by strip."""
+    _bands, height, width = scene.shape
+    scene_arr, gaps_arr, fp_arr = group["scene"], group["gaps"], group["footprint"]
+    out = _Written(0, np.zeros((height, len(grid.col_starts)), dtype=np.int64),
+                   np.zeros((-(-height // HOLDOUT_CELL), -(-width // HOLDOUT_CELL)), np.int64) if holdout else None)
     above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
-    cell_candidates = np.zeros((-(-height // HOLDOUT_CELL), -(-width // HOLDOUT_CELL)), np.int64)
-    known_everywhere = 0
     for win in scene.strips(STRIP):
         y, h = win.row_off, win.height
         values = scene.read(win)
         data = scene.has_data(win, values)
         flagged = scene.flagged(win)
-        inside = footprint_window(left, right, y, h, width)
+        inside = footprint_window(extent.left, extent.right, y, h, width)
         gaps = inside[None] & (~data | (flagged if flagged is not None else False))
         known = inside[None] & ~gaps
-        scaled = scaling.forward(values)
+        scaled = extent.scaling.forward(values)
         scaled[~known] = 0  # gap pixels hold whatever the input had: nodata, NaN
         scene_arr[:, y:y + h, :] = scaled
         gaps_arr[:, y:y + h, :] = gaps
         fp_arr[y:y + h, :] = inside
         any_gap = gaps.any(axis=0)
-        total_gaps += int(gaps.sum())
+        out.gap_pixels += int(gaps.sum())
         if holdout:
-            SceneHoldout.count(SceneHoldout.shapes(any_gap, above) & inside, y, cell_candidates)
-            known_everywhere += int(known.all(axis=0).sum())
+            SceneHoldout.count(SceneHoldout.shapes(any_gap, above) & inside, y, out.cell_candidates)
+            out.known_everywhere += int(known.all(axis=0).sum())
             above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
         for c, x in enumerate(grid.col_starts):
-            col_gap_rows[y:y + h, c] = any_gap[:, x:x + size].sum(axis=1)
-    cum = np.concatenate([np.zeros((1, col_gap_rows.shape[1]), dtype=np.int64), np.cumsum(col_gap_rows, axis=0)])
-    to_fit = [t.index for t in grid if cum[t.y + size, t.col] - cum[t.y, t.col] > 0]
-    if not config.fit.keep_known:
-        to_fit = [t.index for t in grid]  # the full reconstruction replaces every pixel
-    if holdout:
-        _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation, cell_candidates=cell_candidates,
-                                           known=known_everywhere, seed=config.fit.seed))
+            out.col_gap_rows[y:y + h, c] = any_gap[:, x:x + grid.size].sum(axis=1)
+    return out
 
+
+def _tiles_to_fit(grid: TileGrid, col_gap_rows: np.ndarray, keep_known: bool) -> list[int]:
+    """The tiles with a gap pixel (every tile, for the full reconstruction that replaces known pixels too)."""
+    if not keep_known:
+        return [t.index for t in grid]
+    cum = np.concatenate([np.zeros((1, col_gap_rows.shape[1]), dtype=np.int64), np.cumsum(col_gap_rows, axis=0)])
+    return [t.index for t in grid if cum[t.y + grid.size, t.col] - cum[t.y, t.col] > 0]
+
+
+def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, *, footprint: str = "hull",
+                run_key: str | None = None) -> TileStore:
+    """Read the scene in strips, find gaps and footprint, and write the tile store.
+
+    Two passes over the input, each holding one strip of ``STRIP`` rows: the first finds each
+    band's range over its known pixels and each row's data extent (for the footprint hull),
+    the second writes the scaled scene and the masks. Then the scene's hidden pixels (with
+    ``fit.validation``, where DIP is blended) and the tiles to fit. ``run_key`` (see
+    ``tilefill._runkey``) is kept in the attributes, for :func:`resumable_store`.
+
+    Examples
+    --------
+    >>> from tilefill._scene import open_scene
+    >>> with open_scene("scene.tif") as scene:  # doctest: +SKIP
+    ...     grid = TileGrid.from_scene(scene.info, load_config("fast"))
+    ...     store = build_store(scene, grid, load_config("fast"), "work/tiles.zarr")
+    """
+    if footprint not in ("hull", "full"):
+        raise TilefillError(f"footprint must be 'hull' or 'full', not {footprint!r}")
+    extent = _statistics_pass(scene, footprint)
+    path = Path(path)
+    group = _create_or_replace(path, run_key)
+    _create_layout(group, scene.shape, grid, config)
+    holdout = config.method == "dip" and config.fit.blends and config.fit.validation > 0
+    written = _write_pass(scene, group, extent, grid, holdout)
+    if holdout:
+        height, width = scene.shape[1:]
+        _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation,
+                                           cell_candidates=written.cell_candidates, known=written.known_everywhere,
+                                           seed=config.fit.seed))
     group.attrs["tilefill"] = {
         "version": __version__,
         "run_key": run_key,
         "scene": scene.info.to_attrs(),
         "grid": {"size": grid.size, "overlap": grid.overlap, "shape": list(grid.shape)},
         "config": config.to_dict(),
-        "scaling": {"lo": list(scaling.lo), "hi": list(scaling.hi)},
+        "scaling": {"lo": list(extent.scaling.lo), "hi": list(extent.scaling.hi)},
         "footprint": footprint,
-        "gap_pixels": total_gaps,
-        "footprint_is_full": bool((left <= 0).all() and (right >= width - 1).all()),
-        "tiles_to_fit": to_fit,
+        "gap_pixels": written.gap_pixels,
+        "footprint_is_full": extent.is_full(scene.shape[2]),
+        "tiles_to_fit": _tiles_to_fit(grid, written.col_gap_rows, config.fit.keep_known),
         "tile_info_fields": list(TILE_INFO_FIELDS),
         # GeoZarr-style georeferencing so other tools can place the arrays
         "proj:wkt2": scene.info.crs_wkt,

@@ -151,7 +151,7 @@ STOPPED = "workers stopped, no output written; finished tiles are kept, run the 
 
 def _run(fn, *args, stopped: str = STOPPED, **kwargs):
     """Turn a user mistake into one line on stderr and exit 1; Ctrl-C into ``stopped`` and exit 130, SIGTERM 143."""
-    from tilefill._schedule import Terminated, sigterm_as_interrupt
+    from tilefill._signals import Terminated, sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():
@@ -268,7 +268,8 @@ class CropSize(click.ParamType):
 @main.command("demo")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("tilefill-demo"), show_default=True,
               help="Folder for the demo's scene, mask, restored scene and quicklook.")
-@click.option("--sensor", type=click.Choice(["landsat8", "sentinel2"]), default="landsat8", show_default=True)
+@click.option("--sensor", type=click.Choice(["landsat8", "sentinel2"]), default="landsat8", show_default=True,
+              help="Whose real bands the demo restores.")
 @click.option("--size", type=CropSize(), default=None,
               help="Centre crop of the sample in px: WIDTHxHEIGHT, or one side of a square (0: the whole "
                    "627 x 603 sample). Default: 512x352, which the fast preset's tiles cover 3 x 2.")
@@ -290,7 +291,8 @@ def demo_cmd(out_dir, sensor, size, config, overwrite, quiet, **kw):
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Mask GeoTIFF to write (1 = gap).")
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Tilted stripes hiding exactly this share of the pixels (the paper's experiment).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Random seed: the same seed and options give the same mask.")
 @click.option("--angle", type=float, default=None, help="Stripe tilt in degrees (default: drawn from 8-15).")
 @click.option("--scene-width", type=int, default=None, help="SLC-off: width of the full scene the raster is cut from.")
 @click.option("--x-offset", type=int, default=0, help="SLC-off: column of the full scene where the raster starts.")

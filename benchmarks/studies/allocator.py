@@ -63,7 +63,7 @@ def measure(env, preset: str, tile: int, iterations: int) -> dict:
     import dask
     from distributed import Client, LocalCluster
 
-    from tilefill._schedule import LOOPBACK, WORKER_MALLOC_ENV
+    from tilefill._cluster import LOOPBACK, WORKER_MALLOC_ENV
 
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     if env == "tilefill":

@@ -1,0 +1,393 @@
+"""The archive side of a batch: which scenes to fill and where each output goes, which are done, and
+which another batch has claimed.
+
+Scenes come from globs, directory trees (GeoTIFFs; a folder holding a Landsat ``*_MTL.txt`` /
+``.xml`` / ``.json`` or ``*_B<n>.TIF`` files is a Landsat product folder, one scene) and
+manifest files (one path per line; ``#`` comments and blank lines ignored; relative paths are
+relative to the manifest). The output tree mirrors the input below the common root of the
+sources (``input_root`` pins it): ``archive/2010/a.tif`` -> ``OUT/2010/a.tif``; a Landsat folder
+is named after its product ID: ``archive/2010/scene7/`` -> ``OUT/2010/LE07_L2SP_..._T1.tif``
+(after the folder when its metadata cannot be read; that scene then fails, saying why).
+
+Beside each output the batch keeps (hidden ones are transient):
+
+    a.tif                  the restored scene
+    a.tif.done.json        its record: SHA-256 and size of a.tif, the run key, the tiles
+    a.tif.failed.json      instead of both, when the scene failed (the error, failed tiles)
+    .a.tif.claim           while a batch works on the scene (host, pid, start)
+    .a.tif.tilefill.zarr/  the work store, until the record is written (a rerun resumes it)
+
+A scene is done when its output is present with the recorded size and the record's run key
+still holds: the same parameters, and input files of the recorded size and modification time
+(else their content is hashed again: a touched file with the same bytes stays done).
+
+Claims make concurrent batches safe: a scene is worked on only by the batch that created its
+claim file (``O_CREAT | O_EXCL``, atomic even over NFS v3+). A live batch refreshes its claim's
+modification time every ``claim_ttl / 4`` seconds; a claim whose process is gone (same host)
+or that has not been refreshed for ``claim_ttl`` seconds is stale and is taken over.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from tilefill._config import Config
+from tilefill._errors import TilefillError
+from tilefill._grid import TileGrid
+from tilefill._landsat import is_product_folder, product_id
+from tilefill._records import utc_now, write_json
+from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_files
+from tilefill._scene import open_scene
+from tilefill._version import __version__
+
+if TYPE_CHECKING:
+    from tilefill._pipeline import FillReport
+
+logger = logging.getLogger("tilefill")
+
+DONE_SUFFIX = ".done.json"
+CLAIM_TTL = 600.0  # seconds without a heartbeat after which another host's claim is stale
+_MAGIC = set("*?[")
+
+
+# --- what to fill ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchScene:
+    """One scene of a batch: its input (a file or a Landsat folder), its output, and where it was named."""
+
+    path: Path
+    output: Path
+    origin: str
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """A source that yields no scene to fill: a failure (missing, unreadable ...) or a note (duplicate)."""
+
+    source: str
+    message: str
+    failure: bool = True
+
+
+def _is_geotiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _walk(folder: Path, skip: Path) -> Iterator[Path]:
+    """Scenes in a directory tree: Landsat product folders whole, other GeoTIFFs one by one."""
+    if is_product_folder(folder):
+        yield folder
+        return
+    for entry in sorted(folder.iterdir()):
+        # hidden entries are work stores, claims and partial files (ours) or not meant to be read
+        if entry.name.startswith(".") or entry.resolve() == skip:
+            continue
+        if entry.is_dir():
+            yield from _walk(entry, skip)
+        elif _is_geotiff(entry):
+            yield entry
+
+
+def _glob_anchor(pattern: str) -> Path:
+    """The folder a glob searches below: its leading components without wildcards."""
+    parts = []
+    for part in Path(pattern).parts:
+        if _MAGIC & set(part):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _readable(path: Path) -> bool:
+    return os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0))
+
+
+def _expand(path: Path, named: str, skip: Path) -> tuple[list[tuple[Path, str]], Path, list[SourceProblem]]:
+    """(scenes with where they were named, the anchor of the mirror, problems) for one named path."""
+    if not path.exists():
+        return [], path.parent, [SourceProblem(named, f"{named}: {path} not found")]
+    if not _readable(path):
+        return [], path.parent, [SourceProblem(named, f"{named}: {path} is not readable (permissions)")]
+    if path.is_dir() and not is_product_folder(path):
+        found = [(p, named) for p in _walk(path, skip)]
+        return found, path, [] if found else [SourceProblem(named, f"{named}: no GeoTIFF or Landsat folder in {path}")]
+    return [(path, named)], path.parent, []
+
+
+def _manifest_entries(manifest: Path) -> list[tuple[Path, str]]:
+    if not manifest.is_file():
+        raise TilefillError(f"manifest {manifest} not found")
+    try:
+        text = manifest.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TilefillError(f"manifest {manifest} cannot be read ({exc.__class__.__name__}): one path per line") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            out.append((p if p.is_absolute() else manifest.parent / p, f"{manifest.name} line {n}"))
+    return out
+
+
+def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manifest: str | Path | None = None,
+                input_root: str | Path | None = None) -> tuple[list[BatchScene], list[SourceProblem]]:
+    """The scenes named by globs, paths and a manifest, each with its output; and what could not be used.
+
+    Examples
+    --------
+    >>> scenes, problems = find_scenes(["archive/**/*.tif"], "restored/")  # doctest: +SKIP
+    >>> scenes[0].path, scenes[0].output  # doctest: +SKIP
+    (PosixPath('/data/archive/2010/a.tif'), PosixPath('/data/restored/2010/a.tif'))
+    """
+    out_root = Path(output_dir).resolve()
+    named: list[tuple[Path, str]] = []
+    anchors: list[Path] = []
+    problems: list[SourceProblem] = []
+    for src in map(str, sources):
+        if _MAGIC & set(src):
+            matches = sorted(glob.glob(src, recursive=True))
+            anchors.append(_glob_anchor(src).resolve())
+            if not matches:
+                problems.append(SourceProblem(src, f"{src}: no file matches"))
+            for m in matches:
+                found, _, probs = _expand(Path(m), src, out_root)
+                named += found
+                problems += probs
+        else:
+            found, anchor, probs = _expand(Path(src), src, out_root)
+            named += found
+            anchors.append(anchor.resolve())
+            problems += probs
+    if manifest is not None:
+        for path, where in _manifest_entries(Path(manifest)):
+            found, anchor, probs = _expand(path, where, out_root)
+            named += found
+            anchors.append(anchor.resolve())
+            problems += probs
+    if not named:
+        return [], problems
+    root = Path(input_root).resolve() if input_root else Path(os.path.commonpath([str(a) for a in anchors]))
+    scenes: list[BatchScene] = []
+    first: dict[Path, str] = {}
+    outputs: dict[Path, Path] = {}
+    for path, where in named:
+        real = path.resolve()
+        if real in first:
+            problems.append(SourceProblem(where, f"{where}: {path} is named again (first by {first[real]}): filled once",
+                                    failure=False))
+            continue
+        first[real] = where
+        try:
+            rel = real.relative_to(root)
+        except ValueError:
+            problems.append(SourceProblem(where, f"{where}: {path} lies outside the input root {root}"))
+            continue
+        # a product folder's output is named after its product ID, however the folder is named
+        out = out_root / (rel.with_name((product_id(real) or rel.name) + ".tif") if real.is_dir() else rel)
+        if out == real:
+            problems.append(SourceProblem(where, f"{where}: the output would replace the input {path}; choose another "
+                                           "--output-dir"))
+        elif out in outputs:
+            problems.append(SourceProblem(where, f"{where}: {path} and {outputs[out]} would both write {out}"))
+        else:
+            outputs[out] = real
+            scenes.append(BatchScene(real, out, where))
+    return scenes, problems
+
+
+def check_output_root(output_dir: str | Path) -> Path:
+    """Create the output root if needed; refuse one that cannot be written, before any work."""
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise TilefillError(f"output root {root} is a file, not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TilefillError(f"output root {root} cannot be created ({exc.strerror or exc})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise TilefillError(f"output root {root} is not writable")
+    return root
+
+
+# --- done records -----------------------------------------------------------------------------------------
+
+def done_path(output: Path) -> Path:
+    return output.with_name(output.name + DONE_SUFFIX)
+
+
+def done_state(scene: BatchScene, cfg: Config, bands, footprint: str, verify: bool = False,
+                mask_qa=None) -> tuple[bool, str]:
+    """``(done, damage)``: whether the scene's output is there as recorded and the recorded run key still holds.
+
+    Reads no pixel when the parameters and the input files' sizes and times are unchanged; an
+    input touched or moved since is hashed again, and its record refreshed if the content matches.
+    ``verify`` hashes the output again too. ``damage`` says how an output with a record differs
+    from it (missing, another size, another SHA-256): it is not done, and is filled again.
+    """
+    try:
+        record = json.loads(done_path(scene.output).read_text())
+        recorded = RunKey.from_dict(record["run_key"])
+        size, sha256 = int(record["size"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, ""
+    try:
+        actual = scene.output.stat().st_size
+    except FileNotFoundError:
+        return False, "the output is missing"
+    if actual != size:
+        return False, f"the output has {actual} bytes, its record {size}"
+    with open_scene(scene.path, bands=bands, mask_qa=mask_qa) as src:
+        grid = TileGrid.from_scene(src.info, cfg)
+        if params_digest(src, cfg, grid, footprint) != recorded.params:
+            return False, ""
+        key = None
+        if not ([f.path for f in recorded.files] == scene_files(src) and all(f.unchanged() for f in recorded.files)):
+            key = run_key(src, cfg, grid, footprint=footprint)
+    if key is not None and key.digest != recorded.digest:
+        return False, ""
+    if verify and file_digest(scene.output, "sha256") != sha256:
+        return False, "the output's SHA-256 differs from its record"
+    if key is not None:
+        write_json(done_path(scene.output), {**record, "run_key": key.to_dict()})
+    return True, ""
+
+
+def write_done(scene: BatchScene, report: FillReport) -> None:
+    """Record a scene as done: its output's checksum and size, and the key it was filled under."""
+    if not all(f.unchanged() for f in report.run_key.files):
+        raise TilefillError(f"{scene.path} changed while it was being filled; the next run fills it again")
+    write_json(done_path(scene.output), {
+        "status": "done", "scene": str(scene.path), "output": str(scene.output),
+        "sha256": file_digest(scene.output, "sha256"), "size": scene.output.stat().st_size,
+        "run_key": report.run_key.to_dict(), "tilefill": __version__, "time": utc_now(),
+        "tiles_fitted": report.tiles_fitted, "tiles_skipped": report.tiles_skipped, "seconds": round(report.seconds, 3)})
+
+
+# --- claims -----------------------------------------------------------------------------------------------
+
+def claim_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.claim")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class Claim:
+    """This batch's exclusive right to work on one scene, as a file created with ``O_EXCL``.
+
+    Examples
+    --------
+    >>> claim = Claim.acquire(Path("restored/a.tif"))  # doctest: +SKIP
+    >>> if claim:  # None: another live batch works on it
+    ...     with claim:
+    ...         ...
+    """
+
+    def __init__(self, path: Path, ttl: float):
+        self.path, self.ttl = path, ttl
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True)
+
+    @classmethod
+    def acquire(cls, output: Path, ttl: float = CLAIM_TTL) -> "Claim | None":
+        path = claim_path(output)
+        for _ in range(2):  # a stale claim is broken once, then ours is created
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not cls._break_if_stale(path, ttl):
+                    return None
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": utc_now()}, f)
+            claim = cls(path, ttl)
+            claim._beat.start()
+            return claim
+        return None
+
+    @staticmethod
+    def holder(path: Path) -> str:
+        try:
+            c = json.loads(path.read_text())
+            return f"pid {c['pid']} on {c['host']} since {c['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another batch"
+
+    @staticmethod
+    def _stale(path: Path, text: str, ttl: float) -> bool:
+        try:
+            age = time.time() - path.stat().st_mtime
+            c = json.loads(text)
+        except FileNotFoundError:
+            return False
+        except (ValueError, TypeError):  # a claim being written: stale only if it stays unreadable
+            return age > ttl
+        if c.get("host") == socket.gethostname() and not _pid_alive(int(c.get("pid", -1))):
+            return True
+        return age > ttl
+
+    @classmethod
+    def _break_if_stale(cls, path: Path, ttl: float) -> bool:
+        """Remove a stale claim; False if it is live. One breaker at a time, under a second O_EXCL file."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return True
+        if not cls._stale(path, text, ttl):
+            return False
+        lock = path.with_name(path.name + ".break")
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:  # a breaker that died holding the lock must not block the scene forever
+                if time.time() - lock.stat().st_mtime > 60:
+                    lock.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+            return False
+        try:
+            # still the claim judged stale, not one a faster breaker has made since
+            if path.exists() and path.read_text() == text:
+                logger.warning("taking over a stale claim on %s (%s)", path.name, cls.holder(path))
+                path.unlink()
+            return True
+        finally:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
