@@ -2,7 +2,7 @@
 
 Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which also freezes glibc's mmap
 threshold at 128 KiB: each tensor buffer of a fit is then mapped and unmapped every iteration and faulted
-in again. tilefill's workers get ``tilefill._schedule.WORKER_MALLOC_ENV`` instead. This runs the same fit
+in again. tilefill's workers get ``tilefill._cluster.WORKER_MALLOC_ENV`` instead. This runs the same fit
 (real Landsat-8 pixels, one 128 px tile, the ``default`` network, one thread) in a fresh one-worker
 ``LocalCluster`` per setting and reads the worker's own resource usage around the fit, so the figures are
 the worker's, not the machine's (CPU and system seconds and minor page faults hardly depend on what else
