@@ -26,14 +26,16 @@ What is a gap, and what is the footprint
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import rasterio
 from affine import Affine
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from tilefill._errors import TilefillError
@@ -129,9 +131,12 @@ class Scene:
 
     def __init__(self, bands: Sequence[_BandSource], info: SceneInfo, *, gap_flags: Sequence[_FlagSet] = (),
                  nodata_flags: Sequence[_FlagSet] = (), zero_is_nodata: bool = False,
-                 flags_mark_footprint: bool = False, product: LandsatProduct | None = None):
+                 flags_mark_footprint: bool = False, product: LandsatProduct | None = None,
+                 warp_to: SceneInfo | None = None):
         self.bands = tuple(bands)
         self.info = info
+        # another scene's grid that every raster is read on (a guide of another grid or CRS), else None
+        self.warp_to = warp_to
         self._flags = tuple(gap_flags)
         self._nodata_flags = tuple(nodata_flags)
         self._zero_is_nodata = zero_is_nodata
@@ -145,7 +150,16 @@ class Scene:
 
     def _ds(self, path: str) -> rasterio.DatasetReader:
         if path not in self._open:
-            self._open[path] = self._stack.enter_context(rasterio.open(path))
+            ds = self._stack.enter_context(rasterio.open(path))
+            if self.warp_to is not None:
+                grid = self.warp_to
+                # pixel values are interpolated, flags (gap masks, QA bits) are taken as they are; the alpha
+                # band marks what lies beyond the raster, which a source without nodata would not
+                values = any(b.path == path for b in self.bands)
+                ds = self._stack.enter_context(WarpedVRT(
+                    ds, crs=grid.crs, transform=grid.affine, width=grid.width, height=grid.height, add_alpha=True,
+                    resampling=Resampling.bilinear if values else Resampling.nearest))
+            self._open[path] = ds
         return self._open[path]
 
     def close(self) -> None:
@@ -189,10 +203,16 @@ class Scene:
     def has_data(self, window: Window, values: np.ndarray) -> np.ndarray:
         """Where each band carries data (not nodata, not masked, not NaN): bool (bands, h, w)."""
         out = np.empty(values.shape, dtype=bool)
+        beyond: dict[str, np.ndarray] = {}  # a warped view's alpha: what lies beyond the raster read
         for i, b in enumerate(self.bands):
             ds = self._ds(b.path)
             # GDAL's mask covers the nodata value, internal/external masks and alpha bands
             out[i] = ds.read_masks(b.index, window=window) > 0
+            if self.warp_to is not None:
+                # a warped multi-band raster's band masks ignore the alpha GDAL adds: read it
+                if b.path not in beyond:
+                    beyond[b.path] = ds.read(ds.count, window=window) == 0
+                out[i] &= ~beyond[b.path]
         if values.dtype.kind == "f":
             out &= np.isfinite(values)
         if self._zero_is_nodata:
@@ -310,7 +330,7 @@ def _product_flags(product: LandsatProduct, chosen: list[LandsatBand], shape: tu
 
 
 def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = None, mask: str | Path | None = None,
-               mask_qa: Sequence[str] | str | None = None) -> Scene:
+               mask_qa: Sequence[str] | str | None = None, grid: SceneInfo | None = None) -> Scene:
     """Open a GeoTIFF or a Landsat product folder for windowed reading.
 
     Parameters
@@ -326,6 +346,11 @@ def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = No
         replaces a Landsat product's gap masks.
     mask_qa : list or str, optional
         Landsat Collection 2 only: QA_PIXEL conditions that are gaps too (``"cloud,shadow"``).
+    grid : SceneInfo, optional
+        Read the scene on another scene's pixel grid (a second date of the same place): where its
+        CRS, transform or size differ, every raster is read through a warped view of that grid
+        (bilinear for values, nearest for masks) and pixels beyond the raster carry no data.
+        ``info`` then describes that grid.
 
     Examples
     --------
@@ -382,8 +407,23 @@ def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = No
         band_names=tuple(s.name for s in sources), tags=dict(meta["tags"]),
         band_tags=tuple(dict(t) for t in meta["band_tags"]), sources=tuple(files),
     )
+    warp_to = None
+    if grid is not None and not same_grid(info, grid):
+        warp_to = grid
+        info = replace(info, height=grid.height, width=grid.width, crs_wkt=grid.crs_wkt, transform=grid.transform)
     return Scene(sources, info, gap_flags=gap_flags, nodata_flags=nodata_flags, zero_is_nodata=zero_is_nodata,
-                 flags_mark_footprint=mask is not None, product=product)
+                 flags_mark_footprint=mask is not None, product=product, warp_to=warp_to)
+
+
+def same_grid(a: SceneInfo, b: SceneInfo) -> bool:
+    """Whether two scenes share one pixel grid: size, transform (to 1e-6 px) and CRS."""
+    if (a.height, a.width) != (b.height, b.width) or (a.crs is None) != (b.crs is None):
+        return False
+    if a.crs is not None and a.crs != b.crs:
+        return False
+    ta, tb = a.affine, b.affine
+    px = max(abs(ta.a), abs(ta.e), 1e-12)
+    return all(abs(x - y) <= 1e-6 * px for x, y in zip(ta[:6], tb[:6]))
 
 
 # --- footprint -------------------------------------------------------------------------------------
