@@ -27,6 +27,7 @@ from tilefill._distance_blend import N_BINS as N_DISTANCE_BINS
 from tilefill._errors import TilefillError
 
 CLASSICAL = ("gdal", "biharmonic", "telea", "ns", "kriging")
+GUIDED = ("llhm", "nspi")  # classical fills from a second date (tilefill._multitemporal)
 TIERS = ("user", "expert", "experimental")
 
 
@@ -273,6 +274,27 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class GuideConfig:
+    """How a second date of the same place (``--guide``) enters the fill, where one is given.
+
+    DIP draws, beside its own image, the gain of a local linear map from each guide (``network``), and
+    the guide's classical fill (``partner``) is blended with DIP and its classical partner where the guide
+    has data, at weights per band and distance to known data fitted on the scene's hidden pixels
+    (``blend.weights: distance``): a guide that misleads (another season, changed land) loses its weight.
+    """
+
+    network: bool = setting(True, "DIP draws a local linear map from each guide (its gain as an image) beside its own "
+                            "image; false: DIP fits the scene alone and the guide enters through its partner.",
+                            tier="expert")
+    partner: str = setting("llhm", "The guide's classical fill blended where a guide has data: llhm (local linear "
+                           "regression) or nspi (similar pixels).", tier="expert")
+
+    def __post_init__(self):
+        if self.partner not in GUIDED:
+            raise TilefillError(f"guide.partner must be {' or '.join(GUIDED)}, not {self.partner!r}")
+
+
+@dataclass(frozen=True)
 class ExperimentalConfig:
     """Research knobs: measured, and off in every preset. The documentation's research page says what each
     study found; these stay so that every study can be run again."""
@@ -330,14 +352,15 @@ class Config:
     """
 
     name: str = setting("paper", "The config's name (a preset's, or a YAML file's stem), shown in logs.", tier="user")
-    method: str = setting("dip", "Fill method: dip, or a classical one (gdal, biharmonic, telea, ns, kriging).",
-                          tier="user")
+    method: str = setting("dip", "Fill method: dip, a classical one (gdal, biharmonic, telea, ns, kriging), or one "
+                          "from a guide (llhm, nspi).", tier="user")
     network: NetworkConfig = field(default_factory=NetworkConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     tiles: TileConfig = field(default_factory=TileConfig)
     blend: BlendConfig = field(default_factory=BlendConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    guide: GuideConfig = field(default_factory=GuideConfig)
     experimental: ExperimentalConfig = field(default_factory=ExperimentalConfig)
 
     def __post_init__(self):
@@ -407,7 +430,7 @@ class Config:
 
 
 _SECTIONS = {"network": NetworkConfig, "fit": FitConfig, "engine": EngineConfig, "tiles": TileConfig,
-             "blend": BlendConfig, "output": OutputConfig, "experimental": ExperimentalConfig}
+             "blend": BlendConfig, "output": OutputConfig, "guide": GuideConfig, "experimental": ExperimentalConfig}
 
 # The research knobs grouped under ``experimental``: where each was before (run keys still hash them there)
 MOVED = {"fit.lr_end": "experimental.lr_end", "fit.noise_end": "experimental.noise_end",

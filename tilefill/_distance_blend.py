@@ -181,18 +181,20 @@ class BlendStats:
 
     @classmethod
     def measure(cls, dip: np.ndarray, partners: list[np.ndarray], truth: np.ndarray, seen: np.ndarray,
-                hidden: np.ndarray, gaps: np.ndarray) -> "BlendStats":
+                hidden: np.ndarray, gaps: np.ndarray, scored: np.ndarray | None = None) -> "BlendStats":
         """Statistics of one window.
 
         ``dip``, each of ``partners`` (fills made from the ``seen`` pixels only) and ``truth``:
-        float (bands, H, W); ``hidden``: the pixels scored; ``gaps``: the real gap pixels whose bins
-        are counted (bins taken from ``seen | hidden``, what the final fill sees).
+        float (bands, H, W); ``hidden``: the pixels hidden from the fills, all of them scored unless
+        ``scored`` says which (those no guide covers); ``gaps``: the real gap pixels whose bins are counted
+        (bins taken from ``seen | hidden``, what the final fill sees).
         """
         bands = truth.shape[0]
         out = cls.without_hidden(len(partners), seen | hidden, gaps)
         held_bins = distance_bins(seen)
+        scored = hidden if scored is None else scored
         for b in range(bands):
-            where = hidden[b]
+            where = scored[b]
             if not where.any():
                 continue
             k = held_bins[b][where]
@@ -359,3 +361,188 @@ def histogram_match(stats: BlendStats) -> np.ndarray:
     h = hidden / np.maximum(hidden.sum(axis=1, keepdims=True), 1)
     g = stats.gaps / np.maximum(stats.gaps.sum(axis=1, keepdims=True), 1)
     return 1 - 0.5 * np.abs(h - g).sum(axis=1)
+
+
+# --- where a second date (a guide) speaks: DIP, the classical partner and the guide's own fill ---------------
+
+GUIDED_SOURCES = ("dip", "partner", "guide")
+
+
+@dataclass(frozen=True)
+class GuidedStats:
+    """Sums over the hidden pixels a guide covers, per band and distance bin, that fix every three-way blend's error.
+
+    The sources are DIP's fill, the classical partner's (``fit.blend_method``'s first) and the guide's
+    classical fill (``guide.partner``). ``n``: float64 (bands, bins), the pixels; ``gram``: (bands,
+    bins, 3, 3), the sums of ``e_i * e_j`` with ``e_i`` source ``i`` minus the truth, so that a blend
+    with weights ``a`` errs ``a @ gram @ a`` in all; ``gaps``: (bands, bins), the real gap pixels a
+    guide covers. Summed over tiles with ``+``; stored as one array (:meth:`to_array`).
+    """
+
+    n: np.ndarray
+    gram: np.ndarray
+    gaps: np.ndarray
+
+    @classmethod
+    def zeros(cls, bands: int) -> "GuidedStats":
+        return cls(np.zeros((bands, N_BINS)), np.zeros((bands, N_BINS, 3, 3)), np.zeros((bands, N_BINS)))
+
+    @classmethod
+    def measure(cls, sources: np.ndarray, truth: np.ndarray, seen: np.ndarray, hidden: np.ndarray, gaps: np.ndarray,
+                covered: np.ndarray) -> "GuidedStats":
+        """Statistics of one window: ``sources`` (3, bands, H, W) made from the ``seen`` pixels only, scored at
+        the ``hidden`` pixels the guide ``covered`` (bool (bands, H, W)); ``gaps``: the real gaps, counted where
+        covered (bins taken from ``seen | hidden``, what the final fill sees)."""
+        bands = truth.shape[0]
+        out = cls.zeros(bands)
+        gap_bins = distance_bins(seen | hidden)
+        held_bins = distance_bins(seen)
+        for b in range(bands):
+            g = gaps[b] & covered[b]
+            out.gaps[b] += np.bincount(gap_bins[b][g], minlength=N_BINS)[:N_BINS]
+            where = hidden[b] & covered[b]
+            if where.any():
+                out.add(b, held_bins[b][where], sources[:, b][:, where] - truth[b][where])
+        return out
+
+    def add(self, band: int, bins: np.ndarray, errors: np.ndarray) -> None:
+        """Add pixels of ``band`` in distance ``bins`` (m,) whose sources err ``errors`` (3, m); in place."""
+        errors = errors.astype(np.float64)
+        self.n[band] += np.bincount(bins, minlength=N_BINS)[:N_BINS]
+        for i in range(3):
+            for j in range(i, 3):
+                s = np.bincount(bins, errors[i] * errors[j], minlength=N_BINS)[:N_BINS]
+                self.gram[band, :, i, j] += s
+                if i != j:
+                    self.gram[band, :, j, i] += s
+
+    def __add__(self, other: "GuidedStats") -> "GuidedStats":
+        return GuidedStats(self.n + other.n, self.gram + other.gram, self.gaps + other.gaps)
+
+    @property
+    def bands(self) -> int:
+        return self.n.shape[0]
+
+    def to_array(self) -> np.ndarray:
+        """(bands, bins, 11): the pixels, the gram's nine sums, the covered gap pixels."""
+        b = self.bands
+        return np.concatenate([self.n[..., None], self.gram.reshape(b, N_BINS, 9), self.gaps[..., None]], axis=-1)
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray) -> "GuidedStats":
+        arr = np.nan_to_num(np.asarray(arr, dtype=np.float64))
+        b = arr.shape[0]
+        return cls(arr[..., 0], arr[..., 1:10].reshape(b, N_BINS, 3, 3), arr[..., 10])
+
+    def sse(self, weights: np.ndarray) -> np.ndarray:
+        """Squared error summed per band and bin (bands, bins) of the blends ``weights`` (bands, bins, 3)."""
+        return np.maximum(np.einsum("bki,bkij,bkj->bk", weights, self.gram, weights), 0.0)
+
+
+def simplex_weights(gram: np.ndarray) -> np.ndarray:
+    """The weights (3,), >= 0 and summing to 1, whose blend errs least: ``argmin a @ gram @ a``.
+
+    Every support is tried (a source alone, a pair, all three) and the best feasible one kept: the
+    least-squares mean of correlated fills, which may leave one of them out.
+
+    Examples
+    --------
+    >>> e = np.array([[1.0, -1.0, 0.0], [0.0, 0.0, 2.0]])   # two fills err oppositely, a third is unrelated
+    >>> simplex_weights(e.T @ e).round(3).tolist()
+    [0.5, 0.5, 0.0]
+    """
+    k = gram.shape[0]
+    scale = max(float(np.trace(gram)) / k, 1e-30)
+    g = gram / scale + 1e-9 * np.eye(k)  # a ridge: exactly collinear fills keep a finite answer
+    best, best_err = np.full(k, 1.0 / k), np.inf
+    for mask in range(1, 2 ** k):
+        s = [i for i in range(k) if mask >> i & 1]
+        sub = g[np.ix_(s, s)]
+        try:
+            x = np.linalg.solve(sub, np.ones(len(s)))
+        except np.linalg.LinAlgError:
+            continue
+        if x.sum() <= 0:
+            continue
+        a = np.zeros(k)
+        a[s] = x / x.sum()
+        if (a < -1e-12).any():
+            continue
+        a = np.clip(a, 0, None)
+        err = float(a @ g @ a)
+        if err < best_err:
+            best, best_err = a / a.sum(), err
+    return best
+
+
+@dataclass(frozen=True)
+class GuidedWeights:
+    """Weights of DIP, the classical partner and the guide's fill, per band and distance bin, where a guide covers.
+
+    ``weights``: (bands, bins, 3), each row on the simplex; ``mse``: (bands, bins) the blend's mean squared
+    error on the covered hidden pixels (band scaling units), carried into empty bins from the nearest below;
+    ``hidden``: (bands, bins) the hidden pixels behind each bin.
+    """
+
+    weights: np.ndarray
+    mse: np.ndarray
+    hidden: np.ndarray
+
+    def at(self, bins: np.ndarray) -> np.ndarray:
+        """Per-pixel weights (3, bands, H, W) for a (bands, H, W) array of bin codes (0 where known)."""
+        rows = np.arange(bins.shape[0])[:, None, None]
+        w = self.weights[rows, np.minimum(bins, N_BINS - 1)]  # (bands, H, W, 3)
+        w = np.where((bins == KNOWN)[..., None], np.array([1.0, 0.0, 0.0]), w)
+        return np.moveaxis(w, -1, 0)
+
+    def expected_rmse(self, gaps: np.ndarray) -> np.ndarray:
+        """Per band: the RMSE expected on covered gaps with these bin counts (bands, bins); NaN without any."""
+        total = gaps.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(np.nansum(gaps * self.mse, axis=1) / total)
+
+    def to_dict(self) -> dict:
+        return {"bins": list(BIN_LABELS), "sources": list(GUIDED_SOURCES),
+                "weights": np.round(self.weights, 4).tolist(), "rmse": np.round(np.sqrt(self.mse), 5).tolist(),
+                "hidden_pixels": self.hidden.astype(int).tolist()}
+
+
+def fit_guided_weights(stats: GuidedStats, unguided: BlendWeights, *, prior_pixels: float = 200.0) -> GuidedWeights:
+    """The three-way weights that minimise the error on the covered hidden pixels, per band and distance bin.
+
+    Each bin's best weights (:func:`simplex_weights`) are shrunk by ``prior_pixels`` pseudo-pixels toward
+    the band's best over all its bins, which is itself shrunk toward the blend without a guide
+    (``unguided``'s weights of its first bin, the guide's at 0): a scene whose hidden pixels say the
+    guide misleads (another season, changed land) leans on DIP and its partner, one whose hidden pixels
+    are few keeps what the scene without the guide would do.
+
+    Examples
+    --------
+    >>> s = GuidedStats.zeros(1)
+    >>> e = np.stack([np.full(500, 0.10), np.full(500, 0.08), np.full(500, 0.01)])  # the guide errs least
+    >>> s.add(0, np.zeros(500, int), e)
+    >>> base = BlendWeights(np.full((1, N_BINS), 0.5), np.zeros(1, int), np.ones((1, N_BINS)), np.zeros((1, N_BINS)),
+    ...                     np.ones((1, N_BINS)))
+    >>> fit_guided_weights(s, base, prior_pixels=0).weights[0, 0].round(3).tolist()
+    [0.0, 0.0, 1.0]
+    """
+    bands = stats.bands
+    weights = np.zeros((bands, N_BINS, 3))
+    for b in range(bands):
+        w0 = float(unguided.weights[b, 0])
+        base = np.array([1 - w0, w0, 0.0])
+        n_all = stats.n[b].sum()
+        pooled = simplex_weights(stats.gram[b].sum(axis=0)) if n_all > 0 else base
+        pooled = (n_all * pooled + prior_pixels * base) / (n_all + prior_pixels) if n_all + prior_pixels > 0 else base
+        for k in range(N_BINS):
+            n = stats.n[b, k]
+            best = simplex_weights(stats.gram[b, k]) if n > 0 else pooled
+            weights[b, k] = (n * best + prior_pixels * pooled) / (n + prior_pixels) if n + prior_pixels > 0 else pooled
+    sse = stats.sse(weights)
+    mse = np.full(stats.n.shape, np.nan)
+    np.divide(sse, stats.n, out=mse, where=stats.n > 0)
+    for b in range(bands):
+        have = np.flatnonzero(stats.n[b] > 0)
+        if have.size:
+            mse[b] = mse[b][have[np.maximum(np.searchsorted(have, np.arange(N_BINS), side="right") - 1, 0)]]
+    return GuidedWeights(weights, mse, stats.n.copy())

@@ -19,6 +19,7 @@ pixels erred against that curve (shrunk toward 1 where the tile hid few pixels).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from contextlib import ExitStack
@@ -31,7 +32,8 @@ import rasterio
 import rasterio.errors
 import rasterio.shutil
 
-from tilefill._distance_blend import HALO, N_BINS, BlendStats, BlendWeights, distance_bins, fit_weights, histogram_match
+from tilefill._distance_blend import (HALO, N_BINS, BlendStats, BlendWeights, GuidedStats, GuidedWeights, distance_bins,
+                                      fit_guided_weights, fit_weights, histogram_match)
 from tilefill._errors import TilefillError
 from tilefill._grid import Tile
 from tilefill._scene import Scene, SceneInfo
@@ -47,6 +49,8 @@ class WriteStats:
     blend: dict | None = None
     # with distance weights: per band, the RMS estimated error of the filled pixels, in the input's units
     estimated_rmse: tuple[float, ...] = ()
+    # with guides: per band, the filled pixels whose value took a weight from a guide
+    guided_pixels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,9 @@ class _Mosaic:
     scene: BlendWeights | None = None
     ratio: dict = field(default_factory=dict)  # tile -> (bands,) its hidden pixels' error over the scene curve's
     thin: frozenset = frozenset()  # tiles filled by the classical partner alone
-    stats: BlendStats | None = None  # the mosaic's own, on the scene's hidden pixels
+    stats: BlendStats | None = None  # the mosaic's own, on the scene's hidden pixels (those no guide covers)
+    guided: GuidedWeights | None = None  # where a guide covers: DIP, partner and the guide's fill
+    guided_stats: GuidedStats | None = None  # the mosaic's own, on the hidden pixels a guide covers
 
 
 class _TileCache:
@@ -86,14 +92,16 @@ class _TileCache:
                 self.entries.pop(tile.index, None)
 
 
-def _tile_entry(store: TileStore, tile: Tile, pred: np.ndarray, partner: np.ndarray | None) -> tuple | None:
-    """``(prediction, partner, weights)`` of a tile, NaN set to 0; its grid weights are 0 on a band without a
-    prediction (NaN: nothing known in reach), and the tile adds nothing where no band has one (None)."""
+def _tile_entry(store: TileStore, tile: Tile, pred: np.ndarray, partner: np.ndarray | None,
+                guide: np.ndarray | None = None) -> tuple | None:
+    """``(prediction, partner, weights, guide)`` of a tile, NaN set to 0 but in the guide's fill (NaN: no guide
+    speaks there); its grid weights are 0 on a band without a prediction (NaN: nothing known in reach), and
+    the tile adds nothing where no band has one (None)."""
     has = np.isfinite(pred[:, 0, 0])
     if not has.any():
         return None
     return (np.nan_to_num(pred), None if partner is None else np.nan_to_num(partner),
-            store.grid.weights(tile)[None] * has[:, None, None])
+            store.grid.weights(tile)[None] * has[:, None, None], guide)
 
 
 def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None,
@@ -110,15 +118,27 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
     ``mix`` (partners out, partners stored): score linear mixes of the stored partners' fills as the
     partners instead (a row ``[0.5, 0.5]``: the mean of two classical fills).
     """
+    return _mosaic_statistics(store, thin, strip, truth=truth, mix=mix)[0]
+
+
+def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None,
+                       mix: np.ndarray | None = None) -> tuple[BlendStats, GuidedStats | None]:
+    """:func:`mosaic_stats`, and where the store keeps a guide's fill, the same pixels split: those a guide covers
+    (the guide's fill, grid-weighted over the tiles where it speaks, is finite there) scored for the three-way
+    blend (:class:`GuidedStats`), the others as without a guide."""
     bands, width, height = store.info.count, store.info.width, store.info.height
-    partners = store.group["partners"].shape[1] if mix is None else len(mix)
+    guided = store.guided
+    classical = len(store.config.fit.blend_methods)
+    partners = classical if mix is None else len(mix)
     out = BlendStats.zeros(partners, bands)
+    out_guided = GuidedStats.zeros(bands) if guided else None
 
     def load(tile: Tile) -> tuple | None:
-        fills = store.read_partners(tile.index)
+        stored = store.read_partners(tile.index)
+        fills = stored[:classical]
         if mix is not None:
             fills = np.tensordot(np.asarray(mix, dtype=np.float32), np.nan_to_num(fills), axes=1)
-        return _tile_entry(store, tile, store.read_tile(tile.index), fills)
+        return _tile_entry(store, tile, store.read_tile(tile.index), fills, stored[-1] if guided else None)
 
     cache = _TileCache(store, load)
     for y in range(0, height, strip):
@@ -128,30 +148,48 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
         known = ~gaps & np.asarray(store.group["footprint"][y0:y1, :])[None]
         core = slice(y - y0, y - y0 + h)
         gap_bins = distance_bins(known)[:, core]
-        for b in range(bands):
-            out.gaps[b] += np.bincount(gap_bins[b][gaps[b, core]], minlength=N_BINS)[:N_BINS]
         if truth is None:  # the hidden pixels, binned by their distance to what the fits saw
             hidden = np.asarray(store.group["hidden"][:, y0:y1, :])
             scored = hidden[:, core]
             scored_bins = distance_bins(known & ~hidden)[:, core] if scored.any() else None
         else:  # the real gaps
             scored, scored_bins = gaps[:, core], gap_bins
-        if not scored.any():
-            continue
         a = np.zeros((partners, bands, h, width), dtype=np.float32)
         d = np.zeros_like(a)
         wsum = np.zeros((bands, h, width), dtype=np.float32)
-        for tile, (pred, fills, w), src, rows in cache.covering(y, h):
-            dst = (slice(None), slice(None), rows, slice(tile.x, tile.x + tile.size))
-            if tile.index in thin:
-                a[dst] += w[:, src] * fills[:, :, src]
-            else:
-                a[dst] += w[:, src] * pred[:, src]
-                d[dst] += w[:, src] * (fills[:, :, src] - pred[:, src])
-            wsum[dst[1:]] += w[:, src]
+        g_acc = np.zeros((bands, h, width), dtype=np.float32) if guided else None
+        g_sum = np.zeros_like(g_acc) if guided else None
+        if scored.any() or guided:
+            for tile, (pred, fills, w, guide), src, rows in cache.covering(y, h):
+                dst = (slice(None), slice(None), rows, slice(tile.x, tile.x + tile.size))
+                if tile.index in thin:
+                    a[dst] += w[:, src] * fills[:, :, src]
+                else:
+                    a[dst] += w[:, src] * pred[:, src]
+                    d[dst] += w[:, src] * (fills[:, :, src] - pred[:, src])
+                wsum[dst[1:]] += w[:, src]
+                if guided:
+                    speaks = np.isfinite(guide[:, src])
+                    g_acc[dst[1:]] += w[:, src] * np.where(speaks, guide[:, src], 0)
+                    g_sum[dst[1:]] += w[:, src] * speaks
+        covered = g_sum > 0 if guided else np.zeros((bands, h, width), bool)
+        real = gaps[:, core]
+        for b in range(bands):
+            out.gaps[b] += np.bincount(gap_bins[b][real[b] & ~covered[b]], minlength=N_BINS)[:N_BINS]
+            if guided:
+                out_guided.gaps[b] += np.bincount(gap_bins[b][real[b] & covered[b]], minlength=N_BINS)[:N_BINS]
+        if not scored.any():
+            continue
         actual = np.asarray(store.group["scene"][:, y:y + h, :]) if truth is None else truth[:, y:y + h, :]
-        where = scored & (wsum > 0)
         norm = np.where(wsum > 0, wsum, 1)
+        if guided:  # the three sources at the hidden pixels a guide covers
+            for b in range(bands):
+                sel = scored[b] & (wsum[b] > 0) & covered[b]
+                if sel.any():
+                    dip = a[0, b][sel] / norm[b][sel]
+                    sources = np.stack([dip, dip + d[0, b][sel] / norm[b][sel], g_acc[b][sel] / g_sum[b][sel]])
+                    out_guided.add(b, scored_bins[b][sel], sources - actual[b][sel])
+        where = scored & (wsum > 0) & ~covered
         for b in range(bands):
             sel = where[b]
             if not sel.any():
@@ -164,7 +202,7 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
                 out.saa[p, b] += np.bincount(k, err * err, minlength=N_BINS)[:N_BINS]
                 out.sab[p, b] += np.bincount(k, err * diff, minlength=N_BINS)[:N_BINS]
                 out.sbb[p, b] += np.bincount(k, diff * diff, minlength=N_BINS)[:N_BINS]
-    return out
+    return out, out_guided
 
 
 def thin_tiles(store: TileStore) -> frozenset:
@@ -188,11 +226,12 @@ def _plan(store: TileStore, blend, choose_partner: bool = False) -> _Mosaic:
     cfg = store.config
     if blend.weights != "distance" or "hidden" not in store.group:
         return _Mosaic(thin=thin)
-    stats = mosaic_stats(store, thin)
+    stats, guided_stats = _mosaic_statistics(store, thin)
     if not choose_partner:
         stats = stats.first_partner()
     scene = fit_weights(stats, prior=cfg.fit.classical_blend, prior_pixels=blend.prior_pixels,
                         curve=blend.curve(stats.partners))
+    guided = fit_guided_weights(guided_stats, scene, prior_pixels=blend.prior_pixels) if guided_stats else None
     arrays = store.blend_stats()
     done = [int(i) for i in np.flatnonzero(np.isfinite(arrays[:, 0, 0, 0, 0])) if int(i) not in thin]
     per_tile = {i: BlendStats.from_array(arrays[i]) for i in done}
@@ -202,15 +241,27 @@ def _plan(store: TileStore, blend, choose_partner: bool = False) -> _Mosaic:
     rows = np.arange(stats.bands)
     n_all = single.n[scene.partner, rows]
     curve = np.divide(single.sse(scene.weights, scene.partner), n_all, out=np.zeros_like(n_all), where=n_all > 0)
+    per_tile_guided, guided_curve = {}, None
+    if guided is not None:  # the same for the hidden pixels a guide covers, at the three-way weights
+        garrays = store.guided_stats()
+        per_tile_guided = {i: GuidedStats.from_array(garrays[i]) for i in done}
+        pooled = sum(per_tile_guided.values(), GuidedStats.zeros(stats.bands))
+        guided_curve = np.divide(pooled.sse(guided.weights), pooled.n, out=np.zeros_like(pooled.n),
+                                 where=pooled.n > 0)
     ratio = {}
     for i, st in per_tile.items():
         n = st.n[scene.partner, rows]
         sse = st.sse(scene.weights, scene.partner).sum(axis=1)
         expected = (n * curve).sum(axis=1)
         hidden = n.sum(axis=1)
+        if i in per_tile_guided:
+            gst = per_tile_guided[i]
+            sse = sse + gst.sse(guided.weights).sum(axis=1)
+            expected = expected + (gst.n * guided_curve).sum(axis=1)
+            hidden = hidden + gst.n.sum(axis=1)
         raw = np.divide(sse, expected, out=np.ones_like(sse), where=expected > 0)
         ratio[i] = (hidden * raw + blend.prior_pixels) / (hidden + blend.prior_pixels)
-    return _Mosaic(scene, ratio, thin, stats)
+    return _Mosaic(scene, ratio, thin, stats, guided, guided_stats)
 
 
 def _tile_estimates(plan: _Mosaic, store: TileStore) -> dict:
@@ -218,10 +269,18 @@ def _tile_estimates(plan: _Mosaic, store: TileStore) -> dict:
     if plan.scene is None:
         return {}
     arrays = store.blend_stats()
+    garrays = store.guided_stats() if plan.guided is not None else None
     out = {}
     for i, ratio in plan.ratio.items():
         gaps = BlendStats.from_array(arrays[i]).gaps
-        rmse = plan.scene.expected_rmse(gaps) * np.sqrt(ratio)
+        mse_sum = np.nansum(gaps * plan.scene.mse, axis=1)
+        count = gaps.sum(axis=1)
+        if garrays is not None:  # the gap pixels a guide covers err as the three-way blend does
+            covered = GuidedStats.from_array(garrays[i]).gaps
+            mse_sum = mse_sum + np.nansum(covered * plan.guided.mse, axis=1)
+            count = count + covered.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rmse = np.sqrt(mse_sum / count) * np.sqrt(ratio)
         if np.isfinite(rmse).any():
             out[i] = float(np.nanmean(rmse))
     return out
@@ -276,16 +335,19 @@ def _strip_bins(store: TileStore, y: int, h: int) -> np.ndarray:
     return distance_bins(~gaps & inside[None])[:, y - y0:y - y0 + h]
 
 
-def _tile_fill(store: TileStore, plan: _Mosaic, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """A tile's DIP fill and the partner it is averaged with (per band: the scene's choice), [0, 1] units."""
+def _tile_fill(store: TileStore, plan: _Mosaic, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A tile's DIP fill, the partner it is averaged with (per band: the scene's choice) and the guide's fill
+    (NaN where no guide speaks; None without guides), [0, 1] units."""
     pred = store.read_tile(index)
     if not store.has_partners:
-        return pred, None
-    partners = store.read_partners(index)
+        return pred, None, None
+    stored = store.read_partners(index)
+    guide = stored[-1] if store.guided else None
+    partners = stored[:len(store.config.fit.blend_methods)]
     weights = plan.scene
     if weights is None:
-        return pred, partners[0]
-    return pred, partners[weights.partner, np.arange(partners.shape[1])]
+        return pred, partners[0], guide
+    return pred, partners[weights.partner, np.arange(partners.shape[1])], guide
 
 
 class _StripMosaic:
@@ -296,11 +358,14 @@ class _StripMosaic:
         self.cache = _TileCache(store, lambda tile: _tile_entry(store, tile, *_tile_fill(store, plan, tile.index)))
         self.tile_weights = store.tile_weights() if store.has_partners else None
 
-    def strip(self, y: int, h: int, *, estimate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Weighted sum of the predictions over rows [y, y+h), the summed weight and, with ``estimate``,
-        the weighted sum of the estimated error with the weight behind it (2, bands, h, width), per band.
+    def strip(self, y: int, h: int, *, estimate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                                         np.ndarray | None]:
+        """Weighted sum of the predictions over rows [y, y+h), the summed weight, with ``estimate`` the weighted
+        sum of the estimated error with the weight behind it (2, bands, h, width), and with a guide the weighted
+        sum of the weight the guide's fill took (bands, h, width), per band.
 
-        A tile band without a prediction (NaN: nothing known in reach) adds no weight there.
+        A tile band without a prediction (NaN: nothing known in reach) adds no weight there. Where a guide
+        speaks, a fitted tile's value is the three-way blend of DIP, its partner and the guide's fill.
         """
         store, plan = self.store, self.plan
         bands, width = store.info.count, store.info.width
@@ -308,10 +373,12 @@ class _StripMosaic:
         wsum = np.zeros((bands, h, width), dtype=np.float32)
         # the weighted sum of the estimates and the weight behind them (no hidden pixel in reach: no estimate)
         err = np.zeros((2, bands, h, width), dtype=np.float32) if estimate else None
+        guide_share = np.zeros((bands, h, width), dtype=np.float32) if plan.guided is not None else None
         bins = _strip_bins(store, y, h) if plan.scene is not None else None
-        for tile, (pred, partner, w), src, rows in self.cache.covering(y, h):
+        for tile, (pred, partner, w, guide), src, rows in self.cache.covering(y, h):
             dst = (slice(None), rows, slice(tile.x, tile.x + tile.size))
             value = pred[:, src]
+            speaks = None
             if partner is not None:
                 if tile.index in plan.thin:
                     mix = np.ones((bands, 1, 1), dtype=np.float32)
@@ -320,6 +387,13 @@ class _StripMosaic:
                 else:
                     mix = self.tile_weights[tile.index].astype(np.float32)[:, None, None]
                 value = value + mix * (partner[:, src] - value)
+                if plan.guided is not None and tile.index not in plan.thin:
+                    speaks = np.isfinite(guide[:, src])
+                    if speaks.any():
+                        a = plan.guided.at(bins[dst]).astype(np.float32)
+                        three = a[0] * pred[:, src] + a[1] * partner[:, src] + a[2] * np.nan_to_num(guide[:, src])
+                        value = np.where(speaks, three, value)
+                        guide_share[dst] += w[:, src] * np.where(speaks, a[2], 0)
             acc[dst] += w[:, src] * value
             wsum[dst] += w[:, src]
             if estimate:
@@ -328,11 +402,15 @@ class _StripMosaic:
                 if tile.index in plan.thin:
                     mse = plan.scene.alone_mse[at]
                 else:
-                    mse = plan.scene.mse[at] * plan.ratio.get(tile.index, np.ones(bands))[:, None, None]
+                    mse = plan.scene.mse[at]
+                    if speaks is not None:  # the three-way blend's error, where any covered hidden pixel gave one
+                        gmse = plan.guided.mse[at]
+                        mse = np.where(speaks & np.isfinite(gmse), gmse, mse)
+                    mse = mse * plan.ratio.get(tile.index, np.ones(bands))[:, None, None]
                 has_estimate = np.isfinite(mse)
                 err[(0, *dst)] += w[:, src] * np.where(has_estimate, np.sqrt(np.where(has_estimate, mse, 0)), 0)
                 err[(1, *dst)] += w[:, src] * has_estimate
-        return acc, wsum, err
+        return acc, wsum, err, guide_share
 
 
 def _check_complete(path: Path) -> None:
@@ -374,29 +452,45 @@ class _Partials:
                 p.unlink(missing_ok=True)
 
 
-def _open_output(stack: ExitStack, path: Path, profile: dict, info: SceneInfo):
-    """The restored GeoTIFF, open for writing, with the input's band names and tags."""
+def _open_output(stack: ExitStack, path: Path, profile: dict, info: SceneInfo, tags: dict | None = None):
+    """The restored GeoTIFF, open for writing, with the input's band names and tags, and ``tags`` of the run."""
     dst = stack.enter_context(rasterio.open(path, "w", **profile))
     for i, name in enumerate(info.band_names, start=1):
         dst.set_band_description(i, name)
         if i - 1 < len(info.band_tags) and info.band_tags[i - 1]:
             dst.update_tags(i, **info.band_tags[i - 1])
-    if info.tags:
-        dst.update_tags(**info.tags)
+    if info.tags or tags:
+        dst.update_tags(**{**info.tags, **(tags or {})})
     return dst
 
 
-def _open_error_map(stack: ExitStack, path: Path, profile: dict, info: SceneInfo):
-    """``OUT.quality.tif``, open for writing: float32, NaN where nothing was filled."""
-    err_profile = {**profile, "dtype": "float32", "nodata": np.nan}
+def run_tags(store: TileStore) -> dict:
+    """What the output's tags say of the run beyond the input's own: the guides it was filled with
+    (``TILEFILL_GUIDES``: a JSON list of each guide's path, acquisition date and matched bands)."""
+    guides = store.meta.get("guides") or []
+    if not guides:
+        return {}
+    return {"TILEFILL_GUIDES": json.dumps([{"path": g["path"], "acquired": g.get("acquired"), "bands": g["bands"]}
+                                          for g in guides])}
+
+
+def _open_error_map(stack: ExitStack, path: Path, profile: dict, info: SceneInfo, guided: bool = False):
+    """``OUT.quality.tif``, open for writing: float32, NaN where nothing was filled; with guides, a second band per
+    band holds the weight the guides took in each filled value (0: filled from the scene alone)."""
+    bands = info.count
+    err_profile = {**profile, "dtype": "float32", "nodata": np.nan, "count": 2 * bands if guided else bands}
     if "predictor" in profile:
         err_profile["predictor"] = 3
     dst = stack.enter_context(rasterio.open(path, "w", **err_profile))
     for i, name in enumerate(info.band_names, start=1):
         dst.set_band_description(i, f"{name}: estimated error of the filled value")
+        if guided:
+            dst.set_band_description(bands + i, f"{name}: weight of the guides in the filled value")
     dst.update_tags(units="the input band's units; NaN where no pixel was filled",
-                    method="blend RMSE on hidden pixels at the pixel's distance to known data, "
-                           "scaled by its tile's own hidden-pixel error")
+                    method="blend RMSE on hidden pixels at the pixel's distance to known data (and whether a guide "
+                           "covers it), scaled by its tile's own hidden-pixel error",
+                    **({"guide_weight": f"bands {bands + 1}-{2 * bands}: 0 where the value comes from the scene "
+                                        "alone, up to 1 where it comes from the guides' fill alone"} if guided else {}))
     return dst
 
 
@@ -409,6 +503,7 @@ class _Written:
     unfilled: int = 0
     err_sq: np.ndarray | None = None
     err_n: np.ndarray | None = None
+    guided: np.ndarray | None = None  # per band, the filled pixels a guide took a weight in
 
     def estimated_rmse(self) -> tuple[float, ...]:
         """Per band, the RMS estimated error of the filled pixels (input units); empty without estimates."""
@@ -429,12 +524,14 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
     needs_mask = nodata is None and not float_out and not store.meta["footprint_is_full"]
     span = (np.asarray(store.scaling.hi) - np.asarray(store.scaling.lo)).astype(np.float32)[:, None, None]
     out = _Written(err_sq=np.zeros(info.count), err_n=np.zeros(info.count)) if estimate else _Written()
+    if plan.guided is not None:
+        out.guided = np.zeros(info.count, dtype=np.int64)
     for win in scene.strips(STRIP):
         y, h = win.row_off, win.height
         values = scene.read(win)
         gaps = np.asarray(store.group["gaps"][:, y:y + h, :])
         inside = np.asarray(store.group["footprint"][y:y + h, :])
-        acc, wsum, err = mosaic.strip(y, h, estimate=estimate)
+        acc, wsum, err, guide_share = mosaic.strip(y, h, estimate=estimate)
         covered = wsum > 0
         target = (gaps if keep_known else inside[None]) & covered
         if target.any():
@@ -460,8 +557,13 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
             known_err = np.where(finite, est, 0).astype(np.float64)
             out.err_sq += (known_err * known_err).sum(axis=(1, 2))
             out.err_n += finite.sum(axis=(1, 2))
+            share = None
+            if guide_share is not None:
+                share = np.full(values.shape, np.nan, dtype=np.float32)
+                share[target] = (guide_share / np.where(covered, wsum, 1))[target]
+                out.guided += ((share > 0) & target).sum(axis=(1, 2))
             if err_dst is not None:
-                err_dst.write(est, window=win)
+                err_dst.write(est if share is None else np.concatenate([est, share]), window=win)
     return out
 
 
@@ -474,13 +576,20 @@ def _to_cog(partials: _Partials, output) -> Path:
 
 
 def _blend_record(plan: _Mosaic, cfg) -> dict | None:
-    """The fitted distance blend, as the quality sidecar records it; None without one."""
+    """The fitted distance blend, as the quality sidecar records it; None without one. With guides, ``guided``
+    holds the three-way blend where a guide covers (and ``gap_pixels`` there), the rest the pixels it does not."""
     if plan.scene is None:
         return None
-    return {**plan.scene.to_dict(list(cfg.fit.blend_methods)),
-            "gap_pixels": plan.stats.gaps.astype(int).tolist(),
-            "histogram_match": np.round(histogram_match(plan.stats), 3).tolist(),
-            "estimated_rmse": np.round(plan.scene.expected_rmse(plan.stats.gaps), 5).tolist()}
+    record = {**plan.scene.to_dict(list(cfg.fit.blend_methods)),
+              "gap_pixels": plan.stats.gaps.astype(int).tolist(),
+              "histogram_match": np.round(histogram_match(plan.stats), 3).tolist(),
+              "estimated_rmse": np.round(plan.scene.expected_rmse(plan.stats.gaps), 5).tolist()}
+    if plan.guided is not None:
+        gaps = plan.guided_stats.gaps
+        record["guided"] = {**plan.guided.to_dict(), "partner": cfg.guide.partner,
+                            "gap_pixels": gaps.astype(int).tolist(),
+                            "estimated_rmse": np.round(plan.guided.expected_rmse(gaps), 5).tolist()}
+    return record
 
 
 def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: bool = False,
@@ -506,8 +615,9 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
     try:
         profile = _profile(info, run.output.compress, run.output.blocksize, (info.height, info.width))
         with ExitStack() as stack:
-            dst = _open_output(stack, partials.tif, profile, info)
-            err_dst = _open_error_map(stack, partials.error_map, profile, info) if partials.error_map else None
+            dst = _open_output(stack, partials.tif, profile, info, run_tags(store))
+            err_dst = _open_error_map(stack, partials.error_map, profile, info, plan.guided is not None) \
+                if partials.error_map else None
             written = _write_strips(store, scene, plan, dst, err_dst, cfg.fit.keep_known)
         final = _to_cog(partials, run.output) if cog else partials.tif
         _check_complete(final)
@@ -518,4 +628,5 @@ def write_output(store: TileStore, scene: Scene, out_path: str | Path, *, cog: b
         partials.remove()
         raise
     return WriteStats(written.filled, written.unfilled, _tile_estimates(plan, store), _blend_record(plan, cfg),
-                      written.estimated_rmse())
+                      written.estimated_rmse(), tuple(int(v) for v in written.guided) if written.guided is not None
+                      else ())

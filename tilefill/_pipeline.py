@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -42,6 +43,7 @@ from tilefill._grid import TileGrid
 from tilefill._mosaic import check_output_path, write_output
 from tilefill._records import failure_path, quality_path, write_failure, write_json
 from tilefill._runkey import RunKey, run_key
+from tilefill._guide import open_guide
 from tilefill._scene import open_scene
 from tilefill._schedule import SYSTEMATIC, Progress, TileJob, TileRun
 from tilefill._store import TileStore, build_store, resumable_store
@@ -82,6 +84,9 @@ class FillReport:
     # (see gap_estimate); NaN without hidden pixels
     estimated_gap_rmse: float = float("nan")
     estimate_units: str = ""
+    guides: tuple[str, ...] = ()  # the other dates the scene was filled with (--guide)
+    # with guides and distance weights: per band, the filled pixels whose value took a weight from a guide
+    guided_pixels: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -124,6 +129,10 @@ class FillReport:
         if self.ok:
             lines.append(f"gap band-pixels: {self.gap_pixels} found, {self.filled_pixels} filled, "
                          f"{self.unfilled_pixels} left nodata")
+        if self.guides and self.ok:
+            took = (f": its weight is in {sum(self.guided_pixels)} of the {self.filled_pixels} filled band-pixels"
+                    if self.guided_pixels else "")
+            lines.append(f"guides: {', '.join(Path(g).name for g in self.guides)}{took}")
         if math.isfinite(self.estimated_gap_rmse):
             lines.append(f"estimated gap RMSE (self-validation, without the truth): {self.estimated_gap_rmse:.4g} "
                          f"{self.estimate_units}, mean of the bands")
@@ -229,6 +238,7 @@ def fill_scene(
     overwrite: bool = False,
     progress: bool = True,
     restart: bool = False,
+    guides: Sequence[str | Path] = (),
 ) -> FillReport:
     """Restore the gaps of a scene and write it as a georeferenced GeoTIFF.
 
@@ -262,6 +272,11 @@ def fill_scene(
         How the scene's footprint is found (see ``tilefill._scene``).
     restart : bool
         Discard the work store instead of resuming it (needed when it holds another run).
+    guides : list of str or Path
+        Other acquisitions of the same place (GeoTIFFs or Landsat product folders), each possibly
+        striped or cloudy: read on the scene's grid (reprojected where it differs), bands matched by
+        name or position (:mod:`tilefill._guide`). DIP and the blend take them where they have data
+        (``guide.*``); ``method="llhm"`` or ``"nspi"`` fill from them alone.
 
     Workers' tracebacks go to the worker log beside the store (:func:`worker_log_path`), kept with
     it after a failure.
@@ -295,7 +310,7 @@ def fill_scene(
                      worker_log=worker_log_path(store_path)) as clusters:
         report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
                           bands=bands, mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite,
-                          progress=progress, start=start)
+                          progress=progress, start=start, guides=guides)
     if not report.ok:
         raise FillFailed(report)
     return report
@@ -310,12 +325,22 @@ def checked_config(config: str | Path | Config, overrides: Mapping[str, Any] | N
         raise TilefillError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     from tilefill._classical import check_available
 
-    if cfg.method != "dip":
+    if cfg.method not in ("dip", "llhm", "nspi"):
         check_available(cfg.method)
-    elif cfg.fit.blends or cfg.fit.thin_gap_px:
+    elif cfg.method == "dip" and (cfg.fit.blends or cfg.fit.thin_gap_px):
         for partner in cfg.fit.blend_methods:
             check_available(partner)
     return cfg
+
+
+def _check_guides(cfg: Config, guides: Sequence) -> None:
+    """Guides go with dip, llhm and nspi; llhm and nspi need one."""
+    if cfg.method in ("llhm", "nspi") and not guides:
+        raise TilefillError(f"method {cfg.method} fills from another date of the place: give it with --guide")
+    if guides and cfg.method not in ("dip", "llhm", "nspi"):
+        raise TilefillError(f"method {cfg.method} fills a scene from itself; --guide goes with dip, llhm or nspi")
+    if guides and cfg.method == "dip" and "context" in cfg.experimental.inputs:
+        raise TilefillError("experimental.input: context does not take a guide; use the noise input with --guide")
 
 
 def default_store(out: Path) -> Path:
@@ -332,7 +357,7 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
              mask: str | Path | None = None, bands: Sequence[int | str] | str | None = None,
              mask_qa: Sequence[str] | str | None = None, footprint: str = "hull",
              restart: bool = False, overwrite: bool = False, progress: bool = True,
-             start: float | None = None) -> FillReport:
+             start: float | None = None, guides: Sequence[str | Path] = ()) -> FillReport:
     """One scene on a cluster that may serve many (``tilefill batch``): resume or build, fit, write.
 
     Returns the report also when tiles failed (then no output is written and ``OUT.failed.json``
@@ -347,7 +372,8 @@ def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *
     ...                       store_path=Path("out/.a.tif.tilefill.zarr"), keep_store=False)
     """
     prep = prepare_fill(scene, out, cfg, store_path=store_path, keep_store=keep_store, mask=mask, bands=bands,
-                        mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite, start=start)
+                        mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite, start=start,
+                        guides=guides)
     job = start_fit(prep, clusters, progress=progress)
     return finish_fill(prep, job.wait() if job else None, clusters)
 
@@ -383,8 +409,10 @@ class PreparedFill:
 
 def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path, keep_store: bool,
                  mask: str | Path | None = None, bands: Sequence[int] | str | None = None,
-                 mask_qa: Sequence[str] | str | None = None, footprint: str = "hull", restart: bool = False, overwrite: bool = False, start: float | None = None) -> PreparedFill:
-    """Stage 1: read the scene, key the run, and build its work store (or resume the one there).
+                 mask_qa: Sequence[str] | str | None = None, footprint: str = "hull", restart: bool = False,
+                 overwrite: bool = False, start: float | None = None, guides: Sequence[str | Path] = ()
+                 ) -> PreparedFill:
+    """Stage 1: read the scene and its guides, key the run, and build its work store (or resume the one there).
 
     Examples
     --------
@@ -397,20 +425,30 @@ def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path,
     out = check_output_path(out, overwrite)
     # absolute: workers of an existing cluster have working directories of their own
     store_path = Path(os.path.abspath(store_path))
-    with open_scene(scene, bands=bands, mask=mask, mask_qa=mask_qa) as src:
+    _check_guides(cfg, guides)
+    with open_scene(scene, bands=bands, mask=mask, mask_qa=mask_qa) as src, ExitStack() as stack:
         info = src.info
         if src.product is not None:
             log.info("%s", src.product.describe())
+        opened = []
+        for path in guides:
+            guide, source = open_guide(path, src, mask_qa=mask_qa)
+            opened.append((stack.enter_context(guide), source))
+            log.info("%s", source.describe())
         grid = TileGrid.from_scene(info, cfg)
         log.info("scene %d x %d px, %d band(s) %s, %s; %d tiles of %d px", info.width, info.height, info.count,
                  ",".join(info.band_names), info.dtype, len(grid), grid.size)
-        key = run_key(src, cfg, grid, footprint=footprint)
+        key = run_key(src, cfg, grid, footprint=footprint, guides=opened)
         try:
             store = resumable_store(store_path, key.digest, restart=restart, config=cfg)
             if store is None:
-                store = build_store(src, grid, cfg, store_path, footprint=footprint, run_key=key.digest)
+                store = build_store(src, grid, cfg, store_path, footprint=footprint, run_key=key.digest,
+                                    guides=opened)
         except OSError as exc:
             raise TilefillError(f"cannot write the work store {store_path} ({_why(exc, store_path.parent)})") from None
+    for g in store.meta.get("guides") or []:
+        share = g["gap_pixels_covered"] / max(store.meta["gap_pixels"], 1)
+        log.info("guide %s has data at %.0f%% of the scene's gap band-pixels", Path(g["path"]).name, 100 * share)
     to_fit = store.tiles_to_fit
     done = store.tiles_done(to_fit)
     if done:
@@ -489,7 +527,9 @@ def finish_fill(prep: PreparedFill, run: TileRun | None, clusters: LazyCluster) 
             worker_log.unlink(missing_ok=True)  # nothing failed: nothing in it to keep
     estimate, units = gap_estimate(stats.estimated_rmse, common["tiles"], prep.store)
     return FillReport(**common, filled_pixels=stats.filled_pixels, unfilled_pixels=stats.unfilled_pixels,
-                      seconds=time.perf_counter() - prep.start, estimated_gap_rmse=estimate, estimate_units=units)
+                      seconds=time.perf_counter() - prep.start, estimated_gap_rmse=estimate, estimate_units=units,
+                      guides=tuple(g["path"] for g in prep.store.meta.get("guides") or []),
+                      guided_pixels=stats.guided_pixels)
 
 
 def _write_stage(prep: PreparedFill, tiles: Sequence[TileResult]):

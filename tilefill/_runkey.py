@@ -22,11 +22,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from tilefill._config import MOVED, Config
+from tilefill._errors import TilefillError
 from tilefill._grid import TileGrid
 from tilefill._scene import Scene
 from tilefill._version import __version__
+
+if TYPE_CHECKING:
+    from tilefill._guide import GuideSource
 
 READ_BYTES = 1 << 20  # bytes read at a time when hashing an input file
 
@@ -114,9 +119,12 @@ def speed_settings(config: Config) -> dict:
     return out
 
 
-def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str) -> dict:
-    """The parameters a key covers, as plain JSON-able values."""
+def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str,
+                   guides: Sequence[tuple[Scene, GuideSource]] = ()) -> dict:
+    """The parameters a key covers, as plain JSON-able values; with guides, how each is read too."""
     cfg = config.to_dict()
+    if not guides:
+        cfg.pop("guide")  # how a guide would enter decides nothing without one: keys without guides hold
     # each research knob is hashed in the section it lived in before ``experimental`` grouped them, so
     # that a key (and the store it guards) outlives the move; choose_partner falls with ``blend`` below
     moved = cfg.pop("experimental")
@@ -133,7 +141,7 @@ def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str)
         section, leaf = key.split(".")
         cfg[section].pop(leaf)
     cfg = {k: v for k, v in cfg.items() if v != {}}
-    return {
+    params = {
         "tilefill": __version__,
         "config": cfg,
         "bands": [[b.index, b.name] for b in scene.bands],
@@ -141,19 +149,42 @@ def run_parameters(scene: Scene, config: Config, grid: TileGrid, footprint: str)
         "footprint": footprint,
         "grid": {"height": grid.height, "width": grid.width, "size": grid.size, "overlap": grid.overlap},
     }
+    if guides:
+        params["guides"] = [{"bands": list(source.bands), "matched": source.matched, "reprojected": source.reprojected,
+                             "gaps": guide.gap_rules} for guide, source in guides]
+    return params
 
 
-def params_digest(scene: Scene, config: Config, grid: TileGrid, footprint: str) -> str:
-    return _hash(json.dumps(run_parameters(scene, config, grid, footprint), sort_keys=True).encode())
+def params_digest(scene: Scene, config: Config, grid: TileGrid, footprint: str,
+                  guides: Sequence[tuple[Scene, GuideSource]] = ()) -> str:
+    return _hash(json.dumps(run_parameters(scene, config, grid, footprint, guides), sort_keys=True).encode())
 
 
-def run_key(scene: Scene, config: Config, grid: TileGrid, *, footprint: str) -> RunKey:
-    """Hash the scene's files and the parameters into the run's key (reads every input byte once)."""
-    params = params_digest(scene, config, grid, footprint)
-    files = []
+def _input_files(scene: Scene) -> list[InputFile]:
+    out = []
     for path in scene_files(scene):
         st = os.stat(path)
-        files.append(InputFile(path, st.st_size, st.st_mtime_ns, file_digest(path)))
-    # positions matter (which file is which band), paths do not (a moved archive keeps its keys)
-    digest = _hash(json.dumps([params, [f.digest for f in files]]).encode())
+        out.append(InputFile(path, st.st_size, st.st_mtime_ns, file_digest(path)))
+    return out
+
+
+def run_key(scene: Scene, config: Config, grid: TileGrid, *, footprint: str,
+            guides: Sequence[tuple[Scene, GuideSource]] = ()) -> RunKey:
+    """Hash the scene's files, its guides' files and the parameters into the run's key (reads every input byte
+    once). A guide whose band files hold the scene's own content is refused: it is the scene, not another date."""
+    params = params_digest(scene, config, grid, footprint, guides)
+    files = _input_files(scene)
+    bands = {str(Path(b.path).resolve()) for b in scene.bands}
+    scene_content = {f.digest for f in files if f.path in bands}
+    groups = [[f.digest for f in files]]
+    for guide, source in guides:
+        theirs = _input_files(guide)
+        guide_bands = {str(Path(b.path).resolve()) for b in guide.bands}
+        if {f.digest for f in theirs if f.path in guide_bands} == scene_content:
+            raise TilefillError(f"guide {source.path} holds the scene's own pixels (its band files have the same "
+                                "content): a guide is another acquisition of the same place")
+        files += theirs
+        groups.append([f.digest for f in theirs])
+    # positions matter (which file is which band, which guide), paths do not (a moved archive keeps its keys)
+    digest = _hash(json.dumps([params, *groups] if guides else [params, groups[0]]).encode())
     return RunKey(digest, params, tuple(files))

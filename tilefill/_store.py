@@ -23,6 +23,18 @@ and one chunk per tile of:
     blend_stats  float64 (n_tiles, P + 1, bands, bins, 4)  the hidden pixels' blend statistics
                                                     (tilefill._distance_blend.BlendStats)
 
+and, with guides (other dates of the place, ``--guide``; tilefill._guide):
+
+    guides       float32 (G, bands, H, W)  each guide on the scene's grid, band for band, scaled to [0, 1]
+                                           from its own known pixels; 0 where it has no data
+    guides_known bool    (G, bands, H, W)  where each guide has data (its nodata, fill, gap masks and
+                                           --mask-qa clouds are its gaps)
+    guided_stats float64 (n_tiles, bands, bins, 11)  where DIP is blended: the hidden pixels a guide
+                                           covers, their three-way blend statistics
+                                           (tilefill._distance_blend.GuidedStats); ``partners`` then holds
+                                           the guide's classical fill (``guide.partner``) last, NaN where no
+                                           guide speaks
+
 Attributes (``attrs["tilefill"]``) hold the scene's georeferencing (CRS WKT, transform), band
 names, dtype and nodata, the grid, the full config, the per-band scaling and the run key (see
 ``tilefill._runkey``), so a run can be inspected, and picked up, from the store alone. Workers
@@ -40,6 +52,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import zarr
@@ -50,6 +63,9 @@ from tilefill._errors import TilefillError
 from tilefill._grid import TileGrid
 from tilefill._scene import Scene, SceneInfo, footprint_extents, footprint_window
 from tilefill._version import __version__
+
+if TYPE_CHECKING:
+    from tilefill._guide import GuideSource
 
 STRIP = 512  # rows read from the input at a time
 # chunk side of the scene arrays: a 256 px tile window touches at most 4 chunks of 256 (with 512 px
@@ -131,18 +147,38 @@ class TileStore:
         return image, ~gaps & inside[None]
 
     @property
+    def guide_count(self) -> int:
+        """How many guides the store holds (0: the scene is filled from itself)."""
+        return self.group["guides"].shape[0] if "guides" in self.group else 0
+
+    def read_guides(self, y: int, x: int, side: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every guide's scaled values and known pixels in a square window, (G, bands, side, side); None without."""
+        if not self.guide_count:
+            return None
+        sl = (slice(None), slice(None), slice(y, y + side), slice(x, x + side))
+        return np.asarray(self.group["guides"][sl]), np.asarray(self.group["guides_known"][sl])
+
+    @property
     def has_partners(self) -> bool:
         """Whether tiles keep their classical partners' fills apart from DIP's (the mosaic blends them)."""
         return "partners" in self.group
 
+    @property
+    def guided(self) -> bool:
+        """Whether tiles keep a guide's classical fill beside DIP's and its partners' (last of ``partners``)."""
+        return "guided_stats" in self.group
+
     def write_tile(self, index: int, prediction: np.ndarray, info: dict, *, partners: np.ndarray | None = None,
-                   weights: np.ndarray | None = None, stats: np.ndarray | None = None) -> None:
+                   weights: np.ndarray | None = None, stats: np.ndarray | None = None,
+                   guided_stats: np.ndarray | None = None) -> None:
         """Write a tile's chunks; ``tile_info`` last, since it marks the tile done."""
         self.group["tiles"][index] = prediction.astype(np.float32)
         if self.has_partners:
             self.group["partners"][index] = partners.astype(np.float32)
             self.group["tile_weights"][index] = weights
             self.group["blend_stats"][index] = stats
+            if self.guided:
+                self.group["guided_stats"][index] = guided_stats
         self.group["tile_info"][index] = [float(info.get(k, np.nan)) for k in TILE_INFO_FIELDS]
 
     def read_partners(self, index: int) -> np.ndarray:
@@ -156,6 +192,10 @@ class TileStore:
     def blend_stats(self) -> np.ndarray:
         """(n_tiles, P + 1, bands, bins, 4): every tile's hidden-pixel statistics; NaN for tiles not fitted."""
         return np.asarray(self.group["blend_stats"][:])
+
+    def guided_stats(self) -> np.ndarray:
+        """(n_tiles, bands, bins, 11): every tile's statistics of the hidden pixels a guide covers."""
+        return np.asarray(self.group["guided_stats"][:])
 
     def tile_info(self, index: int) -> dict:
         """A finished tile's statistics (``TILE_INFO_FIELDS``); NaN where not recorded."""
@@ -290,11 +330,15 @@ def _statistics_pass(scene: Scene, footprint: str) -> _Extent:
     return _Extent(scaling, *footprint_extents(first, last))
 
 
-def _create_layout(group: zarr.Group, shape: tuple[int, int, int], grid: TileGrid, config: Config) -> None:
+def _create_layout(group: zarr.Group, shape: tuple[int, int, int], grid: TileGrid, config: Config,
+                   guides: int = 0) -> None:
     """The store's arrays (see the module's layout), empty: the scene's, and one chunk per tile of the others."""
     bands, height, width = shape
     chunk = (bands, CHUNK_PX, CHUNK_PX)
     group.create_array("scene", shape=shape, chunks=chunk, dtype="float32", fill_value=0.0)
+    if guides:
+        group.create_array("guides", shape=(guides, *shape), chunks=(1, *chunk), dtype="float32", fill_value=0.0)
+        group.create_array("guides_known", shape=(guides, *shape), chunks=(1, *chunk), dtype="bool", fill_value=False)
     group.create_array("gaps", shape=shape, chunks=chunk, dtype="bool", fill_value=False)
     group.create_array("footprint", shape=(height, width), chunks=(CHUNK_PX, CHUNK_PX), dtype="bool", fill_value=False)
     size, n = grid.size, len(grid)
@@ -306,12 +350,16 @@ def _create_layout(group: zarr.Group, shape: tuple[int, int, int], grid: TileGri
     if config.method == "dip" and config.fit.blends:
         from tilefill._distance_blend import N_BINS
 
-        partners = len(config.fit.blend_methods)
+        partners = len(config.fit.blend_methods) + bool(guides)  # the guide's fill last
+        if guides:
+            group.create_array("guided_stats", shape=(n, bands, N_BINS, 11), chunks=(1, bands, N_BINS, 11),
+                               dtype="float64", fill_value=np.nan)
         group.create_array("partners", shape=(n, partners, bands, size, size),
                            chunks=(1, partners, bands, size, size), dtype="float32", fill_value=np.nan)
         group.create_array("tile_weights", shape=(n, bands), chunks=(1, bands), dtype="float64", fill_value=np.nan)
-        group.create_array("blend_stats", shape=(n, partners + 1, bands, N_BINS, 4),
-                           chunks=(1, partners + 1, bands, N_BINS, 4), dtype="float64", fill_value=np.nan)
+        classical = len(config.fit.blend_methods)
+        group.create_array("blend_stats", shape=(n, classical + 1, bands, N_BINS, 4),
+                           chunks=(1, classical + 1, bands, N_BINS, 4), dtype="float64", fill_value=np.nan)
 
 
 @dataclass
@@ -356,6 +404,47 @@ def _write_pass(scene: Scene, group: zarr.Group, extent: _Extent, grid: TileGrid
     return out
 
 
+def _guide_known(guide: Scene, win, values: np.ndarray) -> np.ndarray:
+    """Where a guide has data in a window: not its nodata, fill or flagged pixels (a guide is never assumed clean)."""
+    known = guide.has_data(win, values)
+    flagged = guide.flagged(win)
+    return known & ~flagged if flagged is not None else known
+
+
+def _write_guides(guides: Sequence[Scene], group: zarr.Group) -> list[dict]:
+    """Each guide into the store, scaled by its own known range: a statistics pass, then a write pass.
+
+    Returns, per guide, its scaling and how many of the scene's gap pixels it covers (band-pixels).
+    """
+    out = []
+    gaps_arr = group["gaps"]
+    for g, guide in enumerate(guides):
+        bands = guide.shape[0]
+        lo, hi = np.full(bands, np.inf), np.full(bands, -np.inf)
+        for win in guide.strips(STRIP):
+            values = guide.read(win)
+            known = _guide_known(guide, win, values)
+            for b in range(bands):
+                if known[b].any():
+                    v = values[b][known[b]]
+                    lo[b], hi[b] = min(lo[b], float(v.min())), max(hi[b], float(v.max()))
+        lo = np.where(np.isfinite(lo), lo, 0.0)
+        hi = np.where(np.isfinite(hi) & (hi > lo), hi, lo + 1)
+        scaling = Scaling(tuple(lo.tolist()), tuple(hi.tolist()))
+        covered = 0
+        for win in guide.strips(STRIP):
+            y, h = win.row_off, win.height
+            values = guide.read(win)
+            known = _guide_known(guide, win, values)
+            scaled = scaling.forward(values)
+            scaled[~known] = 0
+            group["guides"][g, :, y:y + h, :] = scaled
+            group["guides_known"][g, :, y:y + h, :] = known
+            covered += int((known & np.asarray(gaps_arr[:, y:y + h, :])).sum())
+        out.append({"scaling": {"lo": list(scaling.lo), "hi": list(scaling.hi)}, "gap_pixels_covered": covered})
+    return out
+
+
 def _tiles_to_fit(grid: TileGrid, col_gap_rows: np.ndarray, keep_known: bool) -> list[int]:
     """The tiles with a gap pixel (every tile, for the full reconstruction that replaces known pixels too)."""
     if not keep_known:
@@ -365,14 +454,16 @@ def _tiles_to_fit(grid: TileGrid, col_gap_rows: np.ndarray, keep_known: bool) ->
 
 
 def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, *, footprint: str = "hull",
-                run_key: str | None = None) -> TileStore:
+                run_key: str | None = None, guides: Sequence[tuple[Scene, GuideSource]] = ()) -> TileStore:
     """Read the scene in strips, find gaps and footprint, and write the tile store.
 
     Two passes over the input, each holding one strip of ``STRIP`` rows: the first finds each
     band's range over its known pixels and each row's data extent (for the footprint hull),
     the second writes the scaled scene and the masks. Then the scene's hidden pixels (with
     ``fit.validation``, where DIP is blended) and the tiles to fit. ``run_key`` (see
-    ``tilefill._runkey``) is kept in the attributes, for :func:`resumable_store`.
+    ``tilefill._runkey``) is kept in the attributes, for :func:`resumable_store`. ``guides``: other dates
+    of the place, open on the scene's grid (:func:`tilefill._guide.open_guide`), each read in two more
+    passes.
 
     Examples
     --------
@@ -386,9 +477,11 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     extent = _statistics_pass(scene, footprint)
     path = Path(path)
     group = _create_or_replace(path, run_key)
-    _create_layout(group, scene.shape, grid, config)
+    _create_layout(group, scene.shape, grid, config, len(guides))
     holdout = config.method == "dip" and config.fit.blends and config.fit.validation > 0
     written = _write_pass(scene, group, extent, grid, holdout)
+    guide_meta = [{**vars(source), **stored}
+                  for (_guide, source), stored in zip(guides, _write_guides([g for g, _s in guides], group))]
     if holdout:
         height, width = scene.shape[1:]
         _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation,
@@ -403,6 +496,7 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
         "scaling": {"lo": list(extent.scaling.lo), "hi": list(extent.scaling.hi)},
         "footprint": footprint,
         "gap_pixels": written.gap_pixels,
+        "guides": guide_meta,
         "footprint_is_full": extent.is_full(scene.shape[2]),
         "tiles_to_fit": _tiles_to_fit(grid, written.col_gap_rows, config.fit.keep_known),
         "tile_info_fields": list(TILE_INFO_FIELDS),

@@ -58,7 +58,8 @@ def fill_options(config_default: str = "default") -> list:
     return [
     click.option("--config", "config", default=config_default, show_default=True, metavar="NAME|PATH",
                  help=f"Preset in configs/ ({', '.join(preset_names())}) or a YAML file."),
-    click.option("--method", type=click.Choice(["dip", "gdal", "biharmonic", "telea", "ns", "kriging"]), default=None,
+    click.option("--method", type=click.Choice(["dip", "gdal", "biharmonic", "telea", "ns", "kriging", "llhm", "nspi"]),
+                 default=None,
                  help="Fill method (default: the config's, dip)."),
     click.option("--iterations", type=click.IntRange(min=1), default=None, help="DIP iterations per tile."),
     click.option("--tile-size", type=int, default=None, help="Tile side in px, a multiple of 32."),
@@ -181,13 +182,16 @@ def main():
 @click.argument("scene", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Restored GeoTIFF to write.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Gap mask raster, nonzero = gap.")
+@click.option("--guide", "guides", type=click.Path(path_type=Path), multiple=True,
+              help="Another acquisition of the same place (GeoTIFF or Landsat product folder), striped or cloudy "
+                   "itself: DIP and the blend take it where it has data (repeatable).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Keep the Zarr tile store in this folder (default: hidden, beside the output; removed after success).")
 @apply(scene_options())
 @apply(fill_options())
 @apply(cluster_options())
 @RESTART
-def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, overwrite, quiet, restart, **kw):
+def fill_cmd(scene, output, mask, guides, bands, mask_qa, workdir, footprint, config, overwrite, quiet, restart, **kw):
     """Fill the gaps of SCENE (a GeoTIFF or a Landsat product folder) and write OUTPUT.
 
     A run that fails or is interrupted keeps its finished tiles: the same command resumes it.
@@ -198,7 +202,7 @@ def fill_cmd(scene, output, mask, bands, mask_qa, workdir, footprint, config, ov
     cluster = _cluster_spec(kw)
     report = _run(fill_scene, scene, output, mask=mask, bands=bands, mask_qa=mask_qa, config=config,
                   overrides=_config_overrides(**kw), cluster=cluster, workdir=workdir, footprint=footprint,
-                  overwrite=overwrite, progress=not quiet, restart=restart)
+                  overwrite=overwrite, progress=not quiet, restart=restart, guides=guides)
     if not quiet:
         click.echo(str(report), err=True)
     if report.unfilled_pixels:
