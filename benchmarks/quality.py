@@ -213,12 +213,52 @@ def map_tracking(qmap: Path, truth, pred, gap, cfg, store_scale) -> dict | None:
         if sel.sum() >= 20:
             by_bin.append({"bin": label, "n": int(sel.sum()), "estimated": float(np.sqrt(np.mean(est[sel] ** 2))),
                            "true": float(np.sqrt(np.mean(err[sel] ** 2)))})
-    out = {"tiles": len(pairs), "pairs": [[a, b] for a, b in pairs], "by_distance": by_bin}
+    out = {"tiles": len(pairs), "pairs": [[a, b] for a, b in pairs], "by_distance": by_bin,
+           "blocks": block_tracking(est, err, gap)}
     if len(pairs) >= 3:
         a, b = np.array(pairs).T
         out["pearson"] = float(np.corrcoef(a, b)[0, 1])
         out["median_ratio_estimate_to_true"] = float(np.median(a / b))
     return out
+
+
+BLOCK = 32  # px: the blocks over which the error map is held against the true error
+
+
+def block_tracking(est: np.ndarray, err: np.ndarray, gap: np.ndarray, side: int = BLOCK, min_pixels: int = 20) -> dict:
+    """How the error map points at the places to distrust: per band, over ``side`` px blocks with at least
+    ``min_pixels`` gap pixels (and an estimate), the map's RMS against the true RMSE there: Pearson, and the
+    median of estimate / true (calibration). Same units for both (the band scaling's).
+
+    Examples
+    --------
+    >>> err = np.zeros((1, 64, 64)); err[0, :32] = 0.1; err[0, 32:] = 0.3
+    >>> est = err * 1.1
+    >>> r = block_tracking(est, err, np.ones((64, 64), bool))
+    >>> round(r["pearson"][0], 3), round(r["median_ratio"][0], 3), r["blocks"][0]
+    (1.0, 1.1, 4)
+    """
+    h, w = gap.shape
+    pearson, ratio, blocks, pairs = [], [], [], []
+    for b in range(est.shape[0]):
+        rows = []
+        for y in range(0, h, side):
+            for x in range(0, w, side):
+                sel = gap[y:y + side, x:x + side] & np.isfinite(est[b, y:y + side, x:x + side])
+                if sel.sum() >= min_pixels:
+                    e = est[b, y:y + side, x:x + side][sel]
+                    t = err[b, y:y + side, x:x + side][sel]
+                    rows.append((float(np.sqrt(np.mean(e ** 2))), float(np.sqrt(np.mean(t ** 2)))))
+        blocks.append(len(rows))
+        pairs.append(rows)
+        if len(rows) >= 3:
+            a, t = np.array(rows).T
+            pearson.append(float(np.corrcoef(a, t)[0, 1]) if a.std() > 0 and t.std() > 0 else float("nan"))
+            ratio.append(float(np.median(a / np.where(t > 0, t, np.nan))))
+        else:
+            pearson.append(float("nan"))
+            ratio.append(float("nan"))
+    return {"side": side, "pearson": pearson, "median_ratio": ratio, "blocks": blocks, "pairs": pairs}
 
 
 def estimate_tracking(report, truth, pred, gap, cfg) -> dict | None:
@@ -368,6 +408,27 @@ def distance_curves(rows, min_pixels: int = 200) -> list[str]:
     return out
 
 
+def block_summary(rows, target_r: float = 0.6, calibration=(0.8, 1.25)) -> list[str]:
+    """The error map over 32 px blocks, every case of a run: per (case, band), its Pearson with the true error and
+    its median estimate / true; how many reach the targets (issue 36: Pearson >= 0.6, ratio within 0.8-1.25)."""
+    cells = [(r["case"], r["method"], p, q) for r in rows if (r.get("estimate_map") or {}).get("blocks")
+             for p, q in zip(r["estimate_map"]["blocks"]["pearson"], r["estimate_map"]["blocks"]["median_ratio"])]
+    cells = [c for c in cells if np.isfinite(c[2]) and np.isfinite(c[3])]
+    if not cells:
+        return []
+    out = ["\n### The error map over 32 px blocks of gap pixels, every case\n",
+           "| method | case-bands | median Pearson | Pearson >= 0.6 | median estimate/true | within 0.8-1.25 |",
+           "|---|---|---|---|---|---|"]
+    for method in dict.fromkeys(c[1] for c in cells):
+        mine = [c for c in cells if c[1] == method]
+        p = np.array([c[2] for c in mine])
+        q = np.array([c[3] for c in mine])
+        inside = ((q >= calibration[0]) & (q <= calibration[1])).sum()
+        out.append(f"| {method} | {len(mine)} | {np.median(p):.2f} | {(p >= target_r).sum()} of {len(mine)} | "
+                   f"{np.median(q):.2f} | {inside} of {len(mine)} |")
+    return out
+
+
 def markdown(rows) -> str:
     out = []
     for case in dict.fromkeys(r["case"] for r in rows):
@@ -419,6 +480,12 @@ def markdown(rows) -> str:
                 out.append(f"\n{r['method']}: the error map (OUT.quality.tif) per tile against the true RMSE "
                            f"({e['tiles']} tiles): Pearson {e['pearson']:.2f}, median estimate/true "
                            f"{e['median_ratio_estimate_to_true']:.2f}")
+            if r.get("estimate_map") and r["estimate_map"].get("blocks"):
+                blk = r["estimate_map"]["blocks"]
+                out.append(f"\n{r['method']}: the error map over {blk['side']} px blocks of gap pixels against the true "
+                           "RMSE, per band: Pearson " + ", ".join(f"{v:.2f}" for v in blk["pearson"])
+                           + "; median estimate/true " + ", ".join(f"{v:.2f}" for v in blk["median_ratio"])
+                           + f" ({', '.join(str(n) for n in blk['blocks'])} blocks)")
         for r in sub:
             if r.get("estimate"):
                 e = r["estimate"]
@@ -426,6 +493,7 @@ def markdown(rows) -> str:
                            f"Pearson {e['pearson']:.2f}, Spearman {e['spearman']:.2f}, median estimate/true "
                            f"{e['median_ratio_estimate_to_true']:.2f}")
     out += distance_curves(rows)
+    out += block_summary(rows)
     for key, what in (("estimate", "Estimated gap RMSE"), ("estimate_map", "The error map (OUT.quality.tif)")):
         pooled = [p for r in rows if r.get(key) for p in r[key]["pairs"]]
         if len({r["case"] for r in rows if r.get(key)}) > 1 and len(pooled) >= 3:

@@ -193,6 +193,9 @@ class BlendConfig:
                                   tier="expert")
     prior_curve: tuple = setting((), "The prior weight per distance bin (8 values), or one such list per partner.",
                                  tier="expert")
+    trust_features: bool = setting(True, "The error map weighs each pixel's disagreement between fills, the guide's "
+                                   "and the local texture beside the distance curve, fitted on the hidden pixels; "
+                                   "false: the curve alone.", tier="expert")
 
     def __post_init__(self):
         if self.weights not in ("fixed", "distance"):

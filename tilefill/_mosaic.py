@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -63,6 +63,7 @@ class _Mosaic:
     stats: BlendStats | None = None  # the mosaic's own, on the scene's hidden pixels (those no guide covers)
     guided: GuidedWeights | None = None  # where a guide covers: DIP, partner and the guide's fill
     guided_stats: GuidedStats | None = None  # the mosaic's own, on the hidden pixels a guide covers
+    trust: object | None = None  # the trust map's error model (tilefill._trust.ErrorModel)
 
 
 class _TileCache:
@@ -121,17 +122,51 @@ def mosaic_stats(store: TileStore, thin: frozenset, strip: int = 256, *, truth: 
     return _mosaic_statistics(store, thin, strip, truth=truth, mix=mix)[0]
 
 
-def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None,
-                       mix: np.ndarray | None = None) -> tuple[BlendStats, GuidedStats | None]:
-    """:func:`mosaic_stats`, and where the store keeps a guide's fill, the same pixels split: those a guide covers
-    (the guide's fill, grid-weighted over the tiles where it speaks, is finite there) scored for the three-way
-    blend (:class:`GuidedStats`), the others as without a guide."""
+@dataclass
+class _HiddenSums:
+    """One strip of the mosaic where it is scored: its pixels, and the tiles' fills summed by grid weight.
+
+    ``a`` and ``d`` (partners, bands, h, w): the sums of DIP's fill (a thin-gap tile's: its partner's) and of each
+    partner's fill minus DIP's; ``wsum`` their weight; ``g_acc`` / ``g_sum`` the guide's fill and its weight where
+    it speaks; ``rmse`` with ``tile_rmse``: the sum of each tile's estimated error by the same weights. ``scored``:
+    the pixels scored (the hidden ones, or with a truth the real gaps) and ``scored_bins`` their distance bins
+    to what the fits saw; ``gaps``, ``gap_bins`` the real gaps; ``seen`` / ``values`` (bands, h + halo, w) the
+    pixels the fits saw and the scene's values, ``core`` the strip's rows among them; ``actual`` the truth there.
+    """
+
+    y: int
+    h: int
+    core: slice
+    seen: np.ndarray
+    values: np.ndarray
+    gaps: np.ndarray
+    gap_bins: np.ndarray
+    scored: np.ndarray
+    scored_bins: np.ndarray | None
+    a: np.ndarray
+    d: np.ndarray
+    wsum: np.ndarray
+    g_acc: np.ndarray | None
+    g_sum: np.ndarray | None
+    rmse: np.ndarray | None
+    actual: np.ndarray
+
+    @property
+    def covered(self) -> np.ndarray:
+        """Where a guide speaks (its fill has weight): bool (bands, h, w)."""
+        return self.g_sum > 0 if self.g_sum is not None else np.zeros(self.wsum.shape, bool)
+
+
+def _hidden_strips(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None,
+                   mix: np.ndarray | None = None, tile_rmse: Callable | None = None) -> Iterator[_HiddenSums]:
+    """The mosaic's sums strip by strip from the top (:class:`_HiddenSums`), each tile read once.
+
+    ``tile_rmse(tile, bins, speaks)`` (see :func:`_tile_rmse`): also sum each tile's estimated error.
+    """
     bands, width, height = store.info.count, store.info.width, store.info.height
     guided = store.guided
     classical = len(store.config.fit.blend_methods)
     partners = classical if mix is None else len(mix)
-    out = BlendStats.zeros(partners, bands)
-    out_guided = GuidedStats.zeros(bands) if guided else None
 
     def load(tile: Tile) -> tuple | None:
         stored = store.read_partners(tile.index)
@@ -148,10 +183,12 @@ def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, t
         known = ~gaps & np.asarray(store.group["footprint"][y0:y1, :])[None]
         core = slice(y - y0, y - y0 + h)
         gap_bins = distance_bins(known)[:, core]
+        seen = known
         if truth is None:  # the hidden pixels, binned by their distance to what the fits saw
             hidden = np.asarray(store.group["hidden"][:, y0:y1, :])
             scored = hidden[:, core]
-            scored_bins = distance_bins(known & ~hidden)[:, core] if scored.any() else None
+            seen = known & ~hidden
+            scored_bins = distance_bins(seen)[:, core] if scored.any() else None
         else:  # the real gaps
             scored, scored_bins = gaps[:, core], gap_bins
         a = np.zeros((partners, bands, h, width), dtype=np.float32)
@@ -159,6 +196,7 @@ def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, t
         wsum = np.zeros((bands, h, width), dtype=np.float32)
         g_acc = np.zeros((bands, h, width), dtype=np.float32) if guided else None
         g_sum = np.zeros_like(g_acc) if guided else None
+        rmse = np.zeros((bands, h, width), dtype=np.float32) if tile_rmse is not None else None
         if scored.any() or guided:
             for tile, (pred, fills, w, guide), src, rows in cache.covering(y, h):
                 dst = (slice(None), slice(None), rows, slice(tile.x, tile.x + tile.size))
@@ -168,41 +206,119 @@ def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, t
                     a[dst] += w[:, src] * pred[:, src]
                     d[dst] += w[:, src] * (fills[:, :, src] - pred[:, src])
                 wsum[dst[1:]] += w[:, src]
+                speaks = None
                 if guided:
                     speaks = np.isfinite(guide[:, src])
                     g_acc[dst[1:]] += w[:, src] * np.where(speaks, guide[:, src], 0)
                     g_sum[dst[1:]] += w[:, src] * speaks
-        covered = g_sum > 0 if guided else np.zeros((bands, h, width), bool)
-        real = gaps[:, core]
+                if rmse is not None and scored_bins is not None:
+                    rmse[dst[1:]] += w[:, src] * tile_rmse(tile, scored_bins[dst[1:]], speaks)
+        values = np.asarray(store.group["scene"][:, y0:y1, :])
+        actual = values[:, core] if truth is None else truth[:, y:y + h, :]
+        yield _HiddenSums(y, h, core, seen, values, gaps[:, core], gap_bins, scored, scored_bins, a, d, wsum,
+                          g_acc, g_sum, rmse, actual)
+
+
+def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None,
+                       mix: np.ndarray | None = None) -> tuple[BlendStats, GuidedStats | None]:
+    """:func:`mosaic_stats`, and where the store keeps a guide's fill, the same pixels split: those a guide covers
+    (the guide's fill, grid-weighted over the tiles where it speaks, is finite there) scored for the three-way
+    blend (:class:`GuidedStats`), the others as without a guide."""
+    bands = store.info.count
+    partners = len(store.config.fit.blend_methods) if mix is None else len(mix)
+    out = BlendStats.zeros(partners, bands)
+    out_guided = GuidedStats.zeros(bands) if store.guided else None
+    for s in _hidden_strips(store, thin, strip, truth=truth, mix=mix):
+        covered = s.covered
         for b in range(bands):
-            out.gaps[b] += np.bincount(gap_bins[b][real[b] & ~covered[b]], minlength=N_BINS)[:N_BINS]
-            if guided:
-                out_guided.gaps[b] += np.bincount(gap_bins[b][real[b] & covered[b]], minlength=N_BINS)[:N_BINS]
-        if not scored.any():
+            out.gaps[b] += np.bincount(s.gap_bins[b][s.gaps[b] & ~covered[b]], minlength=N_BINS)[:N_BINS]
+            if out_guided is not None:
+                out_guided.gaps[b] += np.bincount(s.gap_bins[b][s.gaps[b] & covered[b]], minlength=N_BINS)[:N_BINS]
+        if not s.scored.any():
             continue
-        actual = np.asarray(store.group["scene"][:, y:y + h, :]) if truth is None else truth[:, y:y + h, :]
-        norm = np.where(wsum > 0, wsum, 1)
-        if guided:  # the three sources at the hidden pixels a guide covers
+        norm = np.where(s.wsum > 0, s.wsum, 1)
+        if out_guided is not None:  # the three sources at the hidden pixels a guide covers
             for b in range(bands):
-                sel = scored[b] & (wsum[b] > 0) & covered[b]
+                sel = s.scored[b] & (s.wsum[b] > 0) & covered[b]
                 if sel.any():
-                    dip = a[0, b][sel] / norm[b][sel]
-                    sources = np.stack([dip, dip + d[0, b][sel] / norm[b][sel], g_acc[b][sel] / g_sum[b][sel]])
-                    out_guided.add(b, scored_bins[b][sel], sources - actual[b][sel])
-        where = scored & (wsum > 0) & ~covered
+                    dip = s.a[0, b][sel] / norm[b][sel]
+                    sources = np.stack([dip, dip + s.d[0, b][sel] / norm[b][sel], s.g_acc[b][sel] / s.g_sum[b][sel]])
+                    out_guided.add(b, s.scored_bins[b][sel], sources - s.actual[b][sel])
+        where = s.scored & (s.wsum > 0) & ~covered
         for b in range(bands):
             sel = where[b]
             if not sel.any():
                 continue
-            k = scored_bins[b][sel]
+            k = s.scored_bins[b][sel]
             for p in range(partners):
-                err = a[p, b][sel] / norm[b][sel] - actual[b][sel]
-                diff = d[p, b][sel] / norm[b][sel]
+                err = s.a[p, b][sel] / norm[b][sel] - s.actual[b][sel]
+                diff = s.d[p, b][sel] / norm[b][sel]
                 out.n[p, b] += np.bincount(k, minlength=N_BINS)[:N_BINS]
                 out.saa[p, b] += np.bincount(k, err * err, minlength=N_BINS)[:N_BINS]
                 out.sab[p, b] += np.bincount(k, err * diff, minlength=N_BINS)[:N_BINS]
                 out.sbb[p, b] += np.bincount(k, diff * diff, minlength=N_BINS)[:N_BINS]
     return out, out_guided
+
+
+def _tile_rmse(plan: "_Mosaic", tile: Tile, bins: np.ndarray, speaks: np.ndarray | None) -> np.ndarray:
+    """A tile's estimated error at pixels of distance ``bins`` (bands, r, c), as the curves give it: a thin-gap tile
+    is its partner alone; a fitted one the blend's curve (the three-way blend's where a guide ``speaks`` and one was
+    measured), times the tile's own error ratio. NaN where no curve reaches."""
+    bands = bins.shape[0]
+    at = (np.arange(bands)[:, None, None], np.minimum(bins, N_BINS - 1))
+    if tile.index in plan.thin:
+        return np.sqrt(plan.scene.alone_mse[at])
+    mse = plan.scene.mse[at]
+    if speaks is not None and plan.guided is not None:
+        gmse = plan.guided.mse[at]
+        mse = np.where(speaks & np.isfinite(gmse), gmse, mse)
+    return np.sqrt(mse * plan.ratio.get(tile.index, np.ones(bands))[:, None, None])
+
+
+def _trust_features(plan: "_Mosaic", dip: np.ndarray, partner: np.ndarray, guide: np.ndarray | None,
+                    value: np.ndarray, rmse: np.ndarray, texture: np.ndarray) -> np.ndarray:
+    """The trust map's features (:data:`tilefill._trust.FEATURES`) at ``m`` pixels of one band, (m, 4)."""
+    from tilefill._trust import features
+
+    spoken = np.zeros_like(value) if guide is None else np.where(np.isfinite(guide), np.nan_to_num(guide) - value, 0)
+    return features(rmse ** 2, (dip - partner) ** 2, spoken ** 2, texture)
+
+
+def _trust_stats(store: TileStore, plan: "_Mosaic", strip: int = 256):
+    """Fit the trust map (:class:`tilefill._trust.ErrorModel`) on the hidden pixels: each one's features against
+    the squared error of the mosaic there, as the blend ``plan`` makes it."""
+    from tilefill._trust import TrustStats, local_variance
+
+    bands = store.info.count
+    stats = TrustStats.zeros(bands)
+    rows = np.arange(bands)
+    for s in _hidden_strips(store, plan.thin, strip, tile_rmse=lambda t, k, sp: _tile_rmse(plan, t, k, sp)):
+        where = s.scored & (s.wsum > 0)
+        if not where.any():
+            continue
+        norm = np.where(s.wsum > 0, s.wsum, 1)
+        dip, partner = s.a[0] / norm, (s.a[0] + s.d[0]) / norm
+        if plan.scene is not None:
+            partner = (s.a[plan.scene.partner, rows] + s.d[plan.scene.partner, rows]) / norm
+            m = plan.scene.at(s.scored_bins)
+            value = dip + m * (partner - dip)
+        else:
+            value = dip
+        guide = None
+        if s.g_sum is not None and plan.guided is not None:
+            covered = s.covered
+            guide = np.where(covered, s.g_acc / np.where(covered, s.g_sum, 1), np.nan)
+            w3 = plan.guided.at(s.scored_bins)
+            value = np.where(covered, w3[0] * dip + w3[1] * partner + w3[2] * np.nan_to_num(guide), value)
+        texture = local_variance(s.values, s.seen)[:, s.core]
+        rmse = s.rmse / norm
+        for b in range(bands):
+            sel = where[b]
+            if sel.any():
+                x = _trust_features(plan, dip[b][sel], partner[b][sel], None if guide is None else guide[b][sel],
+                                    value[b][sel], rmse[b][sel], texture[b][sel])
+                stats.add(b, x, (value[b][sel] - s.actual[b][sel]) ** 2)
+    return stats
 
 
 def thin_tiles(store: TileStore) -> frozenset:
@@ -261,7 +377,12 @@ def _plan(store: TileStore, blend, choose_partner: bool = False) -> _Mosaic:
             hidden = hidden + gst.n.sum(axis=1)
         raw = np.divide(sse, expected, out=np.ones_like(sse), where=expected > 0)
         ratio[i] = (hidden * raw + blend.prior_pixels) / (hidden + blend.prior_pixels)
-    return _Mosaic(scene, ratio, thin, stats, guided, guided_stats)
+    plan = _Mosaic(scene, ratio, thin, stats, guided, guided_stats)
+    if not blend.trust_features:
+        from tilefill._trust import ErrorModel
+
+        return replace(plan, trust=ErrorModel.curve_alone(stats.bands))
+    return replace(plan, trust=_trust_stats(store, plan).fit())
 
 
 def _tile_estimates(plan: _Mosaic, store: TileStore) -> dict:
@@ -350,6 +471,23 @@ def _tile_fill(store: TileStore, plan: _Mosaic, index: int) -> tuple[np.ndarray,
     return pred, partners[weights.partner, np.arange(partners.shape[1])], guide
 
 
+@dataclass
+class _StripSums:
+    """One strip of the mosaic, per band, summed over the tiles by grid weight: the blended value (``acc``) and
+    the weight (``wsum``); with ``estimate``, each tile's estimated error and the weight behind it (``err``, 2,
+    bands, h, w) and, for the trust map, DIP's fill, its partner's and the guide's (``dip``, ``partner``,
+    ``g_acc`` with ``g_sum``); with a guide, the weight its fill took (``guide_share``)."""
+
+    acc: np.ndarray
+    wsum: np.ndarray
+    err: np.ndarray | None = None
+    dip: np.ndarray | None = None
+    partner: np.ndarray | None = None
+    g_acc: np.ndarray | None = None
+    g_sum: np.ndarray | None = None
+    guide_share: np.ndarray | None = None
+
+
 class _StripMosaic:
     """The mosaic of the store's tiles, strip by strip from the top, blended as ``plan`` says."""
 
@@ -358,25 +496,25 @@ class _StripMosaic:
         self.cache = _TileCache(store, lambda tile: _tile_entry(store, tile, *_tile_fill(store, plan, tile.index)))
         self.tile_weights = store.tile_weights() if store.has_partners else None
 
-    def strip(self, y: int, h: int, *, estimate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
-                                                                         np.ndarray | None]:
-        """Weighted sum of the predictions over rows [y, y+h), the summed weight, with ``estimate`` the weighted
-        sum of the estimated error with the weight behind it (2, bands, h, width), and with a guide the weighted
-        sum of the weight the guide's fill took (bands, h, width), per band.
+    def strip(self, y: int, h: int, *, estimate: bool = False) -> _StripSums:
+        """The sums of rows [y, y+h) (:class:`_StripSums`).
 
         A tile band without a prediction (NaN: nothing known in reach) adds no weight there. Where a guide
         speaks, a fitted tile's value is the three-way blend of DIP, its partner and the guide's fill.
         """
         store, plan = self.store, self.plan
         bands, width = store.info.count, store.info.width
-        acc = np.zeros((bands, h, width), dtype=np.float32)
-        wsum = np.zeros((bands, h, width), dtype=np.float32)
-        # the weighted sum of the estimates and the weight behind them (no hidden pixel in reach: no estimate)
-        err = np.zeros((2, bands, h, width), dtype=np.float32) if estimate else None
-        guide_share = np.zeros((bands, h, width), dtype=np.float32) if plan.guided is not None else None
+        shape = (bands, h, width)
+        out = _StripSums(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+        if estimate:  # no hidden pixel in reach: no estimate
+            out.err, out.dip, out.partner = np.zeros((2, *shape), np.float32), np.zeros(shape, np.float32), \
+                np.zeros(shape, np.float32)
+        if plan.guided is not None:
+            out.guide_share, out.g_acc, out.g_sum = (np.zeros(shape, np.float32) for _ in range(3))
         bins = _strip_bins(store, y, h) if plan.scene is not None else None
         for tile, (pred, partner, w, guide), src, rows in self.cache.covering(y, h):
             dst = (slice(None), rows, slice(tile.x, tile.x + tile.size))
+            ws = w[:, src]
             value = pred[:, src]
             speaks = None
             if partner is not None:
@@ -389,28 +527,50 @@ class _StripMosaic:
                 value = value + mix * (partner[:, src] - value)
                 if plan.guided is not None and tile.index not in plan.thin:
                     speaks = np.isfinite(guide[:, src])
+                    out.g_acc[dst] += ws * np.where(speaks, guide[:, src], 0)
+                    out.g_sum[dst] += ws * speaks
                     if speaks.any():
                         a = plan.guided.at(bins[dst]).astype(np.float32)
                         three = a[0] * pred[:, src] + a[1] * partner[:, src] + a[2] * np.nan_to_num(guide[:, src])
                         value = np.where(speaks, three, value)
-                        guide_share[dst] += w[:, src] * np.where(speaks, a[2], 0)
-            acc[dst] += w[:, src] * value
-            wsum[dst] += w[:, src]
+                        out.guide_share[dst] += ws * np.where(speaks, a[2], 0)
+            out.acc[dst] += ws * value
+            out.wsum[dst] += ws
             if estimate:
-                # a thin-gap tile is its partner alone: that curve; a fitted tile: the blend's, times its ratio
-                at = (np.arange(bands)[:, None, None], np.minimum(bins[dst], N_BINS - 1))
-                if tile.index in plan.thin:
-                    mse = plan.scene.alone_mse[at]
-                else:
-                    mse = plan.scene.mse[at]
-                    if speaks is not None:  # the three-way blend's error, where any covered hidden pixel gave one
-                        gmse = plan.guided.mse[at]
-                        mse = np.where(speaks & np.isfinite(gmse), gmse, mse)
-                    mse = mse * plan.ratio.get(tile.index, np.ones(bands))[:, None, None]
-                has_estimate = np.isfinite(mse)
-                err[(0, *dst)] += w[:, src] * np.where(has_estimate, np.sqrt(np.where(has_estimate, mse, 0)), 0)
-                err[(1, *dst)] += w[:, src] * has_estimate
-        return acc, wsum, err, guide_share
+                thin = tile.index in plan.thin  # as the hidden pixels' sums take it: a thin-gap tile's DIP is its partner
+                out.dip[dst] += ws * (partner[:, src] if thin else pred[:, src])
+                out.partner[dst] += ws * partner[:, src]
+                rmse = _tile_rmse(plan, tile, bins[dst], speaks)
+                has_estimate = np.isfinite(rmse)
+                out.err[(0, *dst)] += ws * np.where(has_estimate, rmse, 0)
+                out.err[(1, *dst)] += ws * has_estimate
+        return out
+
+
+def _trust_map(store: TileStore, plan: _Mosaic, sums: _StripSums, value: np.ndarray, y: int, h: int,
+               target: np.ndarray) -> np.ndarray:
+    """Each filled pixel's expected error (band scaling units; NaN where no curve reached it): the trust model
+    (``plan.trust``) on its features, as on the hidden pixels it was fitted on."""
+    from tilefill._trust import local_variance
+
+    info = store.info
+    y0, y1 = max(0, y - HALO), min(info.height, y + h + HALO)
+    known = ~np.asarray(store.group["gaps"][:, y0:y1, :]) & np.asarray(store.group["footprint"][y0:y1, :])[None]
+    texture = local_variance(np.asarray(store.group["scene"][:, y0:y1, :]), known)[:, y - y0:y - y0 + h]
+    norm = np.where(sums.wsum > 0, sums.wsum, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rmse = sums.err[0] / sums.err[1]
+    guide = None
+    if sums.g_sum is not None:
+        guide = np.where(sums.g_sum > 0, sums.g_acc / np.where(sums.g_sum > 0, sums.g_sum, 1), np.nan)
+    out = np.full(value.shape, np.nan, dtype=np.float32)
+    for b in range(info.count):
+        sel = target[b] & np.isfinite(rmse[b])
+        if sel.any():
+            x = _trust_features(plan, sums.dip[b][sel] / norm[b][sel], sums.partner[b][sel] / norm[b][sel],
+                                None if guide is None else guide[b][sel], value[b][sel], rmse[b][sel], texture[b][sel])
+            out[b][sel] = np.sqrt(plan.trust.mse(b, x))
+    return out
 
 
 def _check_complete(path: Path) -> None:
@@ -531,11 +691,12 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
         values = scene.read(win)
         gaps = np.asarray(store.group["gaps"][:, y:y + h, :])
         inside = np.asarray(store.group["footprint"][y:y + h, :])
-        acc, wsum, err, guide_share = mosaic.strip(y, h, estimate=estimate)
+        sums = mosaic.strip(y, h, estimate=estimate)
+        wsum, guide_share = sums.wsum, sums.guide_share
         covered = wsum > 0
         target = (gaps if keep_known else inside[None]) & covered
+        pred = sums.acc / np.where(covered, wsum, 1)
         if target.any():
-            pred = acc / np.where(covered, wsum, 1)
             values[target] = to_dtype(store.scaling.inverse_at(pred, target), info)
             out.filled += int(target.sum())
         missing = gaps & ~covered
@@ -551,8 +712,7 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
             dst.write_mask(np.where(inside, 255, 0).astype(np.uint8), window=win)
         if estimate:
             est = np.full(values.shape, np.nan, dtype=np.float32)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                est[target] = (err[0] / err[1] * span)[target]  # NaN where no estimate reached
+            est[target] = (_trust_map(store, plan, sums, pred, y, h, target) * span)[target]
             finite = np.isfinite(est)
             known_err = np.where(finite, est, 0).astype(np.float64)
             out.err_sq += (known_err * known_err).sum(axis=(1, 2))
@@ -589,6 +749,8 @@ def _blend_record(plan: _Mosaic, cfg) -> dict | None:
         record["guided"] = {**plan.guided.to_dict(), "partner": cfg.guide.partner,
                             "gap_pixels": gaps.astype(int).tolist(),
                             "estimated_rmse": np.round(plan.guided.expected_rmse(gaps), 5).tolist()}
+    if plan.trust is not None:
+        record["error_model"] = plan.trust.to_dict()
     return record
 
 
