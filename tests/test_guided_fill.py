@@ -82,6 +82,14 @@ def test_the_trust_map_says_where_the_guide_weighed_and_it_weighs_nothing_where_
     covered = gaps & ~under_cloud
     assert (weight[:, covered] > 0).mean() > 0.9 and np.isfinite(error[:, gaps]).all()
     assert np.isnan(weight[:, ~gaps]).all()
+    # the sidecar's per-tile summary: the map's RMS and the guides' mean weight over each tile's filled pixels
+    tiles = json.loads((pair["dir"] / "guided.tif.quality.json").read_text())["tiles"]
+    for t in tiles:
+        y, x, n = t["row_off"], t["col_off"], t["size"]
+        tile_gaps = gaps[y:y + n, x:x + n]
+        expect = np.sqrt(np.mean(error[0, y:y + n, x:x + n][tile_gaps] ** 2))
+        assert t["map_rmse"][0] == pytest.approx(expect, rel=1e-4)
+        assert 0 <= t["guide_weight"][0] <= 1
 
 
 @pytest.mark.parametrize("method", ["llhm", "nspi"])

@@ -27,12 +27,15 @@ import math
 import os
 import shutil
 import time
-from contextlib import ExitStack
+import warnings
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import rasterio
+from rasterio.windows import Window
 
 from tilefill._cluster import LazyCluster
 from tilefill._clusterspec import ClusterSpec
@@ -182,14 +185,16 @@ class FillFailed(TilefillError):
 
 
 def write_quality(out: Path, scene: str | Path, grid: TileGrid, store, tiles: Sequence[TileResult],
-                  blend: dict | None = None) -> Path | None:
+                  blend: dict | None = None, error_map: Path | None = None) -> Path | None:
     """Write ``OUT.quality.json`` (each tile's bounds and estimated gap RMSE); None if no tile has an estimate.
 
     The estimate comes from the self-validation (``fit.validation``): the fill's error on known pixels
     hidden in gap-shaped stripes, in the band scaling's units (each band's known range mapped to
     [0, 1]; ``scaling`` gives the ranges). With distance weights it is the scene's error curve at
     the tile's gap distances, scaled by the tile's own hidden error; ``blend`` then records the
-    fitted weights, partners and curves.
+    fitted weights, partners and curves. ``error_map``: the ``OUT.quality.tif`` just written; each tile
+    then also gets ``map_rmse``, per band the RMS of the map over the tile's filled pixels, in the
+    input's units (null where it filled none), and with guides ``guide_weight``, the guides' mean weight there.
     """
     est = [t for t in tiles if math.isfinite(t.estimated_rmse)]
     path = quality_path(out)
@@ -197,11 +202,22 @@ def write_quality(out: Path, scene: str | Path, grid: TileGrid, store, tiles: Se
         path.unlink(missing_ok=True)  # an earlier run's sidecar would describe another fill
         return None
     rows = []
-    for t in sorted(est, key=lambda r: r.index):
-        tile = grid[t.index]
-        rows.append({"tile": t.index, "row_off": tile.y, "col_off": tile.x, "size": tile.size,
-                     "bounds": list(tile.bounds),
-                     "estimated_gap_rmse": t.estimated_rmse, "iterations": t.iterations})
+    bands = store.info.count
+    with rasterio.open(error_map) if error_map is not None else nullcontext() as emap:
+        for t in sorted(est, key=lambda r: r.index):
+            tile = grid[t.index]
+            row = {"tile": t.index, "row_off": tile.y, "col_off": tile.x, "size": tile.size,
+                   "bounds": list(tile.bounds), "estimated_gap_rmse": t.estimated_rmse, "iterations": t.iterations}
+            if emap is not None:
+                window = emap.read(window=Window(tile.x, tile.y, tile.size, tile.size)).astype(np.float64)
+                with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # a band with no filled pixel: NaN
+                    rms = np.sqrt(np.nanmean(window[:bands] ** 2, axis=(1, 2)))
+                    row["map_rmse"] = [None if not math.isfinite(v) else round(float(v), 6) for v in rms]
+                    if emap.count > bands:
+                        share = np.nanmean(window[bands:], axis=(1, 2))
+                        row["guide_weight"] = [None if not math.isfinite(v) else round(float(v), 4) for v in share]
+            rows.append(row)
     write_json(path, {"scene": str(scene), "output": str(out), "tilefill": __version__,
                       "units": "band scaling: each band's known range mapped to [0, 1]",
                       "bands": list(store.info.band_names),
@@ -547,7 +563,8 @@ def _write_stage(prep: PreparedFill, tiles: Sequence[TileResult]):
             tiles = tuple(replace(t, estimated_rmse=stats.tile_estimates.get(t.index, t.estimated_rmse))
                           for t in tiles)
         if cfg.output.quality_sidecar:
-            write_quality(out, prep.scene, prep.grid, prep.store, tiles, stats.blend)
+            write_quality(out, prep.scene, prep.grid, prep.store, tiles, stats.blend,
+                          qmap if stats.blend and qmap.exists() else None)
         else:
             quality_path(out).unlink(missing_ok=True)
         if not (cfg.output.quality_sidecar and stats.blend):
