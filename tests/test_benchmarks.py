@@ -199,3 +199,32 @@ def test_noise_choice_sets_the_hidden_pixels_pick_beside_the_truths(tmp_path, mo
     assert (cases["wrong"]["chosen_by_estimate"], cases["wrong"]["best"]) == ("0.05", "0.1")
     assert cases["wrong"]["r2_lost"] == pytest.approx(0.62 - 0.58)
     assert "picks the best setting in 1 of 2 cases" in (tmp_path / "choice.md").read_text()
+
+
+@pytest.mark.study
+def test_guide_formulations_fits_each_formulation_and_scores_the_splits(tmp_path, monkeypatch):
+    """The study of how a second date enters DIP: every formulation fitted on a real pair's crop, scored alone
+    and beside its partners, split by guide covered / uncovered."""
+    out = tmp_path / "g"
+    _run("studies/guide_formulations.py", ["--crops", "taizhou:1:0:0", "--variants", "plain,gain-filled,input",
+                                           "--iterations", "3", "--out", str(out)], monkeypatch)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    variants = {r["variant"] for r in rows}
+    assert {"biharmonic", "llhm", "plain", "gain-filled", "input", "gain-filled + llhm"} <= variants
+    scored = {s for r in rows for s in r["scores"]}
+    assert {"gaps", "covered", "uncovered"} <= scored  # the guide's own stripes leave some gaps uncovered
+    assert "| gain-filled |" in out.with_suffix(".md").read_text()
+
+
+def test_quality_guide_cases_split_the_scores_by_the_guide(tmp_path, monkeypatch):
+    """A guide case runs the guided methods through the pipeline and splits the gap pixels by the guide's coverage."""
+    _run("quality.py", ["--preset", TINY, "--set", "fit.iterations=3", "--cases", "taizhou:slc-striped",
+                        "--methods", "dip+guide,llhm", "--crop", "128", "--workers", "0", "--out", str(tmp_path)],
+         monkeypatch)
+    report = json.loads(next(tmp_path.glob("quality-*.json")).read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"dip+guide", "llhm"}
+    for r in rows.values():
+        assert {"covered", "uncovered"} <= set(r["split"])
+        assert r["split"]["covered"]["pixels"] + r["split"]["uncovered"]["pixels"] == round(
+            r["gap_fraction"] * 128 * 128)
