@@ -366,6 +366,22 @@ def histogram_match(stats: BlendStats) -> np.ndarray:
 # --- where a second date (a guide) speaks: DIP, the classical partner and the guide's own fill ---------------
 
 GUIDED_SOURCES = ("dip", "partner", "guide")
+# Classes of the scene's agreement with its guide around a pixel (tilefill._multitemporal.guide_agreement, a local
+# r2): below 0.25, 0.25-0.5, above. Each class's three-way weights are fitted apart, so where the land changed (the
+# scene stops following the guide) its hidden pixels, not the scene's average, say how far to trust the guide.
+AGREEMENT_EDGES = (0.25, 0.5)
+N_AGREEMENT = len(AGREEMENT_EDGES) + 1
+
+
+def agreement_classes(agreement: np.ndarray) -> np.ndarray:
+    """The agreement class (0 .. N_AGREEMENT - 1) of each pixel's local r2; class 0 where it is NaN.
+
+    Examples
+    --------
+    >>> agreement_classes(np.array([0.1, 0.3, 0.9, np.nan])).tolist()
+    [0, 1, 2, 0]
+    """
+    return np.digitize(np.nan_to_num(agreement, nan=0.0), AGREEMENT_EDGES).astype(np.int8)
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ import rasterio
 import rasterio.errors
 import rasterio.shutil
 
-from tilefill._distance_blend import (HALO, N_BINS, BlendStats, BlendWeights, GuidedStats, GuidedWeights, distance_bins,
-                                      fit_guided_weights, fit_weights, histogram_match)
+from tilefill._distance_blend import (HALO, N_AGREEMENT, N_BINS, BlendStats, BlendWeights, GuidedStats, GuidedWeights,
+                                      agreement_classes, distance_bins, fit_guided_weights, fit_weights,
+                                      histogram_match)
 from tilefill._errors import TilefillError
 from tilefill._grid import Tile
 from tilefill._scene import Scene, SceneInfo
@@ -61,8 +62,10 @@ class _Mosaic:
     ratio: dict = field(default_factory=dict)  # tile -> (bands,) its hidden pixels' error over the scene curve's
     thin: frozenset = frozenset()  # tiles filled by the classical partner alone
     stats: BlendStats | None = None  # the mosaic's own, on the scene's hidden pixels (those no guide covers)
-    guided: GuidedWeights | None = None  # where a guide covers: DIP, partner and the guide's fill
-    guided_stats: GuidedStats | None = None  # the mosaic's own, on the hidden pixels a guide covers
+    # where a guide covers: DIP, partner and the guide's fill, one blend per agreement class, and one over them all
+    guided: tuple[GuidedWeights, ...] | None = None
+    guided_stats: tuple[GuidedStats, ...] | None = None  # the mosaic's own, on the hidden pixels a guide covers
+    guided_pooled: GuidedWeights | None = None
     trust: object | None = None  # the trust map's error model (tilefill._trust.ErrorModel)
 
 
@@ -150,11 +153,22 @@ class _HiddenSums:
     g_sum: np.ndarray | None
     rmse: np.ndarray | None
     actual: np.ndarray
+    klass: np.ndarray | None = None  # with guides: each pixel's agreement class, from what the fits saw
 
     @property
     def covered(self) -> np.ndarray:
         """Where a guide speaks (its fill has weight): bool (bands, h, w)."""
         return self.g_sum > 0 if self.g_sum is not None else np.zeros(self.wsum.shape, bool)
+
+
+def _agreement(store: TileStore, values: np.ndarray, known: np.ndarray, y0: int, y1: int) -> np.ndarray:
+    """The agreement class (:func:`~tilefill._distance_blend.agreement_classes`) of rows [y0, y1): how well the
+    guides explain the scene's ``known`` pixels around each pixel."""
+    from tilefill._multitemporal import guide_agreement
+
+    guides = np.asarray(store.group["guides"][:, :, y0:y1, :])
+    has = np.asarray(store.group["guides_known"][:, :, y0:y1, :])
+    return agreement_classes(guide_agreement(values, known, guides, has))
 
 
 def _hidden_strips(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None,
@@ -197,6 +211,8 @@ def _hidden_strips(store: TileStore, thin: frozenset, strip: int = 256, *, truth
         g_acc = np.zeros((bands, h, width), dtype=np.float32) if guided else None
         g_sum = np.zeros_like(g_acc) if guided else None
         rmse = np.zeros((bands, h, width), dtype=np.float32) if tile_rmse is not None else None
+        values = np.asarray(store.group["scene"][:, y0:y1, :])
+        klass = _agreement(store, values, seen, y0, y1)[:, core] if guided else None
         if scored.any() or guided:
             for tile, (pred, fills, w, guide), src, rows in cache.covering(y, h):
                 dst = (slice(None), slice(None), rows, slice(tile.x, tile.x + tile.size))
@@ -212,11 +228,11 @@ def _hidden_strips(store: TileStore, thin: frozenset, strip: int = 256, *, truth
                     g_acc[dst[1:]] += w[:, src] * np.where(speaks, guide[:, src], 0)
                     g_sum[dst[1:]] += w[:, src] * speaks
                 if rmse is not None and scored_bins is not None:
-                    rmse[dst[1:]] += w[:, src] * tile_rmse(tile, scored_bins[dst[1:]], speaks)
-        values = np.asarray(store.group["scene"][:, y0:y1, :])
+                    rmse[dst[1:]] += w[:, src] * tile_rmse(tile, scored_bins[dst[1:]], speaks,
+                                                           klass[dst[1:]] if klass is not None else None)
         actual = values[:, core] if truth is None else truth[:, y:y + h, :]
         yield _HiddenSums(y, h, core, seen, values, gaps[:, core], gap_bins, scored, scored_bins, a, d, wsum,
-                          g_acc, g_sum, rmse, actual)
+                          g_acc, g_sum, rmse, actual, klass)
 
 
 def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, truth: np.ndarray | None = None,
@@ -227,23 +243,24 @@ def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, t
     bands = store.info.count
     partners = len(store.config.fit.blend_methods) if mix is None else len(mix)
     out = BlendStats.zeros(partners, bands)
-    out_guided = GuidedStats.zeros(bands) if store.guided else None
+    out_guided = [GuidedStats.zeros(bands) for _ in range(N_AGREEMENT)] if store.guided else None
     for s in _hidden_strips(store, thin, strip, truth=truth, mix=mix):
         covered = s.covered
         for b in range(bands):
             out.gaps[b] += np.bincount(s.gap_bins[b][s.gaps[b] & ~covered[b]], minlength=N_BINS)[:N_BINS]
-            if out_guided is not None:
-                out_guided.gaps[b] += np.bincount(s.gap_bins[b][s.gaps[b] & covered[b]], minlength=N_BINS)[:N_BINS]
+            for k, st in enumerate(out_guided or ()):
+                where = s.gaps[b] & covered[b] & (s.klass[b] == k)
+                st.gaps[b] += np.bincount(s.gap_bins[b][where], minlength=N_BINS)[:N_BINS]
         if not s.scored.any():
             continue
         norm = np.where(s.wsum > 0, s.wsum, 1)
-        if out_guided is not None:  # the three sources at the hidden pixels a guide covers
+        for k, st in enumerate(out_guided or ()):  # the three sources at the hidden pixels a guide covers
             for b in range(bands):
-                sel = s.scored[b] & (s.wsum[b] > 0) & covered[b]
+                sel = s.scored[b] & (s.wsum[b] > 0) & covered[b] & (s.klass[b] == k)
                 if sel.any():
                     dip = s.a[0, b][sel] / norm[b][sel]
                     sources = np.stack([dip, dip + s.d[0, b][sel] / norm[b][sel], s.g_acc[b][sel] / s.g_sum[b][sel]])
-                    out_guided.add(b, s.scored_bins[b][sel], sources - s.actual[b][sel])
+                    st.add(b, s.scored_bins[b][sel], sources - s.actual[b][sel])
         where = s.scored & (s.wsum > 0) & ~covered
         for b in range(bands):
             sel = where[b]
@@ -257,20 +274,34 @@ def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, t
                 out.saa[p, b] += np.bincount(k, err * err, minlength=N_BINS)[:N_BINS]
                 out.sab[p, b] += np.bincount(k, err * diff, minlength=N_BINS)[:N_BINS]
                 out.sbb[p, b] += np.bincount(k, diff * diff, minlength=N_BINS)[:N_BINS]
-    return out, out_guided
+    return out, tuple(out_guided) if out_guided is not None else None
 
 
-def _tile_rmse(plan: "_Mosaic", tile: Tile, bins: np.ndarray, speaks: np.ndarray | None) -> np.ndarray:
+def _by_class(per_class: list[np.ndarray], klass: np.ndarray) -> np.ndarray:
+    """Each pixel's value from the array of its agreement class (arrays of one shape, ``klass`` broadcast to it)."""
+    out = per_class[0]
+    for k in range(1, len(per_class)):
+        out = np.where(klass == k, per_class[k], out)
+    return out
+
+
+def _guided_weights_at(plan: "_Mosaic", bins: np.ndarray, klass: np.ndarray) -> np.ndarray:
+    """The three-way weights (3, bands, r, c) at pixels of distance ``bins`` and agreement class ``klass``."""
+    return _by_class([w.at(bins) for w in plan.guided], klass[None])
+
+
+def _tile_rmse(plan: "_Mosaic", tile: Tile, bins: np.ndarray, speaks: np.ndarray | None,
+               klass: np.ndarray | None = None) -> np.ndarray:
     """A tile's estimated error at pixels of distance ``bins`` (bands, r, c), as the curves give it: a thin-gap tile
-    is its partner alone; a fitted one the blend's curve (the three-way blend's where a guide ``speaks`` and one was
-    measured), times the tile's own error ratio. NaN where no curve reaches."""
+    is its partner alone; a fitted one the blend's curve (the three-way blend's of the pixel's agreement class where
+    a guide ``speaks`` and one was measured), times the tile's own error ratio. NaN where no curve reaches."""
     bands = bins.shape[0]
     at = (np.arange(bands)[:, None, None], np.minimum(bins, N_BINS - 1))
     if tile.index in plan.thin:
         return np.sqrt(plan.scene.alone_mse[at])
     mse = plan.scene.mse[at]
     if speaks is not None and plan.guided is not None:
-        gmse = plan.guided.mse[at]
+        gmse = _by_class([w.mse[at] for w in plan.guided], klass)
         mse = np.where(speaks & np.isfinite(gmse), gmse, mse)
     return np.sqrt(mse * plan.ratio.get(tile.index, np.ones(bands))[:, None, None])
 
@@ -292,7 +323,7 @@ def _trust_stats(store: TileStore, plan: "_Mosaic", strip: int = 256):
     bands = store.info.count
     stats = TrustStats.zeros(bands)
     rows = np.arange(bands)
-    for s in _hidden_strips(store, plan.thin, strip, tile_rmse=lambda t, k, sp: _tile_rmse(plan, t, k, sp)):
+    for s in _hidden_strips(store, plan.thin, strip, tile_rmse=lambda t, k, sp, kl: _tile_rmse(plan, t, k, sp, kl)):
         where = s.scored & (s.wsum > 0)
         if not where.any():
             continue
@@ -308,7 +339,7 @@ def _trust_stats(store: TileStore, plan: "_Mosaic", strip: int = 256):
         if s.g_sum is not None and plan.guided is not None:
             covered = s.covered
             guide = np.where(covered, s.g_acc / np.where(covered, s.g_sum, 1), np.nan)
-            w3 = plan.guided.at(s.scored_bins)
+            w3 = _guided_weights_at(plan, s.scored_bins, s.klass)
             value = np.where(covered, w3[0] * dip + w3[1] * partner + w3[2] * np.nan_to_num(guide), value)
         texture = local_variance(s.values, s.seen)[:, s.core]
         rmse = s.rmse / norm
@@ -347,7 +378,12 @@ def _plan(store: TileStore, blend, choose_partner: bool = False) -> _Mosaic:
         stats = stats.first_partner()
     scene = fit_weights(stats, prior=cfg.fit.classical_blend, prior_pixels=blend.prior_pixels,
                         curve=blend.curve(stats.partners))
-    guided = fit_guided_weights(guided_stats, scene, prior_pixels=blend.prior_pixels) if guided_stats else None
+    guided = pooled_guided = None
+    if guided_stats:
+        guided = tuple(fit_guided_weights(st, scene, prior_pixels=blend.prior_pixels) for st in guided_stats)
+        # over every agreement class at once: what a tile's own hidden pixels (not split by class) are held against
+        pooled_guided = fit_guided_weights(sum(guided_stats, GuidedStats.zeros(stats.bands)), scene,
+                                           prior_pixels=blend.prior_pixels)
     arrays = store.blend_stats()
     done = [int(i) for i in np.flatnonzero(np.isfinite(arrays[:, 0, 0, 0, 0])) if int(i) not in thin]
     per_tile = {i: BlendStats.from_array(arrays[i]) for i in done}
@@ -362,7 +398,7 @@ def _plan(store: TileStore, blend, choose_partner: bool = False) -> _Mosaic:
         garrays = store.guided_stats()
         per_tile_guided = {i: GuidedStats.from_array(garrays[i]) for i in done}
         pooled = sum(per_tile_guided.values(), GuidedStats.zeros(stats.bands))
-        guided_curve = np.divide(pooled.sse(guided.weights), pooled.n, out=np.zeros_like(pooled.n),
+        guided_curve = np.divide(pooled.sse(pooled_guided.weights), pooled.n, out=np.zeros_like(pooled.n),
                                  where=pooled.n > 0)
     ratio = {}
     for i, st in per_tile.items():
@@ -372,12 +408,12 @@ def _plan(store: TileStore, blend, choose_partner: bool = False) -> _Mosaic:
         hidden = n.sum(axis=1)
         if i in per_tile_guided:
             gst = per_tile_guided[i]
-            sse = sse + gst.sse(guided.weights).sum(axis=1)
+            sse = sse + gst.sse(pooled_guided.weights).sum(axis=1)
             expected = expected + (gst.n * guided_curve).sum(axis=1)
             hidden = hidden + gst.n.sum(axis=1)
         raw = np.divide(sse, expected, out=np.ones_like(sse), where=expected > 0)
         ratio[i] = (hidden * raw + blend.prior_pixels) / (hidden + blend.prior_pixels)
-    plan = _Mosaic(scene, ratio, thin, stats, guided, guided_stats)
+    plan = _Mosaic(scene, ratio, thin, stats, guided, guided_stats, pooled_guided)
     if not blend.trust_features:
         from tilefill._trust import ErrorModel
 
@@ -398,7 +434,7 @@ def _tile_estimates(plan: _Mosaic, store: TileStore) -> dict:
         count = gaps.sum(axis=1)
         if garrays is not None:  # the gap pixels a guide covers err as the three-way blend does
             covered = GuidedStats.from_array(garrays[i]).gaps
-            mse_sum = mse_sum + np.nansum(covered * plan.guided.mse, axis=1)
+            mse_sum = mse_sum + np.nansum(covered * plan.guided_pooled.mse, axis=1)
             count = count + covered.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             rmse = np.sqrt(mse_sum / count) * np.sqrt(ratio)
@@ -509,8 +545,12 @@ class _StripMosaic:
         if estimate:  # no hidden pixel in reach: no estimate
             out.err, out.dip, out.partner = np.zeros((2, *shape), np.float32), np.zeros(shape, np.float32), \
                 np.zeros(shape, np.float32)
+        klass = None
         if plan.guided is not None:
             out.guide_share, out.g_acc, out.g_sum = (np.zeros(shape, np.float32) for _ in range(3))
+            y0, y1 = max(0, y - HALO), min(store.info.height, y + h + HALO)
+            known = ~np.asarray(store.group["gaps"][:, y0:y1, :]) & np.asarray(store.group["footprint"][y0:y1, :])[None]
+            klass = _agreement(store, np.asarray(store.group["scene"][:, y0:y1, :]), known, y0, y1)[:, y - y0:y - y0 + h]
         bins = _strip_bins(store, y, h) if plan.scene is not None else None
         for tile, (pred, partner, w, guide), src, rows in self.cache.covering(y, h):
             dst = (slice(None), rows, slice(tile.x, tile.x + tile.size))
@@ -530,7 +570,7 @@ class _StripMosaic:
                     out.g_acc[dst] += ws * np.where(speaks, guide[:, src], 0)
                     out.g_sum[dst] += ws * speaks
                     if speaks.any():
-                        a = plan.guided.at(bins[dst]).astype(np.float32)
+                        a = _guided_weights_at(plan, bins[dst], klass[dst]).astype(np.float32)
                         three = a[0] * pred[:, src] + a[1] * partner[:, src] + a[2] * np.nan_to_num(guide[:, src])
                         value = np.where(speaks, three, value)
                         out.guide_share[dst] += ws * np.where(speaks, a[2], 0)
@@ -540,7 +580,7 @@ class _StripMosaic:
                 thin = tile.index in plan.thin  # as the hidden pixels' sums take it: a thin-gap tile's DIP is its partner
                 out.dip[dst] += ws * (partner[:, src] if thin else pred[:, src])
                 out.partner[dst] += ws * partner[:, src]
-                rmse = _tile_rmse(plan, tile, bins[dst], speaks)
+                rmse = _tile_rmse(plan, tile, bins[dst], speaks, klass[dst] if klass is not None else None)
                 has_estimate = np.isfinite(rmse)
                 out.err[(0, *dst)] += ws * np.where(has_estimate, rmse, 0)
                 out.err[(1, *dst)] += ws * has_estimate
@@ -745,10 +785,15 @@ def _blend_record(plan: _Mosaic, cfg) -> dict | None:
               "histogram_match": np.round(histogram_match(plan.stats), 3).tolist(),
               "estimated_rmse": np.round(plan.scene.expected_rmse(plan.stats.gaps), 5).tolist()}
     if plan.guided is not None:
-        gaps = plan.guided_stats.gaps
-        record["guided"] = {**plan.guided.to_dict(), "partner": cfg.guide.partner,
+        from tilefill._distance_blend import AGREEMENT_EDGES
+
+        gaps = sum(st.gaps for st in plan.guided_stats)
+        record["guided"] = {**plan.guided_pooled.to_dict(), "partner": cfg.guide.partner,
                             "gap_pixels": gaps.astype(int).tolist(),
-                            "estimated_rmse": np.round(plan.guided.expected_rmse(gaps), 5).tolist()}
+                            "estimated_rmse": np.round(plan.guided_pooled.expected_rmse(gaps), 5).tolist(),
+                            "by_agreement": [{"local_r2": [lo, hi], **w.to_dict(), "gap_pixels": st.gaps.astype(int).tolist()}
+                                             for lo, hi, w, st in zip((0.0, *AGREEMENT_EDGES), (*AGREEMENT_EDGES, 1.0),
+                                                                      plan.guided, plan.guided_stats)]}
     if plan.trust is not None:
         record["error_model"] = plan.trust.to_dict()
     return record

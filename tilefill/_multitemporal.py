@@ -108,6 +108,22 @@ def local_regression(target: np.ndarray, target_known: np.ndarray, guide: np.nda
     return pred, fit
 
 
+def guide_agreement(image: np.ndarray, known: np.ndarray, guides: np.ndarray, guides_known: np.ndarray) -> np.ndarray:
+    """How well the best guide explains the scene around each pixel: the local regression's r2 (bands, H, W),
+    the highest over the guides that have data at the pixel; NaN where none has.
+
+    Where the land changed between the dates the scene stops following the guide there, and the r2 falls.
+    """
+    image, known, guides, guides_known = _check(image, known, guides, guides_known)
+    out = np.full(image.shape, np.nan)
+    for b in range(image.shape[0]):
+        for g in range(guides.shape[0]):
+            _pred, fit = local_regression(image[b], known[b], guides[g, b], guides_known[g, b])
+            better = np.isfinite(fit) & ~(fit <= out[b])  # NaN compares False: the first finite fit wins
+            out[b][better] = fit[better]
+    return out
+
+
 def fill_llhm(image: np.ndarray, known: np.ndarray, guides: np.ndarray, guides_known: np.ndarray) -> np.ndarray:
     """Gap pixels from a local linear fit on the best-fitting guide; NaN where no guide speaks.
 
