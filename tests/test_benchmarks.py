@@ -199,3 +199,12 @@ def test_noise_choice_sets_the_hidden_pixels_pick_beside_the_truths(tmp_path, mo
     assert (cases["wrong"]["chosen_by_estimate"], cases["wrong"]["best"]) == ("0.05", "0.1")
     assert cases["wrong"]["r2_lost"] == pytest.approx(0.62 - 0.58)
     assert "picks the best setting in 1 of 2 cases" in (tmp_path / "choice.md").read_text()
+
+
+def test_fuzz_soak_counts_its_examples_by_outcome(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit) as done:
+        _run("fuzz_soak.py", ["--examples", "8", "--seed", "2", "--out", str(tmp_path)], monkeypatch)
+    assert done.value.code == 0
+    report = json.loads((tmp_path / "fuzz-soak-2.json").read_text())
+    assert report["examples"] == sum(report["outcomes"].values()) >= 8 and report["tracebacks_or_partials"] == 0
+    assert (tmp_path / "fuzz-soak-2.md").read_text().startswith("# Fuzzed readers:")

@@ -37,7 +37,7 @@ import numpy as np
 from tilefill._cluster import LazyCluster
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config, load_config, with_shortcuts
-from tilefill._errors import TilefillError
+from tilefill._errors import InputReadError, TilefillError
 from tilefill._fill import TileResult
 from tilefill._grid import TileGrid
 from tilefill._mosaic import check_output_path, write_output
@@ -430,6 +430,8 @@ def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path,
         info = src.info
         if src.product is not None:
             log.info("%s", src.product.describe())
+        for note in src.notes:
+            log.info("%s", note)
         opened = []
         for path in guides:
             guide, source = open_guide(path, src, mask_qa=mask_qa)
@@ -552,6 +554,9 @@ def _write_stage(prep: PreparedFill, tiles: Sequence[TileResult]):
             quality_path(out).unlink(missing_ok=True)
         if not (cfg.output.quality_sidecar and stats.blend):
             qmap.unlink(missing_ok=True)  # an earlier run's map would describe another fill
+    except InputReadError as exc:  # the input, read again, fails: not the output's fault (write_output left nothing)
+        raise InputReadError(f"{exc}: no output written; the work store {prep.store_path} keeps every tile, run the "
+                             "same command again once the input reads") from None
     except (OSError, TilefillError) as exc:  # TilefillError: check_output_path found the folder unwritable
         for path in (out, quality_path(out), qmap):
             try:

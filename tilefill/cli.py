@@ -138,6 +138,12 @@ def apply(options):
 
 
 def _setup_logging(quiet: bool) -> None:
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    # tilefill says itself, in one line, how it takes a raster without georeferencing (Scene.notes)
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     logger = logging.getLogger("tilefill")
     logger.handlers[:] = []
     handler = logging.StreamHandler(sys.stderr)
