@@ -261,7 +261,7 @@ KINDS = [
     Kind("no band file in the folder", _no_band_files, "none of the reflective band files"),
     Kind("two products in one folder", _two_products, "mixes two products"),
     Kind("bands of different shape", lambda t: [_product(t, level="L1TP", files=["1", "8"]).folder, "--bands", "1,8"],
-         "bands of different shape: B1 is 64x64, B8 is 128x128"),
+         "bands of different shape in {tmp}/LE07_L1TP_044034_20100815_20200911_02_T1: B1 is 64x64, B8 is 128x128"),
     Kind("bands on different grids", _bands_on_other_grids, "bands on different grids in {tmp}/LE07_L2SP_044034_20100815_20200911_02_T1: SR_B1 has EPSG:32633"),
     Kind("band file truncated", lambda t: [_cut((p := _product(t)).path("1"), 0.4).parent],
          "cannot read {tmp}/LE07_L2SP_044034_20100815_20200911_02_T1/LE07_L2SP_044034_20100815_20200911_02_T1_SR_B1.TIF: band 1 in rows 0-63"),

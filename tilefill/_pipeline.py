@@ -249,7 +249,7 @@ def fill_scene(
     output : str or Path
         The restored GeoTIFF; refused if it exists unless ``overwrite``.
     mask : str or Path, optional
-        Gap mask raster of the scene's size, nonzero = gap.
+        Gap mask raster on the scene's grid (its size, CRS and transform), nonzero = gap.
     bands : str or list, optional
         1-based bands to restore (default: all); in a Landsat product folder also names
         (``"blue,green,red,nir"``; default: its reflective bands).

@@ -164,16 +164,16 @@ class Scene:
 
     def _ds(self, path: str) -> rasterio.DatasetReader:
         if path not in self._open:
-            with _reading(path, "the file"):  # opened again after the scene was checked: it may have changed
+            with _reading(path, "opening it"):  # opened again after the scene was checked: it may have changed
                 ds = self._stack.enter_context(rasterio.open(path))
-            if self.warp_to is not None:
-                grid = self.warp_to
-                # pixel values are interpolated, flags (gap masks, QA bits) are taken as they are; the alpha
-                # band marks what lies beyond the raster, which a source without nodata would not
-                values = any(b.path == path for b in self.bands)
-                ds = self._stack.enter_context(WarpedVRT(
-                    ds, crs=grid.crs, transform=grid.affine, width=grid.width, height=grid.height, add_alpha=True,
-                    resampling=Resampling.bilinear if values else Resampling.nearest))
+                if self.warp_to is not None:
+                    grid = self.warp_to
+                    # pixel values are interpolated, flags (gap masks, QA bits) are taken as they are; the alpha
+                    # band marks what lies beyond the raster, which a source without nodata would not
+                    values = any(b.path == path for b in self.bands)
+                    ds = self._stack.enter_context(WarpedVRT(
+                        ds, crs=grid.crs, transform=grid.affine, width=grid.width, height=grid.height,
+                        add_alpha=True, resampling=Resampling.bilinear if values else Resampling.nearest))
             self._open[path] = ds
         return self._open[path]
 
@@ -200,7 +200,7 @@ class Scene:
         paths = [b.path for b in self.bands]
         paths += [s.path for f in self._flags + self._nodata_flags for s in f.sources]
         paths += [str(p) for p in (self.product.metadata_files if self.product else ())]
-        return list(dict.fromkeys(p[len(_VSIGZIP):] if p.startswith(_VSIGZIP) else p for p in paths))
+        return list(dict.fromkeys(_plain(p) for p in paths))
 
     @property
     def gap_rules(self) -> list[str]:
@@ -392,12 +392,14 @@ def _product_bands(product: LandsatProduct, chosen: list[LandsatBand]):
     first = grids[first_label]
     for label, (h, w, crs, tr, dt, nd) in grids.items():
         if (h, w) != first[:2]:
-            raise TilefillError(f"bands of different shape: {first_label} is {first[0]}x{first[1]}, {label} is {h}x{w}")
+            raise TilefillError(f"bands of different shape in {product.folder}: {first_label} is {first[0]}x{first[1]}, "
+                                f"{label} is {h}x{w}")
         if crs != first[2] or tr != first[3]:
             raise TilefillError(f"bands on different grids in {product.folder}: {first_label} has "
                                 f"{_describe_grid(first[2], first[3])}, {label} {_describe_grid(crs, tr)}")
         if dt != first[4]:
-            raise TilefillError(f"bands of different data types: {first_label} is {first[4]}, {label} is {dt}")
+            raise TilefillError(f"bands of different data types in {product.folder}: {first_label} is {first[4]}, "
+                                f"{label} is {dt}")
     with rasterio.open(chosen[0].path) as ds:
         tags = ds.tags()
     info = dict(height=first[0], width=first[1], dtype=first[4], nodata=first[5], crs=first[2], transform=first[3],
