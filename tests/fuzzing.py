@@ -219,18 +219,18 @@ def check(case: Case, inputs: Path, workdir: Path | None = None) -> tuple[str, s
 
 # the kinds of refusal a soak counts: the first pattern a line matches names it
 KINDS = (
-    ("cannot read the input's pixels", r"^cannot read .*: (band|the file)"),
+    ("cannot read the input's pixels", r"^cannot read .*: (band|opening it)"),
     ("not a raster GDAL can read", r"not a raster GDAL can read"),
     ("metadata file unreadable", r"cannot read the metadata file|closes no group"),
     ("metadata field missing or unreadable", r"no \w+ in \w+; not a Landsat|cannot be read$|neither LANDSAT_METADATA"),
     ("file name out of the folder", r"is not a file name|outside the product folder"),
-    ("not on the scene's grid", r"not on the scene's grid|px but the scene is"),
-    ("band file missing", r"not in the folder|names no band file"),
+    ("not on the scene's grid", r"not on the scene's grid|px but the scene is|ground control points only"),
+    ("band file missing", r"not in the folder|is in the folder \(|names no band file"),
     ("bands disagree", r"bands (of different|on different)"),
     ("no known pixel", r"no known pixel"),
     ("unsupported data", r"unsupported data type|bands have different"),
     ("two products", r"mixes two products"),
-    ("sensor or band unknown", r"sensor .* is not one|has no band|QA_PIXEL|--mask-qa"),
+    ("sensor, band or QA condition unknown", r"sensor .* is not one|has no band|--mask-qa"),
     ("scene too small for a tile", r"smaller than one"),
 )
 
