@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +33,30 @@ import fuzzing  # noqa: E402
 from tilefill._version import __version__  # noqa: E402
 
 
+@contextmanager
+def _c_stderr(path: Path):
+    """What C code writes to file descriptor 2 meanwhile (Click's runner only sees Python's sys.stderr): its lines."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += [line for line in sink.read().decode(errors="replace").splitlines() if line.strip()]
+
+
 def soak(examples: int, seed_value: int, workdir: Path) -> dict:
     inputs = fuzzing.make_inputs(workdir / "inputs")
     kinds: Counter = Counter()
     by_target: dict = defaultdict(Counter)
     example_line: dict = {}
     broken: list[str] = []
+    c_noise: list[str] = []
 
     @seed(seed_value)
     @settings(max_examples=examples, database=None, deadline=None, print_blob=False,
@@ -44,10 +64,13 @@ def soak(examples: int, seed_value: int, workdir: Path) -> dict:
     @given(fuzzing.cases())
     def one(case):
         try:
-            outcome, line = fuzzing.check(case, inputs, workdir)
+            with _c_stderr(workdir / "stderr.txt") as printed:
+                outcome, line = fuzzing.check(case, inputs, workdir)
         except AssertionError as exc:
             broken.append(str(exc)[:2000])
             raise
+        if printed:  # a C library (GDAL's libgeotiff) wrote to the terminal itself, past Python
+            c_noise.append(f"{case.describe()}: {printed[0][:200]}")
         kind = outcome if outcome == "filled" else fuzzing.kind_of(line)
         kinds[kind] += 1
         by_target[case.target][kind] += 1
@@ -62,17 +85,20 @@ def soak(examples: int, seed_value: int, workdir: Path) -> dict:
     return {"examples": sum(kinds.values()), "asked": examples, "seed": seed_value,
             "seconds": round(time.perf_counter() - start, 1), "tracebacks_or_partials": len(broken),
             "failure": failure, "first_broken": broken[:1], "outcomes": dict(kinds.most_common()),
+            "c_library_stderr": {"examples": len(c_noise), "first": c_noise[:5]},
             "by_target": {t: dict(c.most_common()) for t, c in sorted(by_target.items())},
             "example_lines": example_line,
             "meta": {"tilefill": __version__, "python": platform.python_version(), "machine": platform.machine(),
-                     "cpus": __import__("os").cpu_count()}}
+                     "cpus": os.cpu_count()}}
 
 
 def markdown(report: dict) -> str:
     lines = [f"# Fuzzed readers: {report['examples']} damaged inputs (seed {report['seed']})", "",
              f"{report['seconds']} s on {report['meta']['cpus']} CPU cores (shared), tilefill {report['meta']['tilefill']}; "
              f"broken contracts (a traceback, a partial output, a store left, a line naming no file): "
-             f"{report['tracebacks_or_partials']}.", "", "| outcome | examples | an example line |", "|---|---|---|"]
+             f"{report['tracebacks_or_partials']}. Examples where a C library also wrote to the terminal itself (past "
+             f"Python, e.g. libgeotiff on a damaged unit code): {report['c_library_stderr']['examples']}.", "",
+             "| outcome | examples | an example line |", "|---|---|---|"]
     for kind, n in report["outcomes"].items():
         lines.append(f"| {kind} | {n} | {report['example_lines'].get(kind, '')[:160].replace('|', '/')} |")
     lines += ["", "| damaged file | " + " | ".join(report["outcomes"]) + " |",
