@@ -392,8 +392,8 @@ def _product_bands(product: LandsatProduct, chosen: list[LandsatBand]):
     first = grids[first_label]
     for label, (h, w, crs, tr, dt, nd) in grids.items():
         if (h, w) != first[:2]:
-            raise TilefillError(f"bands of different shape in {product.folder}: {first_label} is {first[0]}x{first[1]}, "
-                                f"{label} is {h}x{w}")
+            raise TilefillError(f"bands of different shape in {product.folder}: {first_label} is "
+                                f"{first[0]}x{first[1]}, {label} is {h}x{w}")
         if crs != first[2] or tr != first[3]:
             raise TilefillError(f"bands on different grids in {product.folder}: {first_label} has "
                                 f"{_describe_grid(first[2], first[3])}, {label} {_describe_grid(crs, tr)}")

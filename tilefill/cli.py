@@ -187,7 +187,8 @@ def main():
 @main.command("fill")
 @click.argument("scene", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Restored GeoTIFF to write.")
-@click.option("--mask", type=click.Path(path_type=Path), default=None, help="Gap mask raster on the scene's grid, nonzero = gap.")
+@click.option("--mask", type=click.Path(path_type=Path), default=None,
+              help="Gap mask raster on the scene's grid, nonzero = gap.")
 @click.option("--guide", "guides", type=click.Path(path_type=Path), multiple=True,
               help="Another acquisition of the same place (GeoTIFF or Landsat product folder), striped or cloudy "
                    "itself: DIP and the blend take it where it has data (repeatable).")
