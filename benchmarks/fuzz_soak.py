@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,13 +89,24 @@ def soak(examples: int, seed_value: int, workdir: Path) -> dict:
             "c_library_stderr": {"examples": len(c_noise), "first": c_noise[:5]},
             "by_target": {t: dict(c.most_common()) for t, c in sorted(by_target.items())},
             "example_lines": example_line,
-            "meta": {"tilefill": __version__, "python": platform.python_version(), "machine": platform.machine(),
-                     "cpus": os.cpu_count()}}
+            "meta": {"tilefill": __version__, "commit": _commit(),
+                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
+                     "machine": platform.machine(), "cpus": os.cpu_count(),
+                     "settings": {"examples": examples, "seed": seed_value, "method": "gdal", "tile": 64}}}
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def markdown(report: dict) -> str:
     lines = [f"# Fuzzed readers: {report['examples']} damaged inputs (seed {report['seed']})", "",
-             f"{report['seconds']} s on {report['meta']['cpus']} CPU cores (shared), tilefill {report['meta']['tilefill']}; "
+             f"{report['seconds']} s on {report['meta']['cpus']} CPU cores (shared), tilefill "
+             f"{report['meta']['tilefill']} at {report['meta'].get('commit')}; "
              f"broken contracts (a traceback, a partial output, a store left, a line naming no file): "
              f"{report['tracebacks_or_partials']}. Examples where a C library also wrote to the terminal itself (past "
              f"Python, e.g. libgeotiff on a damaged unit code): {report['c_library_stderr']['examples']}.", "",
