@@ -228,3 +228,12 @@ def test_quality_guide_cases_split_the_scores_by_the_guide(tmp_path, monkeypatch
         assert {"covered", "uncovered"} <= set(r["split"])
         assert r["split"]["covered"]["pixels"] + r["split"]["uncovered"]["pixels"] == round(
             r["gap_fraction"] * 128 * 128)
+
+
+def test_fuzz_soak_counts_its_examples_by_outcome(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit) as done:
+        _run("fuzz_soak.py", ["--examples", "8", "--seed", "2", "--out", str(tmp_path)], monkeypatch)
+    assert done.value.code == 0
+    report = json.loads((tmp_path / "fuzz-soak-2.json").read_text())
+    assert report["examples"] == sum(report["outcomes"].values()) >= 8 and report["tracebacks_or_partials"] == 0
+    assert (tmp_path / "fuzz-soak-2.md").read_text().startswith("# Fuzzed readers:")

@@ -281,7 +281,7 @@ def test_level1_thermal_and_pan_bands_come_only_when_asked(tmp_path, synth):
         assert scene.info.sources == (str(p.path("6_VCID_2")),)
     with open_scene(p.folder, bands="pan") as scene:
         assert scene.shape == (1, 2 * N, 2 * N)
-    with pytest.raises(TilefillError, match="bands of different shape: B1 is 64x64, B8 is 128x128"):
+    with pytest.raises(TilefillError, match=r"bands of different shape in .*: B1 is 64x64, B8 is 128x128"):
         open_scene(p.folder, bands="1,8")
     with pytest.raises(TilefillError, match="B6_VCID_1 is thermal radiance and B3 is not"):
         open_scene(p.folder, bands="6_VCID_1,3")

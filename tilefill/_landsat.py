@@ -294,10 +294,38 @@ def parse_mtl(path: str | Path) -> dict:
             root = ET.parse(path).getroot()
             return {root.tag.rpartition("}")[2]: _xml_dict(root)}
         if suffix == ".json":
-            return _json_strings(json.loads(path.read_text()))
+            doc = _json_strings(json.loads(path.read_text()))
+            if not isinstance(doc, dict):
+                raise ValueError("its top level is not an object")
+            return doc
         return _parse_odl(path.read_text(errors="replace"), path)
-    except (ET.ParseError, ValueError, OSError) as exc:
+    # LookupError: an XML declaration naming an unknown encoding; RecursionError: nesting too deep to be metadata
+    except (ET.ParseError, ValueError, OSError, LookupError, RecursionError) as exc:
         raise TilefillError(f"cannot read the metadata file {path} ({type(exc).__name__}: {exc})") from None
+
+
+def _outside(folder: Path, path: Path) -> str | None:
+    """Where ``path`` leads when that is outside ``folder`` (a link out of it, a loop of links); None when inside."""
+    try:
+        target = path.resolve()
+        inside = target.is_relative_to(folder.resolve())
+    except (OSError, RuntimeError) as exc:  # a loop of links: RuntimeError before Python 3.13
+        return f"nowhere ({exc})"
+    return None if inside else str(target)
+
+
+def _file_name(mtl: Path, field: str, value) -> str:
+    """A file the metadata names: a base name in the MTL's own folder, never a path, nor a link, out of it."""
+    name = value if isinstance(value, str) else ""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or Path(name).is_absolute()
+            or any(ord(c) < 32 for c in name)):
+        raise TilefillError(f"{mtl.name}: {field} = {value!r} is not a file name: a product's metadata names files "
+                            "in its own folder (no path, no '..')")
+    target = _outside(mtl.parent, mtl.parent / name)
+    if target is not None:
+        raise TilefillError(f"{mtl.name}: {field} names {name}, a link that leads to {target}, outside the product "
+                            "folder: a product's files must stay in its folder")
+    return name
 
 
 def _group(doc: dict, *names: str) -> dict:
@@ -340,12 +368,14 @@ def _read_mtl(mtl: Path) -> _Mtl:
         contents, image = _group(root, "PRODUCT_CONTENTS"), _group(root, "IMAGE_ATTRIBUTES")
         level = _field(contents, "PROCESSING_LEVEL", "PRODUCT_CONTENTS", mtl)
         level1 = _group(root, "LEVEL1_PROCESSING_RECORD").get("LANDSAT_PRODUCT_ID") if level.startswith("L2") else None
+        level1 = level1 if isinstance(level1, str) else None
         ids = dict(product_id=_field(contents, "LANDSAT_PRODUCT_ID", "PRODUCT_CONTENTS", mtl), level1_id=level1,
                    level=level, collection=_field(contents, "COLLECTION_NUMBER", "PRODUCT_CONTENTS", mtl),
                    spacecraft=_field(image, "SPACECRAFT_ID", "IMAGE_ATTRIBUTES", mtl),
                    sensor=_field(image, "SENSOR_ID", "IMAGE_ATTRIBUTES", mtl),
                    acquired=_field(image, "DATE_ACQUIRED", "IMAGE_ATTRIBUTES", mtl),
-                   slc_mode=image.get("SENSOR_MODE_SLC"), qa_pixel=contents.get("FILE_NAME_QUALITY_L1_PIXEL"))
+                   slc_mode=image.get("SENSOR_MODE_SLC") if isinstance(image.get("SENSOR_MODE_SLC"), str) else None,
+                   qa_pixel=contents.get("FILE_NAME_QUALITY_L1_PIXEL"))
         files_from = contents
         rescaling = {g: _group(root, g) for g in (
             "LEVEL2_SURFACE_REFLECTANCE_PARAMETERS", "LEVEL2_SURFACE_TEMPERATURE_PARAMETERS",
@@ -372,8 +402,10 @@ def _read_mtl(mtl: Path) -> _Mtl:
     except ValueError:
         raise TilefillError(f"{mtl.name}: COLLECTION_NUMBER {ids['collection']!r} or DATE_ACQUIRED "
                             f"{ids['acquired']!r} cannot be read") from None
-    files = {k[len("FILE_NAME_BAND_"):]: v for k, v in files_from.items()
-             if k.startswith("FILE_NAME_BAND_") and isinstance(v, str)}
+    files = {k[len("FILE_NAME_BAND_"):]: _file_name(mtl, k, v) for k, v in files_from.items()
+             if k.startswith("FILE_NAME_BAND_")}
+    if ids["qa_pixel"] is not None:
+        ids["qa_pixel"] = _file_name(mtl, "FILE_NAME_QUALITY_L1_PIXEL", ids["qa_pixel"])
     return _Mtl(**ids, files=files, rescaling=rescaling)
 
 
@@ -438,7 +470,10 @@ def read_product(folder: str | Path) -> LandsatProduct:
     """Read a Landsat product folder's metadata and find its files.
 
     Refused, in one line: a folder without ``*_MTL.txt``/``.xml``/``.json``; metadata files or
-    Landsat-named files of two products; a sensor other than TM, ETM+ or OLI/TIRS.
+    Landsat-named files of two products; a sensor other than TM, ETM+ or OLI/TIRS; a file name in
+    the metadata that is not a base name in the folder (a path separator, ``..``, an absolute
+    path) or that is a link leading out of the folder, and a gap mask that is such a link: what
+    a folder's metadata names stays inside that folder.
 
     Examples
     --------
@@ -472,6 +507,10 @@ def read_product(folder: str | Path) -> LandsatProduct:
             raise TilefillError(f"{folder} mixes two products: {f.name} is not a file of {m.product_id}; give each "
                                 "product its own folder")
         if gm and f.is_file():
+            target = _outside(folder, f)
+            if target is not None:
+                raise TilefillError(f"{folder}: the gap mask {f.name} is a link that leads to {target}, outside the "
+                                    "product folder: a product's files must stay in its folder")
             # GDAL reads the gzipped ones in place
             gap_masks.setdefault(gm["key"].upper(), f"/vsigzip/{f}" if gm["gz"] else str(f))
     table = SENSORS.get(m.sensor)

@@ -40,7 +40,7 @@ from rasterio.windows import Window
 from tilefill._cluster import LazyCluster
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config, load_config, with_shortcuts
-from tilefill._errors import TilefillError
+from tilefill._errors import InputReadError, TilefillError
 from tilefill._fill import TileResult
 from tilefill._grid import TileGrid
 from tilefill._mosaic import check_output_path, write_output
@@ -265,7 +265,7 @@ def fill_scene(
     output : str or Path
         The restored GeoTIFF; refused if it exists unless ``overwrite``.
     mask : str or Path, optional
-        Gap mask raster of the scene's size, nonzero = gap.
+        Gap mask raster on the scene's grid (its size, CRS and transform), nonzero = gap.
     bands : str or list, optional
         1-based bands to restore (default: all); in a Landsat product folder also names
         (``"blue,green,red,nir"``; default: its reflective bands).
@@ -446,6 +446,8 @@ def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path,
         info = src.info
         if src.product is not None:
             log.info("%s", src.product.describe())
+        for note in src.notes:
+            log.info("%s", note)
         opened = []
         for path in guides:
             guide, source = open_guide(path, src, mask_qa=mask_qa)
@@ -569,6 +571,9 @@ def _write_stage(prep: PreparedFill, tiles: Sequence[TileResult]):
             quality_path(out).unlink(missing_ok=True)
         if not (cfg.output.quality_sidecar and stats.blend):
             qmap.unlink(missing_ok=True)  # an earlier run's map would describe another fill
+    except InputReadError as exc:  # the input, read again, fails: not the output's fault (write_output left nothing)
+        raise InputReadError(f"{exc}: no output written; the work store {prep.store_path} keeps every tile, run the "
+                             "same command again once the input reads") from None
     except (OSError, TilefillError) as exc:  # TilefillError: check_output_path found the folder unwritable
         for path in (out, quality_path(out), qmap):
             try:

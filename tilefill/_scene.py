@@ -21,11 +21,20 @@ What is a gap, and what is the footprint
   raster (nonzero = gap), a Landsat gap mask (0 = gap) or, with ``mask_qa``, a QA_PIXEL bit
   flags. An explicit mask replaces the product's gap masks; QA bits add to either.
 * In a Landsat Level-2 product, QA_PIXEL's fill bit (bit 0) is nodata in every band.
+
+What must line up
+-----------------
+A mask, a Landsat gap mask and a QA band are read pixel for pixel against the bands, so each must
+be on the scene's grid: its size, its CRS and its transform, each corner within
+``GRID_TOLERANCE_PX`` of the scene's; else it is refused in one line that gives both. One that
+carries no georeferencing at all (or a scene that carries none) is matched by its size alone,
+and :attr:`Scene.notes` says so. A read that fails (a truncated or damaged file) raises
+:class:`~tilefill._errors.InputReadError` naming the file, the band and the window.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -34,11 +43,12 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from tilefill._errors import TilefillError
+from tilefill._errors import InputReadError, TilefillError
 from tilefill._landsat import QA_FILL_BIT, LandsatBand, LandsatProduct, read_product, split_tokens
 
 # GDAL's block cache while a scene is open (default: 5% of RAM). Strips are read and written once,
@@ -46,6 +56,8 @@ from tilefill._landsat import QA_FILL_BIT, LandsatBand, LandsatProduct, read_pro
 GDAL_CACHE_BYTES = 256 * 2**20
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _VSIGZIP = "/vsigzip/"
+# how far a mask's, gap mask's or QA band's corners may lie from the scene's and still be read pixel for pixel
+GRID_TOLERANCE_PX = 0.01
 
 
 @dataclass(frozen=True)
@@ -132,7 +144,7 @@ class Scene:
     def __init__(self, bands: Sequence[_BandSource], info: SceneInfo, *, gap_flags: Sequence[_FlagSet] = (),
                  nodata_flags: Sequence[_FlagSet] = (), zero_is_nodata: bool = False,
                  flags_mark_footprint: bool = False, product: LandsatProduct | None = None,
-                 warp_to: SceneInfo | None = None):
+                 warp_to: SceneInfo | None = None, notes: Sequence[str] = ()):
         self.bands = tuple(bands)
         self.info = info
         # another scene's grid that every raster is read on (a guide of another grid or CRS), else None
@@ -143,6 +155,8 @@ class Scene:
         # an explicit --mask marks gaps inside the scene; Landsat GM files do not say what the collar is
         self.flags_mark_footprint = flags_mark_footprint
         self.product = product
+        # one line each on how an input was matched to the scene (a mask without georeferencing), for the log
+        self.notes = tuple(notes)
         self._stack = ExitStack()
         # the output is written while the scene is open, so this covers writing too
         self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
@@ -150,15 +164,16 @@ class Scene:
 
     def _ds(self, path: str) -> rasterio.DatasetReader:
         if path not in self._open:
-            ds = self._stack.enter_context(rasterio.open(path))
-            if self.warp_to is not None:
-                grid = self.warp_to
-                # pixel values are interpolated, flags (gap masks, QA bits) are taken as they are; the alpha
-                # band marks what lies beyond the raster, which a source without nodata would not
-                values = any(b.path == path for b in self.bands)
-                ds = self._stack.enter_context(WarpedVRT(
-                    ds, crs=grid.crs, transform=grid.affine, width=grid.width, height=grid.height, add_alpha=True,
-                    resampling=Resampling.bilinear if values else Resampling.nearest))
+            with _reading(path, "opening it"):  # opened again after the scene was checked: it may have changed
+                ds = self._stack.enter_context(rasterio.open(path))
+                if self.warp_to is not None:
+                    grid = self.warp_to
+                    # pixel values are interpolated, flags (gap masks, QA bits) are taken as they are; the alpha
+                    # band marks what lies beyond the raster, which a source without nodata would not
+                    values = any(b.path == path for b in self.bands)
+                    ds = self._stack.enter_context(WarpedVRT(
+                        ds, crs=grid.crs, transform=grid.affine, width=grid.width, height=grid.height,
+                        add_alpha=True, resampling=Resampling.bilinear if values else Resampling.nearest))
             self._open[path] = ds
         return self._open[path]
 
@@ -185,33 +200,42 @@ class Scene:
         paths = [b.path for b in self.bands]
         paths += [s.path for f in self._flags + self._nodata_flags for s in f.sources]
         paths += [str(p) for p in (self.product.metadata_files if self.product else ())]
-        return list(dict.fromkeys(p[len(_VSIGZIP):] if p.startswith(_VSIGZIP) else p for p in paths))
+        return list(dict.fromkeys(_plain(p) for p in paths))
 
     @property
     def gap_rules(self) -> list[str]:
         """How each flag raster decides gaps and nodata, as text (for the run key)."""
         return [f.describe() for f in self._flags] + [f"nodata:{f.describe()}" for f in self._nodata_flags]
 
+    def _read(self, source: _BandSource, window: Window, *, masks: bool = False) -> np.ndarray:
+        """One band's values (or GDAL's mask of it) in ``window``; a failed read names the file and the window."""
+        ds = self._ds(source.path)
+        with _reading(source.path, f"band {source.index}{' mask' if masks else ''}", window):
+            return ds.read_masks(source.index, window=window) if masks else ds.read(source.index, window=window)
+
     def _flag(self, flags: _FlagSet, window: Window) -> np.ndarray:
-        raw = np.stack([self._ds(s.path).read(s.index, window=window) for s in flags.sources])
+        raw = np.stack([self._read(s, window) for s in flags.sources])
         return flags.evaluate(raw)
 
     def read(self, window: Window) -> np.ndarray:
-        """Pixel values of every band in ``window``, in the input's dtype: (bands, h, w)."""
-        return np.stack([self._ds(b.path).read(b.index, window=window) for b in self.bands])
+        """Pixel values of every band in ``window``, in the input's dtype: (bands, h, w).
+
+        Raises :class:`~tilefill._errors.InputReadError` (the file, the band and the window) where a read fails.
+        """
+        return np.stack([self._read(b, window) for b in self.bands])
 
     def has_data(self, window: Window, values: np.ndarray) -> np.ndarray:
         """Where each band carries data (not nodata, not masked, not NaN): bool (bands, h, w)."""
         out = np.empty(values.shape, dtype=bool)
         beyond: dict[str, np.ndarray] = {}  # a warped view's alpha: what lies beyond the raster read
         for i, b in enumerate(self.bands):
-            ds = self._ds(b.path)
             # GDAL's mask covers the nodata value, internal/external masks and alpha bands
-            out[i] = ds.read_masks(b.index, window=window) > 0
+            out[i] = self._read(b, window, masks=True) > 0
             if self.warp_to is not None:
                 # a warped multi-band raster's band masks ignore the alpha GDAL adds: read it
                 if b.path not in beyond:
-                    beyond[b.path] = ds.read(ds.count, window=window) == 0
+                    alpha = _BandSource(b.path, self._ds(b.path).count, "alpha")
+                    beyond[b.path] = self._read(alpha, window) == 0
                 out[i] &= ~beyond[b.path]
         if values.dtype.kind == "f":
             out &= np.isfinite(values)
@@ -235,11 +259,35 @@ class Scene:
             yield Window(0, y, self.info.width, min(height, self.info.height - y))
 
 
-def _open_checked(path: Path) -> rasterio.DatasetReader:
+def _plain(path: str) -> str:
+    return path[len(_VSIGZIP):] if path.startswith(_VSIGZIP) else path
+
+
+def _gdal_reason(exc: Exception) -> str:
+    """What GDAL said went wrong (rasterio's own message only points at it), in one line."""
+    cause = exc.__cause__ or exc.__context__
+    text = str(cause if isinstance(cause, CPLE_BaseError) else exc) or type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+@contextmanager
+def _reading(path: str, what: str, window: Window | None = None):
+    """Turn a failed read of an input file into one line: the file, what of it, and the window."""
+    try:
+        yield
+    except (RasterioError, CPLE_BaseError) as exc:
+        where = "" if window is None else (
+            f" in rows {window.row_off}-{window.row_off + window.height - 1}, "
+            f"columns {window.col_off}-{window.col_off + window.width - 1}")
+        raise InputReadError(f"cannot read {_plain(path)}: {what}{where} ({_gdal_reason(exc)}); the file is "
+                             "truncated, damaged or gone") from None
+
+
+def _open_checked(path: Path | str, what: str = "") -> rasterio.DatasetReader:
     try:
         return rasterio.open(path)
-    except RasterioIOError:
-        raise TilefillError(f"not a raster GDAL can read: {path}") from None
+    except (RasterioError, CPLE_BaseError):
+        raise TilefillError(f"not a raster GDAL can read: {what + ' ' if what else ''}{_plain(str(path))}") from None
 
 
 def _parse_bands(bands: Sequence[int | str] | str | None) -> list[int] | None:
@@ -276,10 +324,62 @@ def _geotiff_bands(path: Path, bands: list[int] | None):
     return [_BandSource(str(path), i, n) for i, n in zip(indexes, names)], info, [str(path)]
 
 
-def _check_grid(path: str, name: str, shape: tuple[int, int], what: str) -> None:
-    with rasterio.open(path) as ds:
-        if (ds.height, ds.width) != shape:
-            raise TilefillError(f"{what} {name} is {ds.height}x{ds.width} px but the bands are {shape[0]}x{shape[1]}")
+def _has_georeferencing(crs, transform: Affine, gcps: bool = False) -> bool:
+    # GDAL gives a raster without a geotransform the identity transform
+    return crs is not None or not transform.is_identity or gcps
+
+
+def _corner_offset(transform: Affine, height: int, width: int, scene: Affine) -> float:
+    """The largest distance, in the scene's pixels, from a raster's corner to the scene's same corner."""
+    try:
+        to_scene = ~scene * transform
+    except Exception:  # a degenerate scene transform (zero pixel size): nothing lines up with it
+        return float("inf")
+    corners = np.array([(0, 0), (width, 0), (0, height), (width, height)], dtype=np.float64)
+    mapped = np.array([to_scene * (c, r) for c, r in corners])
+    return float(np.max(np.abs(mapped - corners)))  # NaN where the transform holds one
+
+
+def _describe_grid(crs, transform: Affine) -> str:
+    name = crs.to_string()[:120] if crs is not None else "no CRS"
+    return f"{name}, transform ({', '.join(f'{v:.10g}' for v in tuple(transform)[:6])})"
+
+
+def _check_on_grid(ds, name: str, what: str, scene: dict, notes: list[str]) -> None:
+    """A raster read pixel for pixel against the bands must be on their grid: its size, CRS and transform.
+
+    One that carries no georeferencing (or a scene that carries none) is matched by its size alone,
+    which ``notes`` records.
+    """
+    height, width = scene["height"], scene["width"]
+    if (ds.height, ds.width) != (height, width):
+        raise TilefillError(f"{what} {name} is {ds.height}x{ds.width} px but the scene is {height}x{width}")
+    scene_crs, scene_tr = scene["crs"], Affine(*tuple(scene["transform"])[:6])
+    gcps = bool(ds.gcps[0])
+    if not _has_georeferencing(ds.crs, ds.transform, gcps):
+        notes.append(f"{what} {name} carries no georeferencing: taken as on the scene's grid, its size "
+                     f"({height}x{width} px) matching the scene's")
+        return
+    if not _has_georeferencing(scene_crs, scene_tr):
+        notes.append(f"the scene carries no georeferencing: {what} {name} is taken as on its grid by its size "
+                     f"({height}x{width} px) alone")
+        return
+    if gcps and ds.transform.is_identity:
+        raise TilefillError(f"{what} {name} is georeferenced by ground control points only: warp it onto the "
+                            f"scene's grid first (gdalwarp), so that its pixels line up with the scene's")
+    offset = _corner_offset(ds.transform, height, width, scene_tr)
+    if ds.crs != scene_crs or not offset <= GRID_TOLERANCE_PX:
+        apart = f"; corners {offset:.4g} px apart" if ds.crs == scene_crs else ""
+        raise TilefillError(
+            f"{what} {name} is not on the scene's grid: it has {_describe_grid(ds.crs, ds.transform)}, the scene "
+            f"{_describe_grid(scene_crs, scene_tr)}{apart} (it must share the scene's CRS and lie within "
+            f"{GRID_TOLERANCE_PX} px of its corners)")
+
+
+def _check_file_on_grid(path: str, what: str, scene: dict, notes: list[str]) -> None:
+    name = Path(_plain(path)).name
+    with _open_checked(path, what) as ds:
+        _check_on_grid(ds, name, what, scene, notes)
 
 
 def _product_bands(product: LandsatProduct, chosen: list[LandsatBand]):
@@ -292,11 +392,14 @@ def _product_bands(product: LandsatProduct, chosen: list[LandsatBand]):
     first = grids[first_label]
     for label, (h, w, crs, tr, dt, nd) in grids.items():
         if (h, w) != first[:2]:
-            raise TilefillError(f"bands of different shape: {first_label} is {first[0]}x{first[1]}, {label} is {h}x{w}")
+            raise TilefillError(f"bands of different shape in {product.folder}: {first_label} is "
+                                f"{first[0]}x{first[1]}, {label} is {h}x{w}")
         if crs != first[2] or tr != first[3]:
-            raise TilefillError(f"bands on different grids: {label} has another CRS or transform than {first_label}")
+            raise TilefillError(f"bands on different grids in {product.folder}: {first_label} has "
+                                f"{_describe_grid(first[2], first[3])}, {label} {_describe_grid(crs, tr)}")
         if dt != first[4]:
-            raise TilefillError(f"bands of different data types: {first_label} is {first[4]}, {label} is {dt}")
+            raise TilefillError(f"bands of different data types in {product.folder}: {first_label} is {first[4]}, "
+                                f"{label} is {dt}")
     with rasterio.open(chosen[0].path) as ds:
         tags = ds.tags()
     info = dict(height=first[0], width=first[1], dtype=first[4], nodata=first[5], crs=first[2], transform=first[3],
@@ -305,8 +408,8 @@ def _product_bands(product: LandsatProduct, chosen: list[LandsatBand]):
     return sources, info, [str(b.path) for b in chosen]
 
 
-def _product_flags(product: LandsatProduct, chosen: list[LandsatBand], shape: tuple[int, int],
-                   mask_qa: list[str] | None) -> tuple[list[_FlagSet], list[_FlagSet]]:
+def _product_flags(product: LandsatProduct, chosen: list[LandsatBand], scene: dict,
+                   mask_qa: list[str] | None, notes: list[str]) -> tuple[list[_FlagSet], list[_FlagSet]]:
     """(gap flag sets, nodata flag sets) of a product: gap masks, QA_PIXEL's chosen bits, QA_PIXEL fill."""
     gap, nodata = [], []
     gm = [product.gap_mask(b.key) for b in chosen]
@@ -314,13 +417,13 @@ def _product_flags(product: LandsatProduct, chosen: list[LandsatBand], shape: tu
         if not all(gm):
             have = ", ".join(b.label for b, g in zip(chosen, gm) if g)
             raise TilefillError(f"{product.folder} has gap masks for some selected bands but not all (only {have})")
-        for g, b in zip(gm, chosen):
-            _check_grid(g, f"GM_{b.label}", shape, "gap mask")
+        for g in gm:
+            _check_file_on_grid(g, "gap mask", scene, notes)
         gap.append(_FlagSet(tuple(_BandSource(g, 1, f"GM_{b.label}") for g, b in zip(gm, chosen)), "zero"))
     bits = product.qa_bits(mask_qa)
     qa = product.qa_pixel
     if qa is not None and (bits or product.level2):
-        _check_grid(str(qa), qa.name, shape, "QA band")
+        _check_file_on_grid(str(qa), "QA band", scene, notes)
         source = (_BandSource(str(qa), 1, "QA_PIXEL"),)
         if bits:
             gap.append(_FlagSet(source, "bits", bits))
@@ -342,8 +445,9 @@ def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = No
         1-based band numbers (``"1,2,3,4"``); in a Landsat folder also common names or file labels
         (``"blue,green,red,nir"``, ``"SR_B4"``, ``"thermal"``), see ``tilefill._landsat``.
     mask : str or Path, optional
-        A raster of the scene's size, nonzero = gap; one band for all bands or one per band. It
-        replaces a Landsat product's gap masks.
+        A raster on the scene's grid (its size, CRS and transform; see ``GRID_TOLERANCE_PX``),
+        nonzero = gap; one band for all bands or one per band. It replaces a Landsat product's gap
+        masks. One without georeferencing is taken by its size, and ``notes`` says so.
     mask_qa : list or str, optional
         Landsat Collection 2 only: QA_PIXEL conditions that are gaps too (``"cloud,shadow"``).
     grid : SceneInfo, optional
@@ -370,11 +474,12 @@ def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = No
     gap_flags: list[_FlagSet] = []
     nodata_flags: list[_FlagSet] = []
     zero_is_nodata = False
+    notes: list[str] = []
     if path.is_dir():
         product = read_product(path)
         chosen = product.select(bands)
         sources, meta, files = _product_bands(product, chosen)
-        gap_flags, nodata_flags = _product_flags(product, chosen, (meta["height"], meta["width"]), qa_names)
+        gap_flags, nodata_flags = _product_flags(product, chosen, meta, qa_names, notes)
         if qa_names:  # the output says which clouds (etc.) it filled
             meta["tags"]["TILEFILL_MASK_QA"] = ",".join(t.lower() for t in qa_names)
         zero_is_nodata = meta["nodata"] is None
@@ -386,21 +491,22 @@ def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = No
                                 f"{path.name} is a single raster: give its gaps as --mask")
         sources, meta, files = _geotiff_bands(path, _parse_bands(bands))
     if str(meta["dtype"]) not in SUPPORTED_DTYPES:
-        raise TilefillError(f"unsupported data type {meta['dtype']}; supported: {', '.join(SUPPORTED_DTYPES)}")
+        raise TilefillError(f"{path.name}: unsupported data type {meta['dtype']}; supported: "
+                            f"{', '.join(SUPPORTED_DTYPES)}")
     if mask is not None:
         mask = Path(mask)
         if not mask.exists():
             raise TilefillError(f"mask not found: {mask}")
-        with _open_checked(mask) as ds:
-            if (ds.height, ds.width) != (meta["height"], meta["width"]):
-                raise TilefillError(
-                    f"mask {mask.name} is {ds.height}x{ds.width} px but the scene is {meta['height']}x{meta['width']}")
+        with _open_checked(mask, "mask") as ds:
+            _check_on_grid(ds, mask.name, "mask", meta, notes)
             if ds.count not in (1, len(sources)):
                 raise TilefillError(f"mask {mask.name} has {ds.count} bands; give 1, or one per selected band ({len(sources)})")
             explicit = _FlagSet(tuple(_BandSource(str(mask), i, f"mask_{i}") for i in ds.indexes), "nonzero")
         # it replaces the product's gap masks (their zeros cover the collar too); QA bits lie inside the data
         gap_flags = [explicit] + [f for f in gap_flags if f.rule != "zero"]
     crs = meta["crs"]
+    if not _has_georeferencing(crs, Affine(*tuple(meta["transform"])[:6])):
+        notes.insert(0, f"{path.name} carries no georeferencing: neither will the output")
     info = SceneInfo(
         height=meta["height"], width=meta["width"], dtype=str(meta["dtype"]), nodata=meta["nodata"],
         crs_wkt=crs.to_wkt() if crs else None, transform=tuple(meta["transform"])[:6],
@@ -412,7 +518,7 @@ def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = No
         warp_to = grid
         info = replace(info, height=grid.height, width=grid.width, crs_wkt=grid.crs_wkt, transform=grid.transform)
     return Scene(sources, info, gap_flags=gap_flags, nodata_flags=nodata_flags, zero_is_nodata=zero_is_nodata,
-                 flags_mark_footprint=mask is not None, product=product, warp_to=warp_to)
+                 flags_mark_footprint=mask is not None, product=product, warp_to=warp_to, notes=notes)
 
 
 def same_grid(a: SceneInfo, b: SceneInfo) -> bool:

@@ -59,7 +59,7 @@ import zarr
 
 from tilefill._config import Config
 from tilefill._distance_blend import HOLDOUT_CELL, HOLDOUT_SHIFT, SceneHoldout
-from tilefill._errors import TilefillError
+from tilefill._errors import InputReadError, TilefillError
 from tilefill._grid import TileGrid
 from tilefill._scene import Scene, SceneInfo, footprint_extents, footprint_window
 from tilefill._version import __version__
@@ -322,7 +322,8 @@ def _statistics_pass(scene: Scene, footprint: str) -> _Extent:
         last[y:y + win.height][has] = width - 1 - np.argmax(rows_any[has, ::-1], axis=1)
     if not np.isfinite(lo).all():
         empty = [scene.info.band_names[b] for b in np.flatnonzero(~np.isfinite(lo))]
-        raise TilefillError(f"no known pixel in band(s) {', '.join(empty)}: nothing to fill from")
+        source = Path(scene.info.sources[0]).parent if scene.product else scene.info.sources[0]
+        raise TilefillError(f"no known pixel in band(s) {', '.join(empty)} of {source}: nothing to fill from")
     hi = np.where(hi > lo, hi, lo + 1)  # a constant band still maps to [0, 1]
     scaling = Scaling(tuple(lo.tolist()), tuple(hi.tolist()))
     if footprint == "full":
@@ -479,9 +480,13 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     group = _create_or_replace(path, run_key)
     _create_layout(group, scene.shape, grid, config, len(guides))
     holdout = config.method == "dip" and config.fit.blends and config.fit.validation > 0
-    written = _write_pass(scene, group, extent, grid, holdout)
-    guide_meta = [{**vars(source), **stored}
-                  for (_guide, source), stored in zip(guides, _write_guides([g for g, _s in guides], group))]
+    try:
+        written = _write_pass(scene, group, extent, grid, holdout)
+        guide_meta = [{**vars(source), **stored}
+                      for (_guide, source), stored in zip(guides, _write_guides([g for g, _s in guides], group))]
+    except InputReadError:  # an input that fails to read (a guide, a file changed since the first pass)
+        shutil.rmtree(path, ignore_errors=True)  # ours, half built: nothing in it to resume
+        raise
     if holdout:
         height, width = scene.shape[1:]
         _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation,

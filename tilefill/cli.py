@@ -138,6 +138,12 @@ def apply(options):
 
 
 def _setup_logging(quiet: bool) -> None:
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    # tilefill says itself, in one line, how it takes a raster without georeferencing (Scene.notes)
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     logger = logging.getLogger("tilefill")
     logger.handlers[:] = []
     handler = logging.StreamHandler(sys.stderr)
@@ -181,7 +187,8 @@ def main():
 @main.command("fill")
 @click.argument("scene", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Restored GeoTIFF to write.")
-@click.option("--mask", type=click.Path(path_type=Path), default=None, help="Gap mask raster, nonzero = gap.")
+@click.option("--mask", type=click.Path(path_type=Path), default=None,
+              help="Gap mask raster on the scene's grid, nonzero = gap.")
 @click.option("--guide", "guides", type=click.Path(path_type=Path), multiple=True,
               help="Another acquisition of the same place (GeoTIFF or Landsat product folder), striped or cloudy "
                    "itself: DIP and the blend take it where it has data (repeatable).")
