@@ -126,7 +126,8 @@ def _mosaic_statistics(store: TileStore, thin: frozenset, strip: int = 256, *, t
     """:func:`mosaic_stats`, and where the store keeps a guide's fill, the same pixels split: those a guide covers
     (the guide's fill, grid-weighted over the tiles where it speaks, is finite there) scored for the three-way
     blend (:class:`GuidedStats`), the others as without a guide."""
-    bands, width, height = store.info.count, store.info.width, store.info.height
+    # the store's width: the scene's, or one tile's where the scene is narrower (its padding is collar)
+    bands, width, height = store.info.count, store.grid.extent[1], store.info.height
     guided = store.guided
     classical = len(store.config.fit.blend_methods)
     partners = classical if mix is None else len(mix)
@@ -368,7 +369,7 @@ class _StripMosaic:
         speaks, a fitted tile's value is the three-way blend of DIP, its partner and the guide's fill.
         """
         store, plan = self.store, self.plan
-        bands, width = store.info.count, store.info.width
+        bands, width = store.info.count, store.grid.extent[1]
         acc = np.zeros((bands, h, width), dtype=np.float32)
         wsum = np.zeros((bands, h, width), dtype=np.float32)
         # the weighted sum of the estimates and the weight behind them (no hidden pixel in reach: no estimate)
@@ -529,9 +530,11 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
     for win in scene.strips(STRIP):
         y, h = win.row_off, win.height
         values = scene.read(win)
-        gaps = np.asarray(store.group["gaps"][:, y:y + h, :])
-        inside = np.asarray(store.group["footprint"][y:y + h, :])
-        acc, wsum, err, guide_share = mosaic.strip(y, h, estimate=estimate)
+        cols = slice(0, info.width)  # the scene's columns: a store padded to one tile holds more
+        gaps = np.asarray(store.group["gaps"][:, y:y + h, cols])
+        inside = np.asarray(store.group["footprint"][y:y + h, cols])
+        acc, wsum, err, guide_share = (None if a is None else a[..., cols]
+                                       for a in mosaic.strip(y, h, estimate=estimate))
         covered = wsum > 0
         target = (gaps if keep_known else inside[None]) & covered
         if target.any():
