@@ -397,7 +397,7 @@ class _Pipeline:
         try:
             done, damaged = self._done(scene, guides)
             if done:  # the nightly common case: no claim, no cluster
-                if choice is not None and not choice.reused:
+                if choice is not None and choice.signature and not choice.reused:  # chosen anew: keep it
                     record_guide_choice(scene.output, choice.to_dict())
                 self._settle(k, SceneOutcome(str(scene.path), scene.output, "skipped", time.perf_counter() - start,
                                              verified=self.verify))
@@ -492,10 +492,11 @@ class _Pipeline:
         self.jlog.write({"type": "guides", "scene": str(scene.path), **choice.to_dict(),
                          "seconds": round(choice.seconds, 4)})
         if choice.guides:
-            logger.info("[%d/%d] guides: %s (%s%s)", k, len(self.scenes), ", ".join(Path(g).name for g in choice.guides),
-                        choice.note, ", as recorded" if choice.reused else "")
+            logger.info("[%d/%d] guides: %s (%s%s)", k, len(self.scenes),
+                        ", ".join(Path(g).name for g in choice.guides), choice.note,
+                        ", as recorded" if choice.reused else "")
         else:
-            alone = " (method %s without a guide: biharmonic)" % self.cfg.method if self.cfg.method in ("llhm", "nspi") \
+            alone = f" (method {self.cfg.method} without a guide: biharmonic)" if self._config(()) is not self.cfg \
                 else ""
             logger.info("[%d/%d] %s%s", k, len(self.scenes), choice.note, alone)
         return choice

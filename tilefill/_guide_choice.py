@@ -9,9 +9,11 @@ Landsats flying). For each scene of a batch, :class:`GuideChooser` takes the bat
   :data:`MIN_OVERLAP` of the scene's;
 - were acquired within ``window`` days of it (dates: :func:`tilefill._guide.acquisition`);
 - are accepted as its guide: bands matched by name or position, overlapping, not the scene itself
-  (:func:`tilefill._guide.open_guide`, the rule ``--guide`` applies);
+  (:func:`tilefill._guide.open_guide`, the rule ``--guide`` applies).
 
-and ranks them by ``score = covered * (1 - days_apart / (2 * window))``: ``covered``, the share of
+A scene whose name carries a Landsat ID of another path/row, or dated beyond the window, is passed
+over without being opened; the others' metadata is read once per chooser. The eligible candidates
+are ranked by ``score = covered * (1 - days_apart / (2 * window))``: ``covered``, the share of
 the scene's gap pixels where the candidate has data in every band (its own nodata, fill, gap
 masks and ``--mask-qa`` clouds are its gaps), discounted for time apart, to half at the window's
 edge. The first ``count`` with ``covered > 0`` are its guides (ties: the nearer date, then the
@@ -190,10 +192,8 @@ def _read_lattice(scene: Scene, stride: int) -> _Lattice:
         known.append(good.all(axis=0)[:, cols])
         any_data = data.any(axis=0)
         has = any_data.any(axis=1)
-        f = np.where(has, np.argmax(any_data, axis=1), -1)
-        l = np.where(has, width - 1 - np.argmax(any_data[:, ::-1], axis=1), -1)
-        first.append(f)
-        last.append(l)
+        first.append(np.where(has, np.argmax(any_data, axis=1), -1))
+        last.append(np.where(has, width - 1 - np.argmax(any_data[:, ::-1], axis=1), -1))
     return _Lattice(np.concatenate(known), np.concatenate(first), np.concatenate(last))
 
 
@@ -218,7 +218,7 @@ class GuideChooser:
     >>> chooser = GuideChooser(["archive/LE07_..._20100815.tif", "archive/LT05_..._20100807.tif"])  # doctest: +SKIP
     >>> choice = chooser.choose("archive/LE07_..._20100815.tif")  # doctest: +SKIP
     >>> choice.guides, choice.note  # doctest: +SKIP
-    (('archive/LT05_..._20100807.tif',), '1 of 1 candidates chosen')
+    (('archive/LT05_..._20100807.tif',), '1 of 1 candidate(s) chosen')
     """
 
     def __init__(self, scenes: Sequence[str | Path], *, window: float = DEFAULT_WINDOW, count: int = DEFAULT_COUNT,
@@ -229,6 +229,18 @@ class GuideChooser:
             raise TilefillError(f"--guides must be at least 1, not {count}")
         self.scenes = [str(Path(s).resolve()) for s in scenes]
         self.window, self.count, self.bands, self.footprint = window, count, bands, footprint
+        # the scenes by the path/row and date a Landsat ID in their name gives: a target's candidates are found
+        # among its path/row's and the unnamed ones (opened once each), not by opening the whole archive
+        self._named: dict[str, date] = {}
+        self._by_wrs: dict[tuple[int, int], list[str]] = {}
+        self._unnamed: list[str] = []
+        for path in self.scenes:
+            named = landsat_name(Path(path).name)
+            if named:
+                self._named[path] = named[1]
+                self._by_wrs.setdefault(named[0], []).append(path)
+            else:
+                self._unnamed.append(path)
         self._meta: dict[tuple[str, str], Acquisition] = {}
         self._lattices: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
@@ -264,7 +276,13 @@ class GuideChooser:
     def eligible(self, target: Acquisition, mask_qa=None) -> list[tuple[Acquisition, int]]:
         """The other scenes of the target's footprint acquired within the window, and their days apart (metadata)."""
         out = []
-        for path in self.scenes:
+        if target.wrs:  # a name with another path/row, or dated beyond the window, is passed over unopened
+            named = [p for p in self._by_wrs.get(target.wrs, [])
+                     if abs((self._named[p] - target.acquired).days) <= self.window]
+            pool = named + self._unnamed
+        else:
+            pool = self.scenes
+        for path in pool:
             if path == target.path:
                 continue
             other = self.acquisition(path, mask_qa, as_target=False)
