@@ -189,6 +189,7 @@ def main(argv=None):
     ap.add_argument("--margin", type=float, default=0.01, help="r2 within which a pick counts as as good as the best")
     ap.add_argument("--config", default="fast", help="preset of the guided DIP fills (--dip-scenes)")
     ap.add_argument("--dip-scenes", type=int, default=1, help="Landsat-7 scenes filled with guided DIP for its time")
+    ap.add_argument("--iterations", type=int, default=None, help="of those DIP fills (default: the preset's)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N scene folders (a quick check)")
     ap.add_argument("--workdir", default=None, help="keep the stacked archive and outputs here (default: a temp dir)")
     ap.add_argument("--full-size", type=int, default=0, metavar="SIDE",
@@ -347,8 +348,9 @@ def run(args, tmp: Path) -> dict:
         s = scenes[row["scene"]]
         start = time.perf_counter()
         fill_scene(s["path"], work / "dip.tif", config=args.config, guides=[scenes[g]["path"] for g in row["chosen"]],
-                   cluster=ClusterSpec(workers=0), progress=False, overwrite=True)
-        dip.append({"scene": row["scene"], "config": args.config, "seconds": round(time.perf_counter() - start, 2)})
+                   iterations=args.iterations, cluster=ClusterSpec(workers=0), progress=False, overwrite=True)
+        dip.append({"scene": row["scene"], "config": args.config, "iterations": args.iterations,
+                    "seconds": round(time.perf_counter() - start, 2)})
     return summary(args, stacked, choices, rank_seconds, rows, batch, dip)
 
 

