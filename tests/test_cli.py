@@ -227,9 +227,15 @@ def test_tile_and_overlap_must_be_multiples_of_32(tmp_path, small_scene, opt, va
     _assert_clean_failure(_run(tmp_path, small_scene, "-o", out, "--tile-size", 64, opt, value), tmp_path, expect, out)
 
 
-def test_scene_smaller_than_a_tile(tmp_path, small_scene):
+def test_scene_smaller_than_a_tile_is_one_tile_of_the_side_that_covers_it(tmp_path, small_scene):
     out = tmp_path / "o.tif"
-    _assert_clean_failure(_run(tmp_path, small_scene, "-o", out, "--tile-size", 128), tmp_path, "smaller than one", out)
+    res = _run(tmp_path, small_scene, "-o", out, "--config", TINY, "--iterations", "2", "--workers", "0",
+               "--tile-size", 128)
+    assert res.exit_code == 0, res.output
+    assert "1 tiles of 64 px" in res.output  # the 64 px scene is one 64 px tile, not one of 128 px
+    with rasterio.open(small_scene) as src, rasterio.open(out) as dst:
+        assert (dst.height, dst.width) == (src.height, src.width) == (64, 64)
+        assert (dst.read()[:, 10:14, :] != 0).all()
 
 
 def test_output_exists_is_refused_without_overwrite(tmp_path, small_scene):

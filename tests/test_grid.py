@@ -141,9 +141,55 @@ def test_tile_sides_must_divide_by_what_the_network_levels_halve(levels, size, o
 
 
 @pytest.mark.parametrize("height, width", [(50, 300), (300, 63), (10, 10)])
-def test_scene_smaller_than_a_tile_is_an_error(height, width):
-    with pytest.raises(TilefillError, match="smaller than one 64 px tile"):
-        TileGrid(height, width, 64, 32)
+def test_a_side_shorter_than_a_tile_is_one_tile_reaching_past_the_scene(height, width):
+    grid = TileGrid(height, width, 64, 32)
+    assert grid.padded and grid.extent == (max(height, 64), max(width, 64))
+    for starts, length in ((grid.row_starts, height), (grid.col_starts, width)):
+        if length < 64:
+            assert starts == (0,)  # one tile, from the scene's first pixel past its last
+        else:
+            assert starts[-1] == length - 64
+    for t in grid:  # every tile lies inside the extent, and a wider context window never shrinks below it
+        assert t.y + t.size <= grid.extent[0] and t.x + t.size <= grid.extent[1]
+        y, x, side = grid.context_window(t, 4)
+        assert side >= t.size and y + side <= grid.extent[0] and x + side <= grid.extent[1]
+
+
+@pytest.mark.parametrize("preset, height, width, side", [("default", 61, 61, 64), ("default", 10, 3, 64),
+                                                          ("paper", 100, 150, 160), ("fast", 191, 12, 192),
+                                                          ("default", 61, 300, 128)])
+def test_a_scene_smaller_than_a_tile_gets_the_smallest_tile_that_covers_it(preset, height, width, side):
+    from tilefill import load_config
+
+    cfg = load_config(preset)
+    grid = TileGrid.from_config(height, width, cfg)
+    assert grid.size == side and grid.size % cfg.network.multiple == 0
+    assert grid.overlap == (cfg.tiles.overlap if cfg.tiles.overlap < side else 0)
+    assert grid.padded and grid.extent == (max(height, side), max(width, side))
+    if max(height, width) < cfg.tiles.size:
+        assert len(grid) == 1
+
+
+@pytest.mark.parametrize("preset", ["default", "fast", "paper"])
+@pytest.mark.parametrize("tiles_high, tiles_wide", [(1.0, 1.0), (1.0, 5.3), (1.01, 1.0), (4.7, 3.9)])
+def test_a_scene_at_least_a_tile_wide_and_high_keeps_its_grid(preset, tiles_high, tiles_wide):
+    """Scenes a tile or more on both sides: the preset's tiles, no padding, the context windows as before."""
+    from tilefill import load_config
+
+    cfg = load_config(preset)
+    size = cfg.tiles.size
+    height, width = int(size * tiles_high), int(size * tiles_wide)
+    grid = TileGrid.from_config(height, width, cfg)
+    assert (grid.size, grid.overlap) == (size, cfg.tiles.overlap)
+    assert grid.extent == (height, width) and not grid.padded
+    m = cfg.network.multiple
+    for t in grid:
+        for factor in (1, 2, 4):
+            side = min(t.size * factor, height // m * m, width // m * m)  # the rule before padding existed
+            cy, cx = t.y + t.size // 2, t.x + t.size // 2
+            expect = (int(np.clip(cy - side // 2, 0, height - side)), int(np.clip(cx - side // 2, 0, width - side)),
+                      side)
+            assert grid.context_window(t, factor) == expect
 
 
 @pytest.mark.parametrize("size, overlap", [(48, 0), (64, 16), (64, 64), (64, 96)])

@@ -19,7 +19,9 @@ Beside each output the batch keeps (hidden ones are transient):
 
 A scene is done when its output is present with the recorded size and the record's run key
 still holds: the same parameters, and input files of the recorded size and modification time
-(else their content is hashed again: a touched file with the same bytes stays done).
+(else their content is hashed again: a touched file with the same bytes stays done). With
+guides (``--guide auto``) the key covers them too: a scene whose chosen guides changed is not
+done; the record keeps the choice (``guide_choice``), so a rerun need not choose again.
 
 Claims make concurrent batches safe: a scene is worked on only by the batch that created its
 claim file (``O_CREAT | O_EXCL``, atomic even over NFS v3+). A live batch refreshes its claim's
@@ -36,6 +38,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 from tilefill._config import Config
 from tilefill._errors import TilefillError
 from tilefill._grid import TileGrid
+from tilefill._guide import open_guide
 from tilefill._landsat import is_product_folder, product_id
 from tilefill._records import utc_now, write_json
 from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_files
@@ -226,12 +230,22 @@ def done_path(output: Path) -> Path:
     return output.with_name(output.name + DONE_SUFFIX)
 
 
+def done_record(output: Path) -> dict | None:
+    """The done record beside ``output``, or None when there is none (or it cannot be read)."""
+    try:
+        record = json.loads(done_path(output).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def done_state(scene: BatchScene, cfg: Config, bands, footprint: str, verify: bool = False,
-                mask_qa=None) -> tuple[bool, str]:
+                mask_qa=None, guides: Sequence[str | Path] = ()) -> tuple[bool, str]:
     """``(done, damage)``: whether the scene's output is there as recorded and the recorded run key still holds.
 
     Reads no pixel when the parameters and the input files' sizes and times are unchanged; an
     input touched or moved since is hashed again, and its record refreshed if the content matches.
+    ``guides``: the scene's guides now; other guides than the record's give another key (not done).
     ``verify`` hashes the output again too. ``damage`` says how an output with a record differs
     from it (missing, another size, another SHA-256): it is not done, and is filled again.
     """
@@ -247,13 +261,18 @@ def done_state(scene: BatchScene, cfg: Config, bands, footprint: str, verify: bo
         return False, "the output is missing"
     if actual != size:
         return False, f"the output has {actual} bytes, its record {size}"
-    with open_scene(scene.path, bands=bands, mask_qa=mask_qa) as src:
+    with open_scene(scene.path, bands=bands, mask_qa=mask_qa) as src, ExitStack() as stack:
+        opened = []
+        for path in guides:
+            guide, source = open_guide(path, src, mask_qa=mask_qa)
+            opened.append((stack.enter_context(guide), source))
         grid = TileGrid.from_scene(src.info, cfg)
-        if params_digest(src, cfg, grid, footprint) != recorded.params:
+        if params_digest(src, cfg, grid, footprint, opened) != recorded.params:
             return False, ""
+        files = scene_files(src) + [f for guide, _source in opened for f in scene_files(guide)]
         key = None
-        if not ([f.path for f in recorded.files] == scene_files(src) and all(f.unchanged() for f in recorded.files)):
-            key = run_key(src, cfg, grid, footprint=footprint)
+        if not ([f.path for f in recorded.files] == files and all(f.unchanged() for f in recorded.files)):
+            key = run_key(src, cfg, grid, footprint=footprint, guides=opened)
     if key is not None and key.digest != recorded.digest:
         return False, ""
     if verify and file_digest(scene.output, "sha256") != sha256:
@@ -263,11 +282,20 @@ def done_state(scene: BatchScene, cfg: Config, bands, footprint: str, verify: bo
     return True, ""
 
 
-def write_done(scene: BatchScene, report: FillReport) -> None:
-    """Record a scene as done: its output's checksum and size, and the key it was filled under."""
+def record_guide_choice(output: Path, guide_choice: dict) -> None:
+    """Keep a new guide choice in a done scene's record (the same guides, chosen again from other candidates):
+    the next run then finds its signature and need not choose again."""
+    record = done_record(output)
+    if record is not None:
+        write_json(done_path(output), {**record, "guide_choice": guide_choice})
+
+
+def write_done(scene: BatchScene, report: FillReport, guide_choice: dict | None = None) -> None:
+    """Record a scene as done: its output's checksum and size, the key it was filled under and, with
+    ``--guide auto``, how its guides were chosen (:meth:`~tilefill._guide_choice.GuideChoice.to_dict`)."""
     if not all(f.unchanged() for f in report.run_key.files):
         raise TilefillError(f"{scene.path} changed while it was being filled; the next run fills it again")
-    write_json(done_path(scene.output), {
+    write_json(done_path(scene.output), {**({"guide_choice": guide_choice} if guide_choice else {}),
         "status": "done", "scene": str(scene.path), "output": str(scene.output),
         "sha256": file_digest(scene.output, "sha256"), "size": scene.output.stat().st_size,
         "run_key": report.run_key.to_dict(), "tilefill": __version__, "time": utc_now(),

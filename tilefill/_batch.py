@@ -4,7 +4,9 @@ Which scenes, where their outputs go, which are done and which another batch hol
 ``tilefill._archive``. This module runs them: a pipeline that overlaps the scenes (one read
 ahead, one written behind, while the cluster fits the current one), the JSON-lines log and the
 report. Done scenes are skipped; any other output there is stale and is removed before the scene
-is redone, so nothing left in the tree claims a success it did not have.
+is redone, so nothing left in the tree claims a success it did not have. With ``guide="auto"``
+each scene's guides are chosen among the batch's other inputs (``tilefill._guide_choice``) in the
+prepare stage, before its done check (other guides: not done).
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from tilefill._archive import (CLAIM_TTL, BatchScene, Claim, check_output_root, claim_path, done_path, done_state,
-                               find_scenes, write_done)
+from tilefill._archive import (CLAIM_TTL, BatchScene, Claim, check_output_root, claim_path, done_path, done_record,
+                               done_state, find_scenes, record_guide_choice, write_done)
 from tilefill._cluster import LazyCluster
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config
 from tilefill._errors import TilefillError
+from tilefill._guide_choice import DEFAULT_COUNT, DEFAULT_WINDOW, GuideChoice, GuideChooser
 from tilefill._pipeline import (FillReport, PreparedFill, checked_config, default_store, finish_fill, prepare_fill,
                                 start_fit)
 from tilefill._records import json_safe, utc_now, write_failure
@@ -86,6 +89,7 @@ class SceneOutcome:
 
     ``verified``: a skipped scene's output was hashed again and matched its record (``--verify``);
     ``damaged``: how a recorded output differed from its record, so the scene was filled again.
+    ``guides``: with ``--guide auto``, the other dates it was filled with (best first; empty: from itself).
     """
 
     scene: str
@@ -99,13 +103,15 @@ class SceneOutcome:
     tiles_failed: int = 0
     verified: bool = False
     damaged: str = ""
+    guides: tuple[str, ...] = ()
 
     def record(self) -> dict:
         return {"type": "scene", "scene": self.scene, "tile": None, "worker": None, "device": None,
                 "iterations": None, "final_loss": None, "seconds": round(self.seconds, 3), "status": self.status,
                 "output": self.output, "error": self.error or None, "tiles_fitted": self.tiles_fitted,
                 "tiles_skipped": self.tiles_skipped, "tiles_retried": self.tiles_retried,
-                "tiles_failed": self.tiles_failed, "verified": self.verified, "damaged": self.damaged or None}
+                "tiles_failed": self.tiles_failed, "verified": self.verified, "damaged": self.damaged or None,
+                "guides": list(self.guides)}
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ class BatchReport:
                 **{f"tiles_{k}": sum(getattr(s, f"tiles_{k}") for s in self.scenes)
                    for k in ("fitted", "skipped", "retried", "failed")},
                 "verified": sum(s.verified for s in self.scenes), "damaged": len(self.damaged),
+                "guided": sum(bool(s.guides) and s.status in ("done", "skipped") for s in self.scenes),
                 "seconds": round(self.seconds, 3), "cluster": self.cluster}
 
     def __str__(self) -> str:
@@ -162,6 +169,9 @@ class BatchReport:
                  f"tiles: {s['tiles_fitted']} fitted, {s['tiles_skipped']} resumed from earlier runs, "
                  f"{s['tiles_retried']} retried, {s['tiles_failed']} failed",
                  f"time: {self.seconds:.1f} s on {self.cluster}"]
+        if s["guided"]:
+            lines.append(f"guides: {s['guided']} scene(s) filled with other dates (--guide auto), the others from "
+                         "themselves (the log says why)")
         if s["verified"] or s["damaged"]:
             lines.append(f"verified: {s['verified']} output(s) match their record, {s['damaged']} damaged "
                          "(filled again)")
@@ -196,6 +206,9 @@ def fill_batch(
     progress: bool = True,
     claim_ttl: float = CLAIM_TTL,
     verify: bool = False,
+    guide: str | None = None,
+    guide_window: float = DEFAULT_WINDOW,
+    guide_count: int = DEFAULT_COUNT,
 ) -> BatchReport:
     """Fill every scene that ``sources`` and ``manifest`` name, on one Dask cluster, into a mirrored tree.
 
@@ -227,6 +240,11 @@ def fill_batch(
     verify : bool
         Hash the outputs of done scenes again; one that no longer matches its record is reported
         (``damaged``) and filled again.
+    guide : {None, "auto"}
+        ``"auto"``: fill each scene with up to ``guide_count`` other dates of its footprint among the
+        batch's inputs, acquired within ``guide_window`` days, ranked by the share of its gap pixels
+        they have data at and by time apart (``tilefill._guide_choice``). A scene without a date or
+        a candidate is filled from itself; the log's ``guides`` record says which and why.
 
     Returns
     -------
@@ -251,10 +269,17 @@ def fill_batch(
     if not sources and manifest is None:
         raise TilefillError("name the scenes: SOURCES (globs, files, folders) or --manifest FILE")
     cfg = checked_config(config, overrides)
+    if guide not in (None, "auto"):
+        raise TilefillError(f"--guide in a batch takes 'auto' (each scene's guides chosen from the archive), not "
+                            f"{guide!r}; to give one scene its guides, fill it with tilefill SCENE --guide PATH")
+    if guide and cfg.method not in ("dip", "llhm", "nspi"):
+        raise TilefillError(f"method {cfg.method} fills a scene from itself; --guide auto goes with dip, llhm or nspi")
     check_output_root(output_dir)
     scenes, problems = find_scenes(sources, output_dir, manifest=manifest, input_root=input_root)
     if not scenes and not any(p.failure for p in problems):
         raise TilefillError("no scene found in the sources")
+    chooser = GuideChooser([s.path for s in scenes], window=guide_window, count=guide_count, bands=bands,
+                           footprint=footprint) if guide else None
     jlog = JsonLines(Path(log) if log else None)
     outcomes: list[SceneOutcome] = []
     described = "no cluster (nothing to fit)"
@@ -269,7 +294,8 @@ def fill_batch(
                 outcomes.append(SceneOutcome(p.source, None, "failed" if p.failure else "duplicate", error=p.message))
                 jlog.write(outcomes[-1].record())
             batch = _Pipeline(scenes, cfg, clusters, jlog, bands=bands, mask_qa=mask_qa, footprint=footprint,
-                              restart=restart, overwrite=overwrite, verify=verify, claim_ttl=claim_ttl)
+                              restart=restart, overwrite=overwrite, verify=verify, claim_ttl=claim_ttl,
+                              chooser=chooser)
             try:
                 batch.run()
             finally:
@@ -299,6 +325,7 @@ class _InFlight:
     start: float
     damaged: str = ""
     job: TileJob | None = None
+    choice: GuideChoice | None = None
 
 
 class _Pipeline:
@@ -313,10 +340,12 @@ class _Pipeline:
     """
 
     def __init__(self, scenes: Sequence[BatchScene], cfg: Config, clusters: LazyCluster, jlog: JsonLines, *, bands,
-                 mask_qa, footprint: str, restart: bool, overwrite: bool, verify: bool, claim_ttl: float):
+                 mask_qa, footprint: str, restart: bool, overwrite: bool, verify: bool, claim_ttl: float,
+                 chooser: GuideChooser | None = None):
         self.scenes, self.cfg, self.clusters, self.jlog = list(scenes), cfg, clusters, jlog
         self.bands, self.footprint, self.restart, self.overwrite = bands, footprint, restart, overwrite
-        self.verify, self.claim_ttl, self._mask_qa = verify, claim_ttl, mask_qa
+        self.verify, self.claim_ttl, self._mask_qa, self.chooser = verify, claim_ttl, mask_qa, chooser
+        self._guides: dict[int, tuple[str, ...]] = {}  # scene -> its guides (--guide auto)
         self._settled: list[tuple[int, SceneOutcome]] = []
         self._claimed: dict[int, _InFlight] = {}  # claimed and not yet settled
         self._lock = threading.Lock()
@@ -362,10 +391,14 @@ class _Pipeline:
         """Prepare thread: done check, claim, store. None when the scene is settled here (skipped, failed ...)."""
         start = time.perf_counter()
         logger.info("[%d/%d] %s", k, len(self.scenes), scene.path)
+        choice = self._choose(k, scene)
+        guides = choice.guides if choice else ()
         damaged = ""
         try:
-            done, damaged = self._done(scene)
+            done, damaged = self._done(scene, guides)
             if done:  # the nightly common case: no claim, no cluster
+                if choice is not None and choice.signature and not choice.reused:  # chosen anew: keep it
+                    record_guide_choice(scene.output, choice.to_dict())
                 self._settle(k, SceneOutcome(str(scene.path), scene.output, "skipped", time.perf_counter() - start,
                                              verified=self.verify))
                 return None
@@ -386,20 +419,20 @@ class _Pipeline:
                                          f"claimed by {Claim.holder(claim_path(out))}"))
             return None
         try:
-            if self._done(scene)[0]:  # another batch may have finished it between our look and our claim
+            if self._done(scene, guides)[0]:  # another batch may have finished it between our look and our claim
                 claim.release()
                 self._settle(k, SceneOutcome(str(scene.path), out, "skipped", time.perf_counter() - start))
                 return None
             for stale in (done_path(out), out):  # the record first: an output without one claims nothing
                 stale.unlink(missing_ok=True)
-            prep = prepare_fill(scene.path, out, self.cfg, store_path=default_store(out), keep_store=True,
+            prep = prepare_fill(scene.path, out, self._config(guides), store_path=default_store(out), keep_store=True,
                                 bands=self.bands, mask_qa=self.mask_qa(scene), footprint=self.footprint,
                                 restart=self.restart, overwrite=True,
-                                start=start)
+                                start=start, guides=guides)
         except Exception as exc:  # noqa: BLE001 - one scene's failure never stops the others
-            self._fail(_InFlight(k, scene, claim, None, start, damaged), exc)
+            self._fail(_InFlight(k, scene, claim, None, start, damaged, choice=choice), exc)
             return None
-        flight = _InFlight(k, scene, claim, prep, start, damaged)
+        flight = _InFlight(k, scene, claim, prep, start, damaged, choice=choice)
         with self._lock:
             self._claimed[k] = flight
         return flight
@@ -426,7 +459,7 @@ class _Pipeline:
             if not report.ok:  # finish_fill wrote OUT.failed.json and kept the store
                 self._finish(flight, "failed", f"{scene.path}: {report.message}", report)
                 return
-            write_done(scene, report)
+            write_done(scene, report, flight.choice.to_dict() if flight.choice else None)
             shutil.rmtree(default_store(out), ignore_errors=True)  # only now: a crash before the record resumes
             self._finish(flight, "done", report=report)
         except Exception as exc:  # noqa: BLE001 - one scene's failure never stops the others
@@ -441,13 +474,47 @@ class _Pipeline:
                                 "scenes not reached are tried by the next run")
         self._last_stop = sig
 
+    def _choose(self, k: int, scene: BatchScene) -> GuideChoice | None:
+        """Prepare thread: the scene's guides (``--guide auto``), logged; None without ``--guide auto``.
+
+        Choosing never fails a scene: where it cannot be done the scene is filled from itself, and the log says why.
+        """
+        if self.chooser is None:
+            return None
+        recorded = (done_record(scene.output) or {}).get("guide_choice")
+        try:
+            choice = self.chooser.choose(scene.path, mask_qa=self.mask_qa(scene), recorded=recorded)
+        except Exception as exc:  # noqa: BLE001 - e.g. a candidate that cannot be read midway
+            choice = GuideChoice(str(scene.path), (), f"filled from itself: its guides could not be chosen "
+                                                      f"({type(exc).__name__}: {exc})")
+        with self._lock:
+            self._guides[k] = choice.guides
+        self.jlog.write({"type": "guides", "scene": str(scene.path), **choice.to_dict(),
+                         "seconds": round(choice.seconds, 4)})
+        if choice.guides:
+            logger.info("[%d/%d] guides: %s (%s%s)", k, len(self.scenes),
+                        ", ".join(Path(g).name for g in choice.guides), choice.note,
+                        ", as recorded" if choice.reused else "")
+        else:
+            alone = f" (method {self.cfg.method} without a guide: biharmonic)" if self._config(()) is not self.cfg \
+                else ""
+            logger.info("[%d/%d] %s%s", k, len(self.scenes), choice.note, alone)
+        return choice
+
     # -- outcomes ------------------------------------------------------------------------------------------
 
-    def _done(self, scene: BatchScene) -> tuple[bool, str]:
+    def _config(self, guides: Sequence[str]) -> Config:
+        """A scene's config: the batch's, but llhm and nspi without a guide are what they fill where no guide
+        speaks, biharmonic inpainting (``--guide auto`` found none: the scene is filled from itself)."""
+        if self.chooser is not None and not guides and self.cfg.method in ("llhm", "nspi"):
+            return self.cfg.override({"method": "biharmonic"})
+        return self.cfg
+
+    def _done(self, scene: BatchScene, guides: Sequence[str] = ()) -> tuple[bool, str]:
         if self.overwrite:
             return False, ""
-        return done_state(scene, self.cfg, self.bands, self.footprint, verify=self.verify,
-                           mask_qa=self.mask_qa(scene))
+        return done_state(scene, self._config(guides), self.bands, self.footprint, verify=self.verify,
+                           mask_qa=self.mask_qa(scene), guides=guides)
 
     def mask_qa(self, scene: BatchScene):
         """The QA_PIXEL conditions for this scene: product folders only (a GeoTIFF has no QA_PIXEL band)."""
@@ -479,6 +546,7 @@ class _Pipeline:
 
     def _settle(self, k: int, outcome: SceneOutcome, report: FillReport | None = None) -> None:
         with self._lock:
+            outcome = replace(outcome, guides=self._guides.get(k, ()))
             self._settled.append((k, outcome))
         for rec in (_tile_records(outcome.scene, report) if report else ()):
             self.jlog.write(rec)

@@ -4,6 +4,13 @@ Tiles are squares of ``size`` px placed every ``size - overlap`` px. The last ro
 are shifted inward so that they end exactly at the scene border: no tile is padded with
 invented pixels, at the price of a wider overlap there. A grid made from a scene
 (:meth:`TileGrid.from_scene`) carries its transform and CRS, so each tile knows its bounds.
+
+A scene narrower or lower than one tile (a field-scale chip) is one tile along that side, which
+reaches past the scene's border: the grid's :attr:`~TileGrid.extent`. Where the scene is smaller
+than a tile both ways, :meth:`TileGrid.from_config` shrinks the tile to the smallest side the
+network takes that covers it (61 x 61 px: one 64 px tile). The work store holds what lies beyond
+the scene as collar (outside the footprint: not data, not a gap, never scored or written; see
+``tilefill._store``). A scene at least a tile wide and high gets the grid it always had.
 """
 
 from __future__ import annotations
@@ -81,7 +88,8 @@ class TileGrid:
     Parameters
     ----------
     height, width : int
-        Scene size in pixels; both must be at least ``size``.
+        Scene size in pixels. A side shorter than ``size`` gets one tile, reaching past the scene
+        (:attr:`extent`).
     size : int
         Tile side, a multiple of ``multiple``.
     overlap : int
@@ -117,24 +125,34 @@ class TileGrid:
                                 f"{self.multiple}")
         if not 0 <= self.overlap < self.size:
             raise TilefillError(f"overlap {self.overlap} must be smaller than the tile size {self.size}")
-        if self.height < self.size or self.width < self.size:
-            raise TilefillError(
-                f"scene of {self.height} x {self.width} px is smaller than one {self.size} px tile; use a smaller --tile-size"
-            )
+        if self.height < 1 or self.width < 1:
+            raise TilefillError(f"a scene of {self.height} x {self.width} px has no pixel to tile")
 
     @classmethod
     def from_config(cls, height: int, width: int, config, transform: Affine = Affine.identity(),
                     crs: str | None = None) -> "TileGrid":
         """The grid of ``config.tiles`` over a ``height`` x ``width`` raster, sides a multiple of its network's.
 
+        A raster smaller than one tile both ways is one tile of the smallest side that covers it
+        (a multiple of the network's, at least two of them: what its levels can halve); its
+        overlap is kept where it is smaller than that side, else 0 (one tile overlaps nothing).
+
         Examples
         --------
         >>> from tilefill import load_config
         >>> TileGrid.from_config(600, 500, load_config("default")).shape  # 128 px tiles
         (6, 5)
+        >>> small = TileGrid.from_config(61, 61, load_config("default"))
+        >>> small.size, small.shape, small.extent
+        (64, (1, 1), (64, 64))
         """
-        return cls(height, width, config.tiles.size, config.tiles.overlap, transform, crs=crs,
-                   multiple=config.network.multiple)
+        m = config.network.multiple
+        size, overlap = config.tiles.size, config.tiles.overlap
+        longest = max(height, width)
+        if longest < size:
+            size = max(2 * m, -(-longest // m) * m)
+            overlap = overlap if overlap < size else 0
+        return cls(height, width, size, overlap, transform, crs=crs, multiple=m)
 
     @classmethod
     def from_scene(cls, info, config) -> "TileGrid":
@@ -153,6 +171,22 @@ class TileGrid:
     @cached_property
     def col_starts(self) -> tuple[int, ...]:
         return _starts(self.width, self.size, self.stride)
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """(rows, columns) the tiles span: the scene's size, or one tile's side where the scene is smaller.
+
+        Examples
+        --------
+        >>> TileGrid(61, 300, 64, 32).extent
+        (64, 300)
+        """
+        return max(self.height, self.size), max(self.width, self.size)
+
+    @property
+    def padded(self) -> bool:
+        """Whether the tiles reach past the scene (a side shorter than one tile): the store pads it."""
+        return self.extent != (self.height, self.width)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -178,15 +212,17 @@ class TileGrid:
         return [self[r * self.shape[1] + c] for r in rows for c in range(self.shape[1])]
 
     def context_window(self, tile: Tile, factor: int) -> tuple[int, int, int]:
-        """A square window ``factor`` times the tile's side around it, clamped inside the scene.
+        """A square window ``factor`` times the tile's side around it, clamped inside the grid's extent.
 
-        Returns ``(y, x, side)``; the side stays a multiple of ``multiple`` and never exceeds the scene.
+        Returns ``(y, x, side)``; the side stays a multiple of ``multiple``, never exceeds the extent
+        and is never less than the tile's.
         """
         m = self.multiple
-        side = min(tile.size * factor, self.height // m * m, self.width // m * m)
+        height, width = self.extent
+        side = max(tile.size, min(tile.size * factor, height // m * m, width // m * m))
         cy, cx = tile.y + tile.size // 2, tile.x + tile.size // 2
-        y = int(np.clip(cy - side // 2, 0, self.height - side))
-        x = int(np.clip(cx - side // 2, 0, self.width - side))
+        y = int(np.clip(cy - side // 2, 0, height - side))
+        x = int(np.clip(cx - side // 2, 0, width - side))
         return y, x, side
 
     def weights(self, tile: Tile) -> np.ndarray:

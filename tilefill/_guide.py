@@ -11,6 +11,9 @@ Bands are matched to the scene's by common name (``blue``, ``green``, ``red``, `
 descriptions), or by position when both carry the same number of bands and one of them has no
 names. Refused in one line: a guide that does not overlap the scene, whose bands cannot be
 matched, or that is the scene itself.
+
+A guide's acquisition date (:func:`acquisition`) comes from its Landsat product's MTL, a
+``DATE_ACQUIRED`` tag, or a Landsat scene or product ID in its file or folder name.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +35,58 @@ from tilefill._scene import Scene, SceneInfo, open_scene, same_grid
 log = logging.getLogger("tilefill")
 
 _UNNAMED = re.compile(r"^(band_?\d+|b\d+)?$", re.IGNORECASE)
+# Landsat IDs in a file or folder name: a scene ID (LE70350322008118EDC00: sensor, satellite, WRS-2 path and
+# row, year, day of year, station, version) or a product ID (LE07_L2SP_035032_20080427_20200914_02_T1), also
+# cut short to its sensor, path/row and date (LE07_035032_20080427)
+_SCENE_ID = re.compile(r"(?<![A-Za-z0-9])L[CEOTM]\d(\d{3})(\d{3})(\d{4})(\d{3})[A-Z]{3}\d{2}(?![0-9])")
+_PRODUCT_ID = re.compile(r"(?<![A-Za-z0-9])L[CEOTM]0\d_(?:[A-Z0-9]{4}_)?(\d{3})(\d{3})_(\d{8})(?![0-9])")
+
+
+def landsat_name(name: str) -> tuple[tuple[int, int], date] | None:
+    """The WRS-2 (path, row) and acquisition date a Landsat scene or product ID in ``name`` gives; None without one.
+
+    Examples
+    --------
+    >>> landsat_name("LE70350322008118EDC00_b3.tif")
+    ((35, 32), datetime.date(2008, 4, 27))
+    >>> landsat_name("LT05_L2SP_035032_20080505_20200829_02_T1")
+    ((35, 32), datetime.date(2008, 5, 5))
+    >>> landsat_name("scene_2008.tif") is None
+    True
+    """
+    try:
+        if m := _PRODUCT_ID.search(name):
+            return (int(m[1]), int(m[2])), datetime.strptime(m[3], "%Y%m%d").date()
+        if m := _SCENE_ID.search(name):
+            return (int(m[1]), int(m[2])), datetime.strptime(m[3] + m[4], "%Y%j").date()
+    except ValueError:  # digits in the right places that are no date
+        return None
+    return None
+
+
+def _tag_date(text: str) -> date | None:
+    """A ``DATE_ACQUIRED`` value: ISO (2008-04-27, with or without a time), 2008:04:27 or 20080427."""
+    text = text.strip()
+    for candidate, fmt in ((text[:10].replace(":", "-"), "%Y-%m-%d"), (text[:8], "%Y%m%d")):
+        try:
+            return datetime.strptime(candidate, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def acquisition(info: SceneInfo, path: str | Path, *, product: bool = False) -> tuple[date | None, str]:
+    """When a scene was acquired, and where that was read: ``(date, "MTL" | "DATE_ACQUIRED tag" | "file name")``.
+
+    ``info``: the scene's (its tags hold a Landsat product's MTL date, or a GeoTIFF's own
+    ``DATE_ACQUIRED``); ``product``: it was read from a Landsat product folder. Without either, a
+    Landsat scene or product ID in the file or folder name gives it; ``(None, "")`` when nothing does.
+    """
+    tag = info.tags.get("DATE_ACQUIRED")
+    if tag and (when := _tag_date(str(tag))) is not None:
+        return when, "MTL" if product else "DATE_ACQUIRED tag"
+    named = landsat_name(Path(path).name)
+    return (named[1], "file name") if named else (None, "")
 
 
 @dataclass(frozen=True)
@@ -163,7 +219,8 @@ def open_guide(path: str | Path, scene: Scene, *, mask_qa: Sequence[str] | str |
     if reprojected:
         log.info("guide %s: %s; reprojected to the scene's grid (bilinear)", path.name, _grid_difference(own, info))
     aligned = open_scene(path, bands=selection, mask_qa=mask_qa if product else None, grid=info)
-    acquired = own.tags.get("DATE_ACQUIRED") or None
+    when, _source = acquisition(own, path, product=product)
+    acquired = own.tags.get("DATE_ACQUIRED") or (when.isoformat() if when else None)
     return aligned, GuideSource(str(path), tuple(labels), matched, reprojected, acquired)
 
 

@@ -177,7 +177,8 @@ def _hidden_strips(store: TileStore, thin: frozenset, strip: int = 256, *, truth
 
     ``tile_rmse(tile, bins, speaks)`` (see :func:`_tile_rmse`): also sum each tile's estimated error.
     """
-    bands, width, height = store.info.count, store.info.width, store.info.height
+    # the store's width: the scene's, or one tile's where the scene is narrower (its padding is collar)
+    bands, width, height = store.info.count, store.grid.extent[1], store.info.height
     guided = store.guided
     classical = len(store.config.fit.blend_methods)
     partners = classical if mix is None else len(mix)
@@ -539,7 +540,7 @@ class _StripMosaic:
         speaks, a fitted tile's value is the three-way blend of DIP, its partner and the guide's fill.
         """
         store, plan = self.store, self.plan
-        bands, width = store.info.count, store.info.width
+        bands, width = store.info.count, store.grid.extent[1]
         shape = (bands, h, width)
         out = _StripSums(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
         if estimate:  # no hidden pixel in reach: no estimate
@@ -726,9 +727,14 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
     out = _Written(err_sq=np.zeros(info.count), err_n=np.zeros(info.count)) if estimate else _Written()
     if plan.guided is not None:
         out.guided = np.zeros(info.count, dtype=np.int64)
+    pad, cols = store.grid.extent[1] - info.width, slice(0, info.width)
     for win in scene.strips(STRIP):
         y, h = win.row_off, win.height
+        # a store padded to one tile is wider than the scene: its padding is collar (outside the footprint, never
+        # filled), so the strip is worked at the store's width and written at the scene's
         values = scene.read(win)
+        if pad:
+            values = np.pad(values, ((0, 0), (0, 0), (0, pad)))
         gaps = np.asarray(store.group["gaps"][:, y:y + h, :])
         inside = np.asarray(store.group["footprint"][y:y + h, :])
         sums = mosaic.strip(y, h, estimate=estimate)
@@ -747,9 +753,9 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
         elif float_out:
             values[missing] = np.nan
             values[:, ~inside] = np.nan
-        dst.write(values, window=win)
+        dst.write(values[..., cols], window=win)
         if needs_mask:
-            dst.write_mask(np.where(inside, 255, 0).astype(np.uint8), window=win)
+            dst.write_mask(np.where(inside[:, cols], 255, 0).astype(np.uint8), window=win)
         if estimate:
             est = np.full(values.shape, np.nan, dtype=np.float32)
             est[target] = (_trust_map(store, plan, sums, pred, y, h, target) * span)[target]
@@ -763,7 +769,7 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
                 share[target] = (guide_share / np.where(covered, wsum, 1))[target]
                 out.guided += ((share > 0) & target).sum(axis=(1, 2))
             if err_dst is not None:
-                err_dst.write(est if share is None else np.concatenate([est, share]), window=win)
+                err_dst.write((est if share is None else np.concatenate([est, share]))[..., cols], window=win)
     return out
 
 

@@ -454,8 +454,9 @@ def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path,
             opened.append((stack.enter_context(guide), source))
             log.info("%s", source.describe())
         grid = TileGrid.from_scene(info, cfg)
-        log.info("scene %d x %d px, %d band(s) %s, %s; %d tiles of %d px", info.width, info.height, info.count,
-                 ",".join(info.band_names), info.dtype, len(grid), grid.size)
+        log.info("scene %d x %d px, %d band(s) %s, %s; %d tiles of %d px%s", info.width, info.height, info.count,
+                 ",".join(info.band_names), info.dtype, len(grid), grid.size,
+                 " (smaller than a tile: padded, the padding is not data)" if grid.padded else "")
         key = run_key(src, cfg, grid, footprint=footprint, guides=opened)
         try:
             store = resumable_store(store_path, key.digest, restart=restart, config=cfg)

@@ -35,6 +35,11 @@ and, with guides (other dates of the place, ``--guide``; tilefill._guide):
                                            the guide's classical fill (``guide.partner``) last, NaN where no
                                            guide speaks
 
+The scene arrays span the grid's extent (``TileGrid.extent``): the scene itself, padded where the
+scene is smaller than one tile. The padding is collar: outside the footprint, so never known, never
+a gap, never hidden and never written out (the mosaic crops it); a scene at least a tile wide and high
+has none.
+
 Attributes (``attrs["tilefill"]``) hold the scene's georeferencing (CRS WKT, transform), band
 names, dtype and nodata, the grid, the full config, the per-band scaling and the run key (see
 ``tilefill._runkey``), so a run can be inspected, and picked up, from the store alone. Workers
@@ -268,18 +273,19 @@ def _create_or_replace(path: Path, run_key: str | None) -> zarr.Group:
     return group
 
 
-def _write_holdout(group: zarr.Group, holdout: SceneHoldout) -> None:
-    """The scene's hidden pixels, strip by strip from the gaps just written."""
+def _write_holdout(group: zarr.Group, holdout: SceneHoldout, height: int, width: int) -> None:
+    """The scene's hidden pixels (``height`` x ``width``, the scene's: none in the padding), strip by strip from
+    the gaps just written."""
     gaps_arr, fp_arr = group["gaps"], group["footprint"]
-    bands, height, width = gaps_arr.shape
-    hidden = group.create_array("hidden", shape=(bands, height, width), chunks=(bands, CHUNK_PX, CHUNK_PX),
+    hidden = group.create_array("hidden", shape=gaps_arr.shape, chunks=(gaps_arr.shape[0], CHUNK_PX, CHUNK_PX),
                                 dtype="bool", fill_value=False)
     above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
     for y in range(0, height, STRIP):
-        gaps = np.asarray(gaps_arr[:, y:y + STRIP, :])
-        known = ~gaps & np.asarray(fp_arr[y:y + STRIP, :])[None]
+        rows = slice(y, min(y + STRIP, height))
+        gaps = np.asarray(gaps_arr[:, rows, :width])
+        known = ~gaps & np.asarray(fp_arr[rows, :width])[None]
         any_gap = gaps.any(axis=0)
-        hidden[:, y:y + STRIP, :] = known & holdout.strip(y, any_gap, above)[None]
+        hidden[:, rows, :width] = known & holdout.strip(y, any_gap, above)[None]
         above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
 
 
@@ -375,10 +381,11 @@ class _Written:
 
 
 def _write_pass(scene: Scene, group: zarr.Group, extent: _Extent, grid: TileGrid, holdout: bool) -> _Written:
-    """Second pass over the input: the scaled scene, its gaps and footprint into the store, strip by strip."""
+    """Second pass over the input: the scaled scene, its gaps and footprint into the store, strip by strip (into
+    the scene's part of arrays padded to the grid's extent)."""
     _bands, height, width = scene.shape
     scene_arr, gaps_arr, fp_arr = group["scene"], group["gaps"], group["footprint"]
-    out = _Written(0, np.zeros((height, len(grid.col_starts)), dtype=np.int64),
+    out = _Written(0, np.zeros((grid.extent[0], len(grid.col_starts)), dtype=np.int64),
                    np.zeros((-(-height // HOLDOUT_CELL), -(-width // HOLDOUT_CELL)), np.int64) if holdout else None)
     above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
     for win in scene.strips(STRIP):
@@ -391,9 +398,9 @@ def _write_pass(scene: Scene, group: zarr.Group, extent: _Extent, grid: TileGrid
         known = inside[None] & ~gaps
         scaled = extent.scaling.forward(values)
         scaled[~known] = 0  # gap pixels hold whatever the input had: nodata, NaN
-        scene_arr[:, y:y + h, :] = scaled
-        gaps_arr[:, y:y + h, :] = gaps
-        fp_arr[y:y + h, :] = inside
+        scene_arr[:, y:y + h, :width] = scaled
+        gaps_arr[:, y:y + h, :width] = gaps
+        fp_arr[y:y + h, :width] = inside
         any_gap = gaps.any(axis=0)
         out.gap_pixels += int(gaps.sum())
         if holdout:
@@ -439,9 +446,10 @@ def _write_guides(guides: Sequence[Scene], group: zarr.Group) -> list[dict]:
             known = _guide_known(guide, win, values)
             scaled = scaling.forward(values)
             scaled[~known] = 0
-            group["guides"][g, :, y:y + h, :] = scaled
-            group["guides_known"][g, :, y:y + h, :] = known
-            covered += int((known & np.asarray(gaps_arr[:, y:y + h, :])).sum())
+            w = scaled.shape[-1]  # the scene's width: the store's arrays may be padded beyond it
+            group["guides"][g, :, y:y + h, :w] = scaled
+            group["guides_known"][g, :, y:y + h, :w] = known
+            covered += int((known & np.asarray(gaps_arr[:, y:y + h, :w])).sum())
         out.append({"scaling": {"lo": list(scaling.lo), "hi": list(scaling.hi)}, "gap_pixels_covered": covered})
     return out
 
@@ -478,7 +486,7 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     extent = _statistics_pass(scene, footprint)
     path = Path(path)
     group = _create_or_replace(path, run_key)
-    _create_layout(group, scene.shape, grid, config, len(guides))
+    _create_layout(group, (scene.shape[0], *grid.extent), grid, config, len(guides))
     holdout = config.method == "dip" and config.fit.blends and config.fit.validation > 0
     try:
         written = _write_pass(scene, group, extent, grid, holdout)
@@ -491,7 +499,7 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
         height, width = scene.shape[1:]
         _write_holdout(group, SceneHoldout((height, width), share=config.fit.validation,
                                            cell_candidates=written.cell_candidates, known=written.known_everywhere,
-                                           seed=config.fit.seed))
+                                           seed=config.fit.seed), height, width)
     group.attrs["tilefill"] = {
         "version": __version__,
         "run_key": run_key,

@@ -229,29 +229,42 @@ def fill_cmd(scene, output, mask, guides, bands, mask_qa, workdir, footprint, co
               help="The folder the output tree mirrors (default: the sources' common folder).")
 @click.option("--verify", is_flag=True,
               help="Hash the outputs of scenes recorded as done again; a damaged one is reported and filled again.")
+@click.option("--guide", "guide", type=click.Choice(["auto"]), default=None,
+              help="Fill each scene with other dates of its path/row among the sources, chosen by the share of its "
+                   "gaps they cover and by time apart; a scene without one is filled from itself (the log says why).")
+@click.option("--guide-window", type=click.FloatRange(min=0), default=None, metavar="DAYS",
+              help="With --guide auto: guides acquired at most this many days apart (default: 48).")
+@click.option("--guides", "guide_count", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --guide auto: at most N guides per scene (default: 2).")
 @apply(scene_options())
 @apply(fill_options())
 @apply(cluster_options())
 @RESTART
-def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, bands, mask_qa, footprint, config,
-              overwrite, quiet, restart, **kw):
+def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, guide, guide_window, guide_count, bands,
+              mask_qa, footprint, config, overwrite, quiet, restart, **kw):
     """Fill every scene of SOURCES (globs, GeoTIFFs, folders searched for GeoTIFFs and Landsat product folders).
 
     \b
     tilefill batch 'archive/**/*.tif' --output-dir restored/ --config fast --log nightly.jsonl
     tilefill batch archive/ --output-dir restored/ --scheduler tcp://head:8786
     tilefill batch --manifest tonight.txt --output-dir restored/
+    tilefill batch archive/ --output-dir restored/ --guide auto --guide-window 32
 
     Scenes already done are skipped, one scene's failure never stops the others, and two
     batches may run at once on one archive. Exit status 1 if any scene failed.
     """
     from tilefill._batch import fill_batch
+    from tilefill._guide_choice import DEFAULT_COUNT, DEFAULT_WINDOW
 
     _setup_logging(quiet)
+    if guide is None and (guide_window is not None or guide_count is not None):
+        raise click.UsageError("--guide-window and --guides go with --guide auto")
     cluster = _cluster_spec(kw)
     report = _run(fill_batch, list(sources), output_dir, manifest=manifest, log=log_path, input_root=input_root,
                   bands=bands, mask_qa=mask_qa, footprint=footprint, config=config, overrides=_config_overrides(**kw),
                   cluster=cluster, restart=restart, overwrite=overwrite, progress=not quiet, verify=verify,
+                  guide=guide, guide_window=DEFAULT_WINDOW if guide_window is None else guide_window,
+                  guide_count=DEFAULT_COUNT if guide_count is None else guide_count,
                   stopped="workers stopped; the scenes under way are logged as interrupted, their claims released and "
                           "their finished tiles kept: run the same command again to resume")
     click.echo(str(report), err=True)
