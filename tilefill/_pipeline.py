@@ -37,7 +37,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from tilefill._cluster import LazyCluster
+from tilefill._cluster import LazyCluster, given_client
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config, load_config, with_shortcuts
 from tilefill._errors import InputReadError, TilefillError
@@ -255,13 +255,16 @@ def fill_scene(
     progress: bool = True,
     restart: bool = False,
     guides: Sequence[str | Path] = (),
+    client=None,
 ) -> FillReport:
     """Restore the gaps of a scene and write it as a georeferenced GeoTIFF.
 
     Parameters
     ----------
     scene : str or Path
-        A GeoTIFF (or any raster GDAL reads) or a Landsat product folder.
+        A GeoTIFF (or any raster GDAL reads), a Landsat product folder or its MTL file, or a STAC
+        item (``.json``); a path or a URL (``s3://``, ``gs://``, ``az://``, ``https://``; see
+        :mod:`tilefill._remote`).
     output : str or Path
         The restored GeoTIFF; refused if it exists unless ``overwrite``.
     mask : str or Path, optional
@@ -279,7 +282,13 @@ def fill_scene(
     cluster : ClusterSpec, optional
         Where the tiles are fitted: CPU workers (``ClusterSpec(workers=2)``; 0 = in this process),
         one worker per GPU (``gpus=4``) or an existing Dask cluster (``scheduler="tcp://head:8786"``),
-        with its dashboard and how long to wait for workers. Default: one CPU worker per core.
+        with its dashboard and how long to wait for workers. Default: Dask's current default
+        client where one is running (below), else one CPU worker per core.
+    client : distributed.Client, optional
+        Run on the cluster of a client made in Python (dask-jobqueue, dask-gateway, dask-kubernetes,
+        Coiled: its address and TLS credentials live in that object); it is used as it is and left
+        open. Without ``client`` and ``cluster``, Dask's current default client is used when there is
+        one (``distributed.default_client()``), as dask-aware libraries do. Not with ``cluster``.
     workdir : str or Path, optional
         Folder for the Zarr tile store (kept after the run). Default: a hidden folder beside
         the output, removed after a successful run and kept otherwise, so that running the same
@@ -322,8 +331,9 @@ def fill_scene(
     out = check_output_path(output, overwrite)
     keep_store = workdir is not None
     store_path = Path(os.path.abspath((Path(workdir) / "tiles.zarr") if keep_store else default_store(out)))
-    with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device,
-                     worker_log=worker_log_path(store_path)) as clusters:
+    client = given_client(client, cluster)
+    with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device, worker_log=worker_log_path(store_path),
+                     client=client) as clusters:
         report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
                           bands=bands, mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite,
                           progress=progress, start=start, guides=guides)
