@@ -206,10 +206,19 @@ def _open(url: str):
     if fp:
         lib.VSIFCloseL(fp)
     msg = (lib.VSIGetLastErrorMsg() or b"").decode("utf-8", "replace") or _last_error()
-    msg = " ".join(msg.split())[:300]
-    if re.search(r"response code[^:]*: 0$", msg):  # curl's code 0: no HTTP answer at all
-        msg = f"no answer from the endpoint: {msg}"
-    return None, msg or "no such bucket or object, or no access to it"
+    return None, explain(msg) or "no such bucket or object, or no access to it"
+
+
+def explain(gdal_message: str) -> str:
+    """GDAL's line on a failed remote request, with what to do where the cause is known."""
+    msg = " ".join(gdal_message.split())[:300]
+    if "AWS_SECRET_ACCESS_KEY" in msg or "AWS_NO_SIGN_REQUEST" in msg:
+        return ("no AWS credentials in the environment: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                "AWS_PROFILE, or AWS_NO_SIGN_REQUEST=YES for a public bucket")
+    if re.search(r"response code[^:]*: 0$", msg) or "Could not connect" in msg or "Failed to connect" in msg \
+            or "Could not resolve" in msg or "Connection refused" in msg:
+        return f"no answer from the endpoint ({msg})"
+    return msg
 
 
 def unreadable(url: str) -> str | None:

@@ -546,7 +546,7 @@ def locate_scene(path, what: str = "scene"):
         return RemotePath(str(path).rstrip("/"), "folder"), None
     why = unreadable(str(path))
     if why:
-        raise TilefillError(f"{what} not found: {path} ({why})")
+        raise TilefillError(f"cannot read the {what} {path}: {why}")
     return RemotePath(str(path), "file"), None
 
 

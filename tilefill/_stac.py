@@ -31,10 +31,13 @@ _MTL_KEYS = ("mtl.txt", "mtl.json", "mtl.xml")
 
 
 def is_stac_item(path) -> bool:
-    """Whether a scene argument names a STAC item by its name: a ``.json`` file that is not a Landsat MTL."""
+    """Whether a scene argument names a STAC item by its name: a ``.json`` file that is not a Landsat MTL, or
+    a STAC API's item URL (``.../collections/C/items/ID``)."""
     if isinstance(path, StacItem):
         return True
     name = as_path(path).name
+    if is_url(path) and "/collections/" in str(path) and str(path).rstrip("/").rsplit("/", 2)[-2] == "items":
+        return True
     return name.lower().endswith(".json") and not MTL_FILE.match(name)
 
 
