@@ -411,3 +411,15 @@ def listening_sockets(pid: int) -> list[tuple[str, int, int]]:
 
 
 LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
+
+
+@pytest.fixture(autouse=True)
+def _tilefill_logger_restored():
+    """The CLI points the ``tilefill`` logger at stderr and stops it propagating; restore it after each test so
+    that a later test's ``caplog`` (a handler on the root logger) sees tilefill's records whatever ran before."""
+    import logging
+
+    logger = logging.getLogger("tilefill")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]

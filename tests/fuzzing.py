@@ -231,7 +231,7 @@ KINDS = (
     ("unsupported data", r"unsupported data type|bands have different"),
     ("two products", r"mixes two products"),
     ("sensor, band or QA condition unknown", r"sensor .* is not one|has no band|--mask-qa"),
-    ("scene too small for a tile", r"smaller than one"),
+    ("tile size too small", r"tile size must be at least"),
 )
 
 

@@ -246,7 +246,7 @@ KINDS = [
         lambda t: [write_geotiff(t / "e.tif", np.zeros((1, N, N), np.uint8), nodata=0)],
         "no known pixel in band(s) band_1 of {tmp}/e.tif",
     ),
-    Kind("scene smaller than a tile", lambda t: [_scene(t), "--tile-size", "128"], "smaller than one"),
+    Kind("tile size below the smallest", lambda t: [_scene(t), "--tile-size", "32"], "tile size must be at least 64 px, not 32"),
     Kind(
         "band number out of range", lambda t: [_scene(t), "--bands", "5"], "scene.tif has bands 1-2; cannot select [5]"
     ),

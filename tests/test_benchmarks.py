@@ -305,3 +305,43 @@ def test_guide_choice_cost_on_a_full_size_scene(tmp_path, monkeypatch):
     assert report["choose_seconds"] > 0 and report["full_read_seconds"] > 0
     assert 0.7 < report["covered"] < 0.9  # the candidate's cloud covers about a sixth of the gaps
     assert 0.1 < report["gap_share"] < 0.3
+
+
+@pytest.mark.study
+def test_llhm_gain_study_scores_both_gains_on_a_real_pair(tmp_path, monkeypatch):
+    """The least-squares gain against the USGS sd ratio, on one real pair: both rows, every split scored."""
+    out = tmp_path / "gain"
+    _run("studies/llhm_gain.py", ["--cases", "taizhou:slc", "--out", str(out)], monkeypatch)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["gain"] for r in rows] == ["least squares (tilefill)", "sd ratio (USGS)"]
+    for r in rows:
+        assert {"all", "covered_unchanged", "covered_changed"} <= set(r)
+        assert -1.5 < r["all"]["mean_r2"] < 1.0 and r["all"]["pixels"] > 1000
+
+
+@pytest.mark.study
+def test_trust_cost_times_the_write_stage_with_and_without_the_map_features(tmp_path, monkeypatch):
+    out = tmp_path / "cost"
+    _run("studies/trust_cost.py", ["--size", "128", "--iterations", "3", "--repeats", "1", "--workers", "0",
+                                   "--out", str(out)], monkeypatch)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(r["trust_features"] for r in report["runs"]) == [False, True]
+    assert report["first_run_stages_s"]["fill"] > 0 and report["write_median_s"]["curve_only"] > 0
+    assert report["share_of_fill"] == pytest.approx(report["map_features_s"] / report["first_run_stages_s"]["fill"])
+
+
+@pytest.mark.study
+def test_trust_ablation_refits_the_map_without_each_feature_from_kept_stores(tmp_path, monkeypatch):
+    """One kept quality run, re-blended five ways: every feature, without each of three, the curve alone."""
+    keep, out = tmp_path / "keep", tmp_path / "abl"
+    sets = ["--set", "fit.iterations=3", "--set", "fit.validation=0.05", "--set", "blend.weights=distance"]
+    _run("quality.py", ["--preset", TINY, *sets, "--crop", "128", "--cases", "landsat8:slc-edge", "--methods", "dip", "--workers", "0",
+                        "--keep", str(keep), "--out", str(tmp_path / "q")], monkeypatch)
+    _run("studies/trust_ablation.py", ["--keep", str(keep), "--cases", "landsat8:slc-edge", "--crop", "128",
+                                       "--preset", TINY, *sets, "--out", str(out)], monkeypatch)
+    report = json.loads(out.with_suffix(".json").read_text())
+    labels = [s["variant"] for s in report["summary"]]
+    assert labels == ["every feature", "without disagreement", "without guide", "without texture", "the curve alone"]
+    assert all(s["case_bands"] == 4 for s in report["summary"])
+    maps = [report["blocks"][label]["landsat8:slc-edge"]["pearson"] for label in labels]
+    assert maps[0] != maps[-1]  # the features change the map: the curve alone is another map
