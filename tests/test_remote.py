@@ -337,3 +337,21 @@ def test_a_scene_url_to_an_unreachable_endpoint_fails_in_one_line(tmp_path, s3):
 
     line = _bad(tmp_path, [f"s3://{new_bucket()}/x.tif"], {"AWS_S3_ENDPOINT": f"127.0.0.1:{free_port()}"})
     assert "cannot read the scene" in line and "no answer from the endpoint" in line
+
+
+def test_batch_over_an_s3_prefix_fills_its_products_and_rasters_once(tmp_path, s3):
+    a = _striped_product(tmp_path / "local" / "2010")
+    b = _striped_product(tmp_path / "local" / "2010", shift=5, acquired="2010-08-31")
+    shutil.copy(_cog(tmp_path / "scene.tif"), tmp_path / "local" / "loose.tif")
+    url = upload_tree(tmp_path / "local", new_bucket(), "archive")
+    overrides = {"method": "gdal", "tiles.size": 64, "tiles.overlap": 32}
+    report = fill_batch([url + "/"], tmp_path / "out", cluster=ClusterSpec(workers=0), overrides=overrides)
+    assert sorted(o.output.name for o in report.done) == sorted([f"{a.product_id}.tif", f"{b.product_id}.tif",
+                                                                 "loose.tif"])
+    _same_output(tmp_path / "out" / f"{a.product_id}.tif", _local_fill(a, tmp_path))
+    again = fill_batch([url], tmp_path / "out", cluster=ClusterSpec(workers=0), overrides=overrides)
+    assert len(again.skipped) == 3 and not again.failed
+    manifest = tmp_path / "tonight.txt"  # URLs in a manifest: the same scenes, the same outputs
+    manifest.write_text(f"# tonight\n{url}/loose.tif\n{url}/2010/{a.product_id}\n")
+    listed = fill_batch([], tmp_path / "out", manifest=manifest, cluster=ClusterSpec(workers=0), overrides=overrides)
+    assert sorted(o.output.name for o in listed.skipped) == sorted(["loose.tif", f"{a.product_id}.tif"])

@@ -3,8 +3,10 @@ which another batch has claimed.
 
 Scenes come from globs, directory trees (GeoTIFFs; a folder holding a Landsat ``*_MTL.txt`` /
 ``.xml`` / ``.json`` or ``*_B<n>.TIF`` files is a Landsat product folder, one scene) and
-manifest files (one path per line; ``#`` comments and blank lines ignored; relative paths are
-relative to the manifest). The output tree mirrors the input below the common root of the
+manifest files (one path or URL per line; ``#`` comments and blank lines ignored; relative paths
+are relative to the manifest). Scenes by URL (``s3://bucket/prefix/``, searched like a folder) and
+STAC items (item collections, a STAC API search) are written flat: ``OUT/ITEM_ID.tif``,
+``OUT/PRODUCT_ID.tif`` or ``OUT/NAME.tif``. The output tree mirrors the input below the common root of the
 sources (``input_root`` pins it): ``archive/2010/a.tif`` -> ``OUT/2010/a.tif``; a Landsat folder
 is named after its product ID: ``archive/2010/scene7/`` -> ``OUT/2010/LE07_L2SP_..._T1.tif``
 (after the folder when its metadata cannot be read; that scene then fails, saying why).
@@ -136,7 +138,7 @@ def _expand(path: Path, named: str, skip: Path) -> tuple[list[tuple[Path, str]],
     return [(path, named)], path.parent, []
 
 
-def _manifest_entries(manifest: Path) -> list[tuple[Path, str]]:
+def _manifest_entries(manifest: Path) -> list[tuple[Path | str, str]]:
     if not manifest.is_file():
         raise TilefillError(f"manifest {manifest} not found")
     try:
@@ -147,6 +149,9 @@ def _manifest_entries(manifest: Path) -> list[tuple[Path, str]]:
     for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
+            if is_url(line):  # a scene on object storage or a web server
+                out.append((line, f"{manifest.name} line {n}"))
+                continue
             p = Path(line).expanduser()
             out.append((p if p.is_absolute() else manifest.parent / p, f"{manifest.name} line {n}"))
     return out
@@ -237,6 +242,11 @@ def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manife
             problems += probs
     if manifest is not None:
         for path, where in _manifest_entries(Path(manifest)):
+            if isinstance(path, str):  # a URL
+                found, probs = _expand_remote(RemotePath(path.rstrip("/")), where)
+                flat += found
+                problems += probs
+                continue
             found, anchor, probs = _expand(path, where, out_root)
             named += found
             anchors.append(anchor.resolve())
