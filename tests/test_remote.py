@@ -355,3 +355,29 @@ def test_batch_over_an_s3_prefix_fills_its_products_and_rasters_once(tmp_path, s
     manifest.write_text(f"# tonight\n{url}/loose.tif\n{url}/2010/{a.product_id}\n")
     listed = fill_batch([], tmp_path / "out", manifest=manifest, cluster=ClusterSpec(workers=0), overrides=overrides)
     assert sorted(o.output.name for o in listed.skipped) == sorted(["loose.tif", f"{a.product_id}.tif"])
+
+
+def test_an_output_by_url_appears_whole_and_is_not_replaced_unasked(tmp_path, s3, monkeypatch):
+    from servers import s3_client
+
+    monkeypatch.chdir(tmp_path)
+    values = to_range(smooth_field(2, N, N), "uint16")
+    values[:, stripe_mask(N, N, period=16, width_px=3)] = 0
+    cog = write_geotiff(tmp_path / "scene.tif", values, nodata=0)
+    bucket = new_bucket()
+    url = f"s3://{bucket}/restored/scene.tif"
+    recipe = dict(config=Path(__file__).with_name("tiny_recipe.yaml"), iterations=5, tile_size=64, overlap=32,
+                  cluster=ClusterSpec(workers=0))
+    fill_scene(cog, tmp_path / "local.tif", **recipe)
+    fill_scene(cog, url, **recipe)
+    client = s3_client()
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    local_sidecars = sorted(p.name for p in tmp_path.glob("local.tif.*"))  # the same sidecars, if any
+    assert keys == ["restored/scene.tif", *(f"restored/scene.tif{n[len('local.tif'):]}" for n in local_sidecars)]
+    body = client.get_object(Bucket=bucket, Key="restored/scene.tif")["Body"].read()
+    assert body == (tmp_path / "local.tif").read_bytes()
+    assert not (tmp_path / ".tilefill-staging").exists() or not any((tmp_path / ".tilefill-staging").rglob("*.tif"))
+    with pytest.raises(TilefillError, match="exists; pass --overwrite"):
+        fill_scene(cog, url, cluster=ClusterSpec(workers=0), **FAST)
+    with pytest.raises(TilefillError, match="cannot write s3://tf-no-such-bucket/x.tif"):
+        fill_scene(cog, "s3://tf-no-such-bucket/x.tif", cluster=ClusterSpec(workers=0), **FAST)

@@ -128,6 +128,9 @@ def _gdal() -> ctypes.CDLL:
     lib.VSIFOpenExL.restype = ctypes.c_void_p
     lib.VSIFOpenExL.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
     lib.VSIFCloseL.argtypes = [ctypes.c_void_p]
+    lib.VSIFCloseL.restype = ctypes.c_int
+    lib.VSIFWriteL.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p]
+    lib.VSIFWriteL.restype = ctypes.c_size_t
     lib.VSIStatExL.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
     lib.VSIStatExL.restype = ctypes.c_int
     return lib
@@ -251,6 +254,39 @@ def read_bytes(url: str, what: str = "file") -> bytes:
     finally:
         if data:
             lib.VSIFree(data)
+
+
+UPLOAD_BLOCK = 8 * 2**20
+
+
+def upload(local: Path, url: str) -> None:
+    """Copy a finished local file to ``url`` through GDAL: no object appears under ``url`` until it is whole.
+
+    S3 (and GCS, Azure) show an object only once its upload completes: GDAL sends a file smaller than its chunk
+    size (``CPL_VSIS3_CHUNK_SIZE``, 50 MB) in one PUT at close, a larger one as a multipart upload that the store
+    publishes, all at once, at its completion; a failure aborts it. Raises a one-line error naming ``url``.
+    """
+    lib = _gdal()
+    with _env():
+        lib.VSIErrorReset()
+        lib.CPLErrorReset()
+        fp = lib.VSIFOpenExL(gdal_path(url).encode(), b"wb", 1)
+        if not fp:
+            why = explain((lib.VSIGetLastErrorMsg() or b"").decode("utf-8", "replace") or _last_error())
+            raise TilefillError(f"cannot write {url} ({why or 'the store refused it'})")
+        written, failed = 0, False
+        try:
+            with open(local, "rb") as f:
+                while block := f.read(UPLOAD_BLOCK):
+                    if lib.VSIFWriteL(block, 1, len(block), fp) != len(block):
+                        failed = True
+                        break
+                    written += len(block)
+        finally:
+            failed = lib.VSIFCloseL(fp) != 0 or failed  # the PUT, or the multipart upload's completion
+        if failed:
+            why = explain((lib.VSIGetLastErrorMsg() or b"").decode("utf-8", "replace") or _last_error())
+            raise TilefillError(f"cannot write {url} ({why or 'the upload failed'}); nothing is left under that key")
 
 
 def object_identity(url: str) -> dict:

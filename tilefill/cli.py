@@ -186,7 +186,8 @@ def main():
 
 @main.command("fill")
 @click.argument("scene")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Restored GeoTIFF to write.")
+@click.option("-o", "--output", required=True, metavar="PATH|URL",
+              help="Restored GeoTIFF to write; a URL (s3://bucket/key.tif) is uploaded whole when done.")
 @click.option("--mask", default=None, metavar="PATH|URL",
               help="Gap mask raster on the scene's grid, nonzero = gap.")
 @click.option("--guide", "guides", multiple=True, metavar="PATH|URL",
