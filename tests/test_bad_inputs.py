@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -472,6 +473,75 @@ KINDS = [
 ]
 
 
+# --- inputs by URL and STAC items (tests/servers.py: the local S3 server) ---------------------------------------
+
+_NO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None,
+                   "AWS_PROFILE": None, "AWS_NO_SIGN_REQUEST": None, "CPL_AWS_CREDENTIALS_FILE": "/nonexistent",
+                   "AWS_CONFIG_FILE": "/nonexistent", "CPL_AWS_AUTODETECT_EC2": "NO"}
+
+
+def _s3_scene(tmp: Path) -> str:
+    """A scene on the local S3 server, in a bucket of its own; its URL."""
+    from servers import new_bucket, s3_client
+
+    bucket = new_bucket()
+    s3_client().upload_file(str(_scene(tmp)), bucket, "scenes/scene.tif")
+    return f"s3://{bucket}/scenes/scene.tif"
+
+
+def _s3(env: dict | None = None) -> dict:
+    from servers import s3_env
+
+    return {**s3_env(), **(env or {})}
+
+
+def _stac_item(tmp: Path, drop: tuple) -> Path:
+    p = _product(tmp)
+    assets = {k: {"href": f"./{n}"} for k, n in p.names.items()}
+    assets["qa_pixel"] = {"href": f"./{p.qa.name}"}
+    assets["mtl.txt"] = {"href": f"./{p.mtls[0].name}"}
+    for key in drop:
+        assets.pop(key)
+    item = p.folder / "item.json"
+    item.write_text(json.dumps({"type": "Feature", "stac_version": "1.0.0", "id": "LE07-item", "geometry": None,
+                                "properties": {"datetime": "2010-08-15T10:00:00Z"}, "links": [], "assets": assets}))
+    return item
+
+
+def _port() -> int:
+    from servers import free_port
+
+    return free_port()
+
+
+REMOTE_KINDS = [
+    Kind("bucket that does not exist", lambda t: [_s3(), "s3://tf-no-such-bucket/scenes/scene.tif"],
+         "cannot read the scene s3://tf-no-such-bucket/scenes/scene.tif: The specified bucket does not exist"),
+    Kind("key that does not exist", lambda t: [_s3(), _s3_scene(t).replace("scene.tif", "gone.tif")],
+         "/scenes/gone.tif: no such bucket or object, or no access to it"),
+    Kind("no credentials for s3://", lambda t: [{**_s3(), **_NO_CREDENTIALS}, _s3_scene(t)],
+         "no AWS credentials in the environment"),
+    Kind("unreachable endpoint", lambda t: [_s3({"AWS_S3_ENDPOINT": f"127.0.0.1:{_port()}"}), _s3_scene(t)],
+         "no answer from the endpoint"),
+    Kind("URL scheme GDAL cannot read", lambda t: ["ftp://example.org/scene.tif"],
+         "ftp://example.org/scene.tif: tilefill cannot read ftp:// URLs"),
+    Kind("STAC item without an MTL asset", lambda t: [_stac_item(t, ("mtl.txt",))],
+         "STAC item LE07-item has no MTL asset"),
+    Kind("STAC item without a band's asset", lambda t: [_stac_item(t, ("3",)), "--bands", "red"],
+         "STAC item LE07-item has no asset for band red (SR_B3"),
+    Kind("not a STAC item", lambda t: [_write(t / "item.json", '{"type": "Collection", "id": "x"}')],
+         "is not a STAC item (a GeoJSON Feature with assets)"),
+]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+KINDS += REMOTE_KINDS
+
+
 def _run(args: list, out: Path, *, quiet: bool = True):
     """``tilefill INPUT -o OUT`` with a fast method, then the kind's own options (which win)."""
     args = [str(a) for a in args]
@@ -480,12 +550,21 @@ def _run(args: list, out: Path, *, quiet: bool = True):
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")  # the tests' own writes
 @pytest.mark.parametrize("kind", KINDS, ids=[k.name for k in KINDS])
-def test_each_bad_input_is_one_line_exit_1_and_nothing_written(tmp_path, kind):
+def test_each_bad_input_is_one_line_exit_1_and_nothing_written(tmp_path, kind, monkeypatch):
     work = tmp_path / "in"
     work.mkdir()
     out = tmp_path / "out" / "o.tif"
     out.parent.mkdir()
-    res = _run(kind.make(work), out)
+    args = kind.make(work)
+    if args and isinstance(args[0], dict):  # the environment a remote input is read with (credentials, endpoint)
+        for k, v in args.pop(0).items():
+            if v is None:
+                monkeypatch.delenv(k, raising=False)
+            else:
+                monkeypatch.setenv(k, v)
+    start = time.monotonic()
+    res = _run(args, out)
+    assert time.monotonic() - start < 30, "a bad input took 30 s or more to be refused"
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 1 and (res.exception is None or isinstance(res.exception, SystemExit)), res.output
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.output

@@ -8,6 +8,7 @@ describe how a scene is cut. Everything else lives in private modules, one per p
 =====================================  ============================================================
 ``_config``                            every setting, in tiers, with its doc
 ``_scene``, ``_landsat``               read and mask: GeoTIFFs and Landsat product folders
+``_remote``, ``_stac``                 scenes by URL (GDAL's /vsis3/, /vsicurl/ ...) and STAC items
 ``_grid``                              the overlapping tile grid
 ``_runkey``                            the run key that guards a work store
 ``_store``                             the tile store (Zarr): scaled scene, gaps, predictions

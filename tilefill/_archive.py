@@ -3,8 +3,10 @@ which another batch has claimed.
 
 Scenes come from globs, directory trees (GeoTIFFs; a folder holding a Landsat ``*_MTL.txt`` /
 ``.xml`` / ``.json`` or ``*_B<n>.TIF`` files is a Landsat product folder, one scene) and
-manifest files (one path per line; ``#`` comments and blank lines ignored; relative paths are
-relative to the manifest). The output tree mirrors the input below the common root of the
+manifest files (one path or URL per line; ``#`` comments and blank lines ignored; relative paths
+are relative to the manifest). Scenes by URL (``s3://bucket/prefix/``, searched like a folder) and
+STAC items (item collections, a STAC API search) are written flat: ``OUT/ITEM_ID.tif``,
+``OUT/PRODUCT_ID.tif`` or ``OUT/NAME.tif``. The output tree mirrors the input below the common root of the
 sources (``input_root`` pins it): ``archive/2010/a.tif`` -> ``OUT/2010/a.tif``; a Landsat folder
 is named after its product ID: ``archive/2010/scene7/`` -> ``OUT/2010/LE07_L2SP_..._T1.tif``
 (after the folder when its metadata cannot be read; that scene then fails, saying why).
@@ -47,7 +49,9 @@ from tilefill._config import Config
 from tilefill._errors import TilefillError
 from tilefill._grid import TileGrid
 from tilefill._guide import open_guide
-from tilefill._landsat import is_product_folder, product_id
+from tilefill._landsat import MTL_FILE, is_product_folder, product_id
+from tilefill._remote import RemotePath, is_url
+from tilefill._stac import StacItem, is_item_collection, read_items
 from tilefill._records import utc_now, write_json
 from tilefill._runkey import RunKey, file_digest, params_digest, run_key, scene_files
 from tilefill._scene import open_scene
@@ -67,11 +71,17 @@ _MAGIC = set("*?[")
 
 @dataclass(frozen=True)
 class BatchScene:
-    """One scene of a batch: its input (a file or a Landsat folder), its output, and where it was named."""
+    """One scene of a batch: its input (a file or a Landsat folder, local or by URL, or a STAC item), its output,
+    and where it was named."""
 
-    path: Path
+    path: Path | RemotePath | StacItem
     output: Path
     origin: str
+
+    @property
+    def is_product(self) -> bool:
+        """Whether the scene is a Landsat product (a folder, an MTL or a STAC item): it has a QA_PIXEL band."""
+        return isinstance(self.path, StacItem) or MTL_FILE.match(self.path.name) is not None or self.path.is_dir()
 
 
 @dataclass(frozen=True)
@@ -128,7 +138,7 @@ def _expand(path: Path, named: str, skip: Path) -> tuple[list[tuple[Path, str]],
     return [(path, named)], path.parent, []
 
 
-def _manifest_entries(manifest: Path) -> list[tuple[Path, str]]:
+def _manifest_entries(manifest: Path) -> list[tuple[Path | str, str]]:
     if not manifest.is_file():
         raise TilefillError(f"manifest {manifest} not found")
     try:
@@ -139,9 +149,49 @@ def _manifest_entries(manifest: Path) -> list[tuple[Path, str]]:
     for n, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if line and not line.startswith("#"):
+            if is_url(line):  # a scene on object storage or a web server
+                out.append((line, f"{manifest.name} line {n}"))
+                continue
             p = Path(line).expanduser()
             out.append((p if p.is_absolute() else manifest.parent / p, f"{manifest.name} line {n}"))
     return out
+
+
+def _expand_remote(path: RemotePath, named: str) -> tuple[list[tuple[RemotePath, str]], list[SourceProblem]]:
+    """Scenes under a URL: a raster, an MTL, a product folder (prefix), or a prefix searched for both."""
+    from tilefill._remote import unreadable
+
+    if MTL_FILE.match(path.name) or path.suffix.lower() in (".tif", ".tiff"):
+        why = unreadable(str(path))
+        return ([], [SourceProblem(named, f"{named}: {why}")]) if why else ([(path, named)], [])
+    if not path.is_dir():
+        why = unreadable(str(path)) or "nothing under that prefix"
+        return [], [SourceProblem(named, f"{named}: {why}")]
+    found = [(p, named) for p in _walk(RemotePath(str(path), "folder"), Path("/nonexistent"))]
+    return found, [] if found else [SourceProblem(named, f"{named}: no GeoTIFF or Landsat folder under it")]
+
+
+def _flat_scenes(flat, out_root: Path, problems: list[SourceProblem]) -> tuple[list[BatchScene], dict]:
+    """Scenes by URL or STAC item, each written to ``OUT/NAME.tif``: the item ID, the product ID or the file name."""
+    scenes: list[BatchScene] = []
+    outputs: dict[Path, str] = {}
+    for path, where in flat:
+        if isinstance(path, StacItem):
+            name = path.id + ".tif"
+        elif path.is_dir() or MTL_FILE.match(path.name):
+            name = (product_id(path) or path.name) + ".tif"
+        else:
+            name = path.name
+        out = out_root / name
+        if out in outputs:
+            dup = outputs[out] == str(path)
+            problems.append(SourceProblem(where, f"{where}: {path} is named again (first by {outputs[out]})"
+                                          + (": filled once" if dup else f"; both would write {out}"),
+                                          failure=not dup))
+            continue
+        outputs[out] = str(path)
+        scenes.append(BatchScene(path, out, where))
+    return scenes, outputs
 
 
 def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manifest: str | Path | None = None,
@@ -158,7 +208,24 @@ def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manife
     named: list[tuple[Path, str]] = []
     anchors: list[Path] = []
     problems: list[SourceProblem] = []
-    for src in map(str, sources):
+    # by URL or STAC: outputs named after the item ID, the product ID or the file (no tree to mirror)
+    flat: list[tuple[Path | RemotePath | StacItem, str]] = []
+    for src in sources:
+        if isinstance(src, StacItem):
+            flat.append((src, "STAC search"))
+            continue
+        src = str(src)
+        if is_item_collection(src):
+            try:
+                flat += [(item, src) for item in read_items(src)]
+            except TilefillError as exc:
+                problems.append(SourceProblem(src, f"{src}: {exc}"))
+            continue
+        if is_url(src):
+            found, probs = _expand_remote(RemotePath(src.rstrip("/") if src.endswith("/") else src), src)
+            flat += found
+            problems += probs
+            continue
         if _MAGIC & set(src):
             matches = sorted(glob.glob(src, recursive=True))
             anchors.append(_glob_anchor(src).resolve())
@@ -175,16 +242,20 @@ def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manife
             problems += probs
     if manifest is not None:
         for path, where in _manifest_entries(Path(manifest)):
+            if isinstance(path, str):  # a URL
+                found, probs = _expand_remote(RemotePath(path.rstrip("/")), where)
+                flat += found
+                problems += probs
+                continue
             found, anchor, probs = _expand(path, where, out_root)
             named += found
             anchors.append(anchor.resolve())
             problems += probs
+    scenes, outputs = _flat_scenes(flat, out_root, problems)
     if not named:
-        return [], problems
+        return scenes, problems
     root = Path(input_root).resolve() if input_root else Path(os.path.commonpath([str(a) for a in anchors]))
-    scenes: list[BatchScene] = []
     first: dict[Path, str] = {}
-    outputs: dict[Path, Path] = {}
     for path, where in named:
         real = path.resolve()
         if real in first:
@@ -205,7 +276,7 @@ def find_scenes(sources: Sequence[str | Path], output_dir: str | Path, *, manife
         elif out in outputs:
             problems.append(SourceProblem(where, f"{where}: {path} and {outputs[out]} would both write {out}"))
         else:
-            outputs[out] = real
+            outputs[out] = str(real)
             scenes.append(BatchScene(real, out, where))
     return scenes, problems
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from tilefill._archive import (CLAIM_TTL, BatchScene, Claim, check_output_root, claim_path, done_path, done_record,
                                done_state, find_scenes, record_guide_choice, write_done)
-from tilefill._cluster import LazyCluster
+from tilefill._cluster import LazyCluster, given_client
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config
 from tilefill._errors import TilefillError
@@ -209,6 +209,8 @@ def fill_batch(
     guide: str | None = None,
     guide_window: float = DEFAULT_WINDOW,
     guide_count: int = DEFAULT_COUNT,
+    stac_search: Mapping[str, Any] | None = None,
+    client=None,
 ) -> BatchReport:
     """Fill every scene that ``sources`` and ``manifest`` name, on one Dask cluster, into a mirrored tree.
 
@@ -217,8 +219,11 @@ def fill_batch(
 
     Parameters
     ----------
-    sources : list of str or Path
-        Globs (``"archive/**/*.tif"``), GeoTIFFs, Landsat folders, or folders searched for both.
+    sources : list of str, Path or StacItem
+        Globs (``"archive/**/*.tif"``), GeoTIFFs, Landsat folders, or folders searched for both;
+        URLs of these (``s3://bucket/prefix/``: :mod:`tilefill._remote`); STAC item collections or
+        items (``.json`` files or URLs). A scene by URL or STAC item is written to
+        ``output_dir/NAME.tif``: its item ID, product ID or file name.
     output_dir : str or Path
         Root of the output tree (created if missing).
     manifest : str or Path, optional
@@ -246,6 +251,13 @@ def fill_batch(
         they have data at and by time apart (``tilefill._guide_choice``). A scene without a date or
         a candidate is filled from itself; the log's ``guides`` record says which and why.
 
+    stac_search : dict, optional
+        Also fill the items of a STAC API search: ``{"url": ..., "collections": [...], "bbox": [...],
+        "datetime": ..., "query": [...], "max_items": ...}`` (:func:`tilefill._stac.search_items`,
+        pystac-client). Each item's ID names its output and its records in the log.
+    client : distributed.Client, optional
+        As for :func:`~tilefill.fill_scene`: run on this client's cluster.
+
     Returns
     -------
     BatchReport
@@ -266,8 +278,9 @@ def fill_batch(
     batch: 12 scene(s): 3 filled, 9 already done (skipped), 0 claimed by another batch, 0 failed
     """
     start = time.perf_counter()
-    if not sources and manifest is None:
-        raise TilefillError("name the scenes: SOURCES (globs, files, folders) or --manifest FILE")
+    if not sources and manifest is None and not stac_search:
+        raise TilefillError("name the scenes: SOURCES (globs, files, folders, URLs, STAC JSON), --manifest FILE or "
+                            "--stac URL")
     cfg = checked_config(config, overrides)
     if guide not in (None, "auto"):
         raise TilefillError(f"--guide in a batch takes 'auto' (each scene's guides chosen from the archive), not "
@@ -275,6 +288,13 @@ def fill_batch(
     if guide and cfg.method not in ("dip", "llhm", "nspi"):
         raise TilefillError(f"method {cfg.method} fills a scene from itself; --guide auto goes with dip, llhm or nspi")
     check_output_root(output_dir)
+    if stac_search:
+        from tilefill._stac import search_items
+
+        found = search_items(**stac_search)
+        if not found:
+            raise TilefillError(f"the STAC search of {stac_search['url']} found no item")
+        sources = [*sources, *found]
     scenes, problems = find_scenes(sources, output_dir, manifest=manifest, input_root=input_root)
     if not scenes and not any(p.failure for p in problems):
         raise TilefillError("no scene found in the sources")
@@ -284,8 +304,8 @@ def fill_batch(
     outcomes: list[SceneOutcome] = []
     described = "no cluster (nothing to fit)"
     try:
-        with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device,
-                         worker_log=batch_worker_log(output_dir, log)) as clusters:
+        with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device, worker_log=batch_worker_log(output_dir, log),
+                         client=given_client(client, cluster)) as clusters:
             for p in problems:
                 if p.failure:
                     logger.warning("%s", p.message)
@@ -518,7 +538,7 @@ class _Pipeline:
 
     def mask_qa(self, scene: BatchScene):
         """The QA_PIXEL conditions for this scene: product folders only (a GeoTIFF has no QA_PIXEL band)."""
-        return self._mask_qa if scene.path.is_dir() else None
+        return self._mask_qa if scene.is_product else None
 
     def _fail(self, flight: _InFlight, exc: BaseException) -> None:
         scene, out = flight.scene, flight.scene.output

@@ -292,17 +292,59 @@ def _connect(scheduler: str | None, scheduler_file: str | Path | None, worker_wa
     except (OSError, TimeoutError) as exc:
         raise TilefillError(f"the Dask scheduler at {scheduler} does not answer ({str(exc)[:160]})") from None
     try:
+        gpu, desc = _workers_of(client, scheduler, worker_wait)
+    except BaseException:
+        client.close()
+        raise
+    return client, gpu, desc
+
+
+def _workers_of(client, address: str, worker_wait: float) -> tuple[bool, str]:
+    """Whether a cluster's tiles go to GPU workers, and its description; waits ``worker_wait`` s for a worker."""
+    try:
         client.wait_for_workers(1, timeout=worker_wait)
     except TimeoutError:
-        client.close()
-        raise TilefillError(f"the Dask cluster at {scheduler} has no worker after {worker_wait:g} s; start some "
+        raise TilefillError(f"the Dask cluster at {address} has no worker after {worker_wait:g} s; start some "
                             "(dask worker ADDRESS --nthreads 1)") from None
     workers = scheduler_workers(client).values()
     gpu = any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
     n_gpu = sum(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers)
     desc = f"Dask cluster at {client.scheduler.address}: {len(workers)} worker(s)" + (
         f", {n_gpu} with a GPU (tiles run there only)" if gpu else "")
-    return client, gpu, desc
+    return gpu, desc
+
+
+def given_client(client=None, cluster=None):
+    """The client a run uses when the caller made the cluster: ``client``, else (no ``cluster`` spec given either)
+    Dask's current default client, as dask-aware libraries do; None when tilefill is to start or connect itself.
+
+    A client made in Python (dask-jobqueue, dask-gateway, dask-kubernetes, Coiled) holds the cluster's
+    address and TLS credentials itself; tilefill uses it as it is and leaves it open.
+    """
+    if client is not None:
+        if cluster is not None:
+            raise TilefillError("give a run either client= (a cluster made in Python) or cluster= (a ClusterSpec), "
+                                "not both")
+        return client
+    if cluster is not None:
+        return None
+    try:
+        from distributed import default_client
+
+        current = default_client()
+    except (ImportError, ValueError):  # no client has been made in this process
+        return None
+    return current if current.status == "running" else None
+
+
+@contextmanager
+def _attached(client, worker_wait: float) -> Iterator[Cluster]:
+    """A cluster the caller made: used as it is, left open afterwards."""
+    if getattr(client, "status", "running") != "running":
+        raise TilefillError(f"the Dask client given to tilefill is {client.status}; make a new one")
+    address = getattr(client.scheduler, "address", None) or "the given client's scheduler"
+    gpu, desc = _workers_of(client, address, worker_wait)
+    yield Cluster(client, gpu=gpu, description=desc + " (the caller's client)", worker_wait=worker_wait)
 
 
 def _show_dashboard(link: str) -> str:
@@ -436,9 +478,11 @@ class LazyCluster:
     """
 
     def __init__(self, spec: ClusterSpec = ClusterSpec(), *, device: str = "auto", check_cuda: bool = True,
-                 worker_log: str | Path | None = None):
+                 worker_log: str | Path | None = None, client=None):
+        # client: a distributed.Client the caller made (given_client); its cluster is used and left open
+        self._client = client
         if check_cuda:
-            check_devices(device=device, workers=spec.workers, gpus=spec.gpus, external=spec.external)
+            check_devices(device=device, workers=spec.workers, gpus=spec.gpus, external=spec.external or bool(client))
         self._device = device
         self._spec = spec
         self._check_cuda = check_cuda
@@ -447,7 +491,7 @@ class LazyCluster:
         self._cluster: Cluster | None = None
 
     def __enter__(self) -> "LazyCluster":
-        if self._spec.external:
+        if self._spec.external or self._client is not None:
             cluster = self.get()
             if self._device == "cuda" and self._check_cuda:
                 try:
@@ -470,6 +514,9 @@ class LazyCluster:
         return self._cluster
 
     def get(self) -> Cluster:
+        if self._cluster is None and self._client is not None:
+            wait = WORKER_WAIT if self._spec.worker_wait is None else self._spec.worker_wait
+            self._cluster = self._stack.enter_context(_attached(self._client, wait))
         if self._cluster is None:
             self._cluster = self._stack.enter_context(start_cluster(self._spec, check_cuda=self._check_cuda,
                                                                      worker_log=self.worker_log))

@@ -29,8 +29,10 @@ import rasterio
 from rasterio.warp import transform_bounds
 
 from tilefill._errors import TilefillError
-from tilefill._landsat import is_product_folder, read_product
-from tilefill._scene import Scene, SceneInfo, open_scene, same_grid
+from tilefill._landsat import MTL_FILE, is_product_folder, read_product
+from tilefill._remote import gdal_path, resolved
+from tilefill._scene import Scene, SceneInfo, locate_scene, open_scene, same_grid
+from tilefill._stac import StacItem
 
 log = logging.getLogger("tilefill")
 
@@ -117,7 +119,7 @@ def _names(names: Sequence[str | None]) -> list[str] | None:
 
 def _geotiff_selection(path: Path, scene_names: list[str] | None, count: int) -> tuple[list[int], list[str], str]:
     try:
-        with rasterio.open(path) as ds:
+        with rasterio.open(gdal_path(path)) as ds:
             names, n = list(ds.descriptions), ds.count
     except rasterio.errors.RasterioIOError:
         raise TilefillError(f"guide {path} is not a raster GDAL can read") from None
@@ -133,8 +135,8 @@ def _geotiff_selection(path: Path, scene_names: list[str] | None, count: int) ->
         "same names, or the same number of bands in the same order")
 
 
-def _product_selection(path: Path, scene_names: list[str] | None, count: int) -> tuple[list[str], list[str], str]:
-    product = read_product(path)
+def _product_selection(path, scene_names: list[str] | None, count: int) -> tuple[list[str], list[str], str]:
+    product = path.product() if isinstance(path, StacItem) else read_product(path)
     if scene_names:
         try:
             chosen = product.select(scene_names)
@@ -195,30 +197,28 @@ def open_guide(path: str | Path, scene: Scene, *, mask_qa: Sequence[str] | str |
     >>> source.matched  # doctest: +SKIP
     'name'
     """
-    path = Path(path)
-    if not path.exists():
-        raise TilefillError(f"guide not found: {path}")
+    path, item = locate_scene(path, "guide")
     info = scene.info
     scene_names = _names(info.band_names)
-    product = path.is_dir() and is_product_folder(path)
-    if path.is_dir() and not product:
+    product = item is not None or MTL_FILE.match(path.name) is not None or (path.is_dir() and is_product_folder(path))
+    if not product and path.is_dir():
         raise TilefillError(f"guide {path} is a folder but not a Landsat product folder (no *_MTL.txt/.xml/.json)")
     if product:
-        selection, labels, matched = _product_selection(path, scene_names, info.count)
-        guide = open_scene(path, bands=selection, mask_qa=mask_qa)
+        selection, labels, matched = _product_selection(item or path, scene_names, info.count)
+        guide = open_scene(item or path, bands=selection, mask_qa=mask_qa)
     else:
         selection, labels, matched = _geotiff_selection(path, scene_names, info.count)
         guide = open_scene(path, bands=selection)
     with guide:
         own = guide.info
         _check_overlap(path, own, info)
-        band_files = {Path(b.path).resolve() for b in guide.bands}
-    if band_files & {Path(b.path).resolve() for b in scene.bands}:
+        band_files = {resolved(b.path) for b in guide.bands}
+    if band_files & {resolved(b.path) for b in scene.bands}:
         raise TilefillError(f"guide {path} is the scene itself: a guide is another acquisition of the same place")
     reprojected = not same_grid(own, info)
     if reprojected:
         log.info("guide %s: %s; reprojected to the scene's grid (bilinear)", path.name, _grid_difference(own, info))
-    aligned = open_scene(path, bands=selection, mask_qa=mask_qa if product else None, grid=info)
+    aligned = open_scene(item or path, bands=selection, mask_qa=mask_qa if product else None, grid=info)
     when, _source = acquisition(own, path, product=product)
     acquired = own.tags.get("DATE_ACQUIRED") or (when.isoformat() if when else None)
     return aligned, GuideSource(str(path), tuple(labels), matched, reprojected, acquired)

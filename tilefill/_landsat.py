@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tilefill._errors import TilefillError
+from tilefill._remote import RemotePath, as_path
 
 # <sensor><satellite>_<level>_<path><row>_<acquired>_<processed>_<collection>_<tier>
 PRODUCT_ID = re.compile(r"^(L[CEOTM]0\d_L[12][A-Z]{2}_\d{6}_\d{8}_\d{8}_\d{2}_(?:T1|T2|RT))(?:_|$)")
@@ -94,7 +95,7 @@ class LandsatBand:
     name: str
     kind: str
     label: str
-    path: Path
+    path: Path | RemotePath
     tags: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -106,7 +107,7 @@ class LandsatBand:
 class LandsatProduct:
     """A Landsat product folder as its metadata describes it. Build it with :func:`read_product`."""
 
-    folder: Path
+    folder: Path | RemotePath
     product_id: str
     spacecraft: str
     sensor: str
@@ -115,9 +116,10 @@ class LandsatProduct:
     acquired: date
     slc_off: bool
     bands: tuple[LandsatBand, ...]
-    qa_pixel: Path | None
+    qa_pixel: Path | RemotePath | None
     gap_masks: tuple[tuple[str, str], ...]  # (band key, path GDAL opens: /vsigzip/ for .gz)
-    metadata_files: tuple[Path, ...]
+    metadata_files: tuple[Path | RemotePath, ...]
+    item: str | None = None  # the STAC item the product was read from, whose assets are its files
 
     @property
     def level2(self) -> bool:
@@ -164,6 +166,9 @@ class LandsatProduct:
             chosen = [b for b in self.bands if b.kind == "reflective" and b.present]
             if not chosen:
                 wanted = ", ".join(b.path.name for b in self.bands if b.kind == "reflective")
+                if self.item:
+                    raise TilefillError(f"STAC item {self.item} has no asset for any reflective band file of "
+                                        f"{self.product_id} ({wanted or 'the MTL names none'})")
                 raise TilefillError(f"{self.folder}: none of the reflective band files of {self.product_id} is in the "
                                     f"folder ({wanted or 'the MTL names none'})")
             return chosen
@@ -176,6 +181,9 @@ class LandsatProduct:
         missing = [b for b in chosen if not b.present]
         if missing:
             b = missing[0]
+            if self.item:
+                raise TilefillError(f"STAC item {self.item} has no asset for band {b.name} ({b.label}, "
+                                    f"{b.path.name})")
             raise TilefillError(f"{self.folder}: band {b.name} ({b.label}) is selected but its file {b.path.name} is "
                                 f"not in the folder")
         thermal = [b for b in chosen if b.kind == "thermal"]
@@ -287,11 +295,11 @@ def parse_mtl(path: str | Path) -> dict:
     >>> mtl["LANDSAT_METADATA_FILE"]["PRODUCT_CONTENTS"]["PROCESSING_LEVEL"]  # doctest: +SKIP
     'L2SP'
     """
-    path = Path(path)
+    path = as_path(path)
     try:
         suffix = path.suffix.lower()
         if suffix == ".xml":
-            root = ET.parse(path).getroot()
+            root = ET.fromstring(path.read_bytes())
             return {root.tag.rpartition("}")[2]: _xml_dict(root)}
         if suffix == ".json":
             doc = _json_strings(json.loads(path.read_text()))
@@ -448,7 +456,7 @@ def is_product_folder(folder: str | Path) -> bool:
     metadata is missing) instead of filling each band file as a scene of its own.
     """
     try:
-        return any((MTL_FILE.match(f.name) or BAND_FILE.match(f.name)) and f.is_file() for f in Path(folder).iterdir())
+        return any((MTL_FILE.match(f.name) or BAND_FILE.match(f.name)) and f.is_file() for f in as_path(folder).iterdir())
     except OSError:
         return False
 
@@ -466,7 +474,7 @@ def _product_of(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def read_product(folder: str | Path) -> LandsatProduct:
+def read_product(folder: str | Path | RemotePath) -> LandsatProduct:
     """Read a Landsat product folder's metadata and find its files.
 
     Refused, in one line: a folder without ``*_MTL.txt``/``.xml``/``.json``; metadata files or
@@ -481,7 +489,10 @@ def read_product(folder: str | Path) -> LandsatProduct:
     >>> product.level, product.slc_off, [b.name for b in product.select()]  # doctest: +SKIP
     ('L2SP', True, ['blue', 'green', 'red', 'nir', 'swir1', 'swir2'])
     """
-    folder = Path(folder)
+    folder = as_path(folder)
+    if MTL_FILE.match(folder.name) and folder.is_file():
+        # the metadata file itself, where its folder cannot be listed (a plain HTTP server): files by their names
+        return product_from_metadata(folder, {})
     try:
         mtls = metadata_files(folder)
     except OSError as exc:
@@ -497,7 +508,8 @@ def read_product(folder: str | Path) -> LandsatProduct:
     m = read[0][1]
     # every Landsat-named file must belong to the product; gap masks may be its Level-1 source's
     gm_dir = folder / "gap_mask"
-    entries = list(folder.iterdir()) + (list(gm_dir.iterdir()) if gm_dir.is_dir() else [])
+    listed = list(folder.iterdir())
+    entries = listed + (list(gm_dir.iterdir()) if any(e.name == "gap_mask" and e.is_dir() for e in listed) else [])
     gap_masks = {}
     for f in entries:
         owner = _product_of(f.name)
@@ -513,6 +525,37 @@ def read_product(folder: str | Path) -> LandsatProduct:
                                     "product folder: a product's files must stay in its folder")
             # GDAL reads the gzipped ones in place
             gap_masks.setdefault(gm["key"].upper(), f"/vsigzip/{f}" if gm["gz"] else str(f))
+    return _product(folder, m, tuple(mtls), {e.name: e for e in listed}, gap_masks)
+
+
+@dataclass(frozen=True)
+class _Absent:
+    """A file the metadata names that a STAC item has no asset for."""
+
+    name: str
+
+    def is_file(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def product_from_metadata(mtl: str | Path | RemotePath, files: dict, *, item: str | None = None) -> LandsatProduct:
+    """A product read from its metadata file alone, without listing a folder (so without gap masks).
+
+    The files it names are ``files[name]``; where ``files`` lacks one, the file beside the metadata,
+    or, for a STAC ``item`` (whose assets are ``files``), none.
+    """
+    mtl = as_path(mtl)
+    return _product(mtl.parent, _read_mtl(mtl), (mtl,), files, {}, item=item)
+
+
+def _product(folder, m: _Mtl, mtls: tuple, located: dict, gap_masks: dict, item: str | None = None
+             ) -> LandsatProduct:
+    def locate(name: str):
+        return located.get(name) or (_Absent(name) if item else folder / name)
+
     table = SENSORS.get(m.sensor)
     if table is None:
         raise TilefillError(f"{m.product_id}: sensor {m.sensor} is not one tilefill reads (TM, ETM+, OLI/TIRS)")
@@ -523,13 +566,13 @@ def read_product(folder: str | Path) -> LandsatProduct:
             continue  # e.g. Collection 1's FILE_NAME_BAND_QUALITY
         stem = Path(name).stem
         label = stem[len(m.product_id) + 1:] if stem.startswith(m.product_id + "_") else f"B{key}"
-        bands.append(LandsatBand(key, spec.name, spec.kind, label, folder / name, _band_tags(m, key, spec.kind)))
+        bands.append(LandsatBand(key, spec.name, spec.kind, label, locate(name), _band_tags(m, key, spec.kind)))
     if not bands:
         raise TilefillError(f"{m.product_id}: its metadata names no band file (FILE_NAME_BAND_n)")
-    qa = folder / m.qa_pixel if m.qa_pixel else None
+    qa = locate(m.qa_pixel) if m.qa_pixel else None
     slc_off = m.spacecraft == "LANDSAT_7" and (m.slc_mode.upper() == "OFF" if m.slc_mode else m.acquired > SLC_FAILURE)
     return LandsatProduct(
         folder=folder, product_id=m.product_id, spacecraft=m.spacecraft, sensor=m.sensor, level=m.level,
         collection=m.collection, acquired=m.acquired, slc_off=slc_off, bands=tuple(bands),
         qa_pixel=qa if qa is not None and qa.is_file() else None, gap_masks=tuple(sorted(gap_masks.items())),
-        metadata_files=tuple(mtls))
+        metadata_files=tuple(mtls), item=item)

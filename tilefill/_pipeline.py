@@ -37,7 +37,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from tilefill._cluster import LazyCluster
+from tilefill._cluster import LazyCluster, given_client
+from tilefill._remote import is_url
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config, load_config, with_shortcuts
 from tilefill._errors import InputReadError, TilefillError
@@ -255,15 +256,21 @@ def fill_scene(
     progress: bool = True,
     restart: bool = False,
     guides: Sequence[str | Path] = (),
+    client=None,
 ) -> FillReport:
     """Restore the gaps of a scene and write it as a georeferenced GeoTIFF.
 
     Parameters
     ----------
     scene : str or Path
-        A GeoTIFF (or any raster GDAL reads) or a Landsat product folder.
+        A GeoTIFF (or any raster GDAL reads), a Landsat product folder or its MTL file, or a STAC
+        item (``.json``); a path or a URL (``s3://``, ``gs://``, ``az://``, ``https://``; see
+        :mod:`tilefill._remote`).
     output : str or Path
-        The restored GeoTIFF; refused if it exists unless ``overwrite``.
+        The restored GeoTIFF; refused if it exists unless ``overwrite``. A URL (``s3://bucket/key.tif``,
+        ``gs://``, ``az://``) is filled into a local staging folder (``workdir``, else
+        ``.tilefill-staging/`` in the working directory, where a rerun resumes) and uploaded when done,
+        sidecars beside it; no object appears under the key before it is whole.
     mask : str or Path, optional
         Gap mask raster on the scene's grid (its size, CRS and transform), nonzero = gap.
     bands : str or list, optional
@@ -279,7 +286,13 @@ def fill_scene(
     cluster : ClusterSpec, optional
         Where the tiles are fitted: CPU workers (``ClusterSpec(workers=2)``; 0 = in this process),
         one worker per GPU (``gpus=4``) or an existing Dask cluster (``scheduler="tcp://head:8786"``),
-        with its dashboard and how long to wait for workers. Default: one CPU worker per core.
+        with its dashboard and how long to wait for workers. Default: Dask's current default
+        client where one is running (below), else one CPU worker per core.
+    client : distributed.Client, optional
+        Run on the cluster of a client made in Python (dask-jobqueue, dask-gateway, dask-kubernetes,
+        Coiled: its address and TLS credentials live in that object); it is used as it is and left
+        open. Without ``client`` and ``cluster``, Dask's current default client is used when there is
+        one (``distributed.default_client()``), as dask-aware libraries do. Not with ``cluster``.
     workdir : str or Path, optional
         Folder for the Zarr tile store (kept after the run). Default: a hidden folder beside
         the output, removed after a successful run and kept otherwise, so that running the same
@@ -319,16 +332,50 @@ def fill_scene(
     cfg = checked_config(config, with_shortcuts(overrides, iterations=iterations, tile_size=tile_size, overlap=overlap,
                                                 seed=seed, keep_known=keep_known, per_band=per_band, method=method,
                                                 cog=cog))
+    if is_url(output):
+        return _fill_to_url(str(output), workdir, overwrite, dict(
+            scene=scene, mask=mask, bands=bands, mask_qa=mask_qa, config=cfg, cluster=cluster, footprint=footprint,
+            progress=progress, restart=restart, guides=guides, client=client))
     out = check_output_path(output, overwrite)
     keep_store = workdir is not None
     store_path = Path(os.path.abspath((Path(workdir) / "tiles.zarr") if keep_store else default_store(out)))
-    with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device,
-                     worker_log=worker_log_path(store_path)) as clusters:
+    client = given_client(client, cluster)
+    with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device, worker_log=worker_log_path(store_path),
+                     client=client) as clusters:
         report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
                           bands=bands, mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite,
                           progress=progress, start=start, guides=guides)
     if not report.ok:
         raise FillFailed(report)
+    return report
+
+
+def _fill_to_url(url: str, workdir, overwrite: bool, kwargs: dict) -> FillReport:
+    """``-o s3://bucket/key.tif``: fill into a local staging folder, then upload the finished output and its
+    sidecars beside ``url``, each whole (:func:`tilefill._remote.upload`). The staging folder (``workdir``, else
+    ``.tilefill-staging/<hash of url>`` in the working directory) keeps the work store, so the same command
+    resumes; it is removed after the upload unless it is ``workdir``."""
+    import hashlib
+    import shutil
+
+    from tilefill._remote import RemotePath, exists, upload
+
+    target = RemotePath(url)
+    if not target.name.lower().endswith((".tif", ".tiff")):
+        raise TilefillError(f"output {url}: give the key of a GeoTIFF (.tif)")
+    if not overwrite and exists(url):
+        raise TilefillError(f"output {url} exists; pass --overwrite to replace it")
+    staging = Path(workdir) if workdir is not None else (
+        Path(".tilefill-staging") / hashlib.blake2b(url.encode(), digest_size=8).hexdigest())
+    staging.mkdir(parents=True, exist_ok=True)
+    local = staging / target.name
+    report = fill_scene(output=local, workdir=workdir, overwrite=True, **kwargs)
+    sidecars = sorted(p for p in staging.glob(target.name + ".*") if p.is_file())
+    upload(local, url)
+    for p in sidecars:
+        upload(p, f"{url}{p.name[len(target.name):]}")
+    if workdir is None:
+        shutil.rmtree(staging, ignore_errors=True)
     return report
 
 

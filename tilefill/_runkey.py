@@ -9,7 +9,11 @@ how each mask decides gaps, e.g. the QA_PIXEL bits; the footprint mode; the grid
 version. The tile store keeps the key in its attributes: a store is resumed only by a run with the
 same key, and a store of another key is refused rather than mixed.
 
-Hashing reads the whole input once. ``tilefill batch`` avoids that for scenes already done
+An object on a store (a scene by URL, :mod:`tilefill._remote`) is keyed by what one HEAD request
+says of its content, its ETag (else its modification time), size and version, never by reading
+it: the fill's windowed reads are the only reads of a remote scene.
+
+Hashing reads the whole (local) input once. ``tilefill batch`` avoids that for scenes already done
 by also keeping each file's size and modification time (:class:`InputFile`): when they and
 the parameters are unchanged, the recorded key stands.
 """
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 from tilefill._config import MOVED, Config
 from tilefill._errors import TilefillError
 from tilefill._grid import TileGrid
+from tilefill._remote import is_url, object_identity, resolved
 from tilefill._scene import Scene
 from tilefill._version import __version__
 
@@ -46,7 +51,13 @@ class InputFile:
     digest: str
 
     def unchanged(self) -> bool:
-        """Whether the file still has the recorded size and modification time (cheap, no read)."""
+        """Whether the file still has the recorded size and modification time (cheap, no read); an object on a
+        store, the recorded ETag (one HEAD)."""
+        if is_url(self.path):
+            try:
+                return remote_input(self.path).digest == self.digest
+            except TilefillError:
+                return False
         try:
             st = os.stat(self.path)
         except OSError:
@@ -98,7 +109,7 @@ def file_digest(path: str | Path, algorithm: str = "blake2b") -> str:
 
 def scene_files(scene: Scene) -> list[str]:
     """The files a scene is read from: band files, mask / gap-mask / QA files, Landsat metadata; each once, in order."""
-    return list(dict.fromkeys(str(Path(p).resolve()) for p in scene.input_files))
+    return list(dict.fromkeys(resolved(p) for p in scene.input_files))
 
 
 def speed_settings(config: Config) -> dict:
@@ -163,9 +174,25 @@ def params_digest(scene: Scene, config: Config, grid: TileGrid, footprint: str,
 def _input_files(scene: Scene) -> list[InputFile]:
     out = []
     for path in scene_files(scene):
+        if is_url(path):
+            out.append(remote_input(path))
+            continue
         st = os.stat(path)
         out.append(InputFile(path, st.st_size, st.st_mtime_ns, file_digest(path)))
     return out
+
+
+def remote_input(url: str) -> InputFile:
+    """An object on a store, keyed by what the store says of its content (its ETag, else its modification
+    time, with its size and version), read from one HEAD: no byte of it is read for the key, so a remote scene
+    is read once, window by window, by the fill alone."""
+    ident = object_identity(url)
+    size = int(ident["content-length"] or -1)
+    held = ident["etag"] or ident["last-modified"]
+    if held is None:
+        raise TilefillError(f"{url}: the store gives neither an ETag nor a modification time for it, so a run "
+                            "cannot tell when it changes; copy it to a local file")
+    return InputFile(url, size, 0, _hash(json.dumps(["object", held, size, ident["x-amz-version-id"]]).encode()))
 
 
 def run_key(scene: Scene, config: Config, grid: TileGrid, *, footprint: str,
@@ -174,12 +201,12 @@ def run_key(scene: Scene, config: Config, grid: TileGrid, *, footprint: str,
     once). A guide whose band files hold the scene's own content is refused: it is the scene, not another date."""
     params = params_digest(scene, config, grid, footprint, guides)
     files = _input_files(scene)
-    bands = {str(Path(b.path).resolve()) for b in scene.bands}
+    bands = {resolved(b.path) for b in scene.bands}
     scene_content = {f.digest for f in files if f.path in bands}
     groups = [[f.digest for f in files]]
     for guide, source in guides:
         theirs = _input_files(guide)
-        guide_bands = {str(Path(b.path).resolve()) for b in guide.bands}
+        guide_bands = {resolved(b.path) for b in guide.bands}
         if {f.digest for f in theirs if f.path in guide_bands} == scene_content:
             raise TilefillError(f"guide {source.path} holds the scene's own pixels (its band files have the same "
                                 "content): a guide is another acquisition of the same place")

@@ -49,7 +49,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from tilefill._errors import InputReadError, TilefillError
-from tilefill._landsat import QA_FILL_BIT, LandsatBand, LandsatProduct, read_product, split_tokens
+from tilefill._landsat import MTL_FILE, QA_FILL_BIT, LandsatBand, LandsatProduct, read_product, split_tokens
+from tilefill._remote import RemotePath, as_path, gdal_path, is_url, unreadable
 
 # GDAL's block cache while a scene is open (default: 5% of RAM). Strips are read and written once,
 # so a larger cache only grows memory with the scene: 1.2 GB peak instead of 0.6 on 8000 x 7000 x 4
@@ -165,7 +166,7 @@ class Scene:
     def _ds(self, path: str) -> rasterio.DatasetReader:
         if path not in self._open:
             with _reading(path, "opening it"):  # opened again after the scene was checked: it may have changed
-                ds = self._stack.enter_context(rasterio.open(path))
+                ds = self._stack.enter_context(rasterio.open(gdal_path(path)))
                 if self.warp_to is not None:
                     grid = self.warp_to
                     # pixel values are interpolated, flags (gap masks, QA bits) are taken as they are; the alpha
@@ -283,10 +284,14 @@ def _reading(path: str, what: str, window: Window | None = None):
                              "truncated, damaged or gone") from None
 
 
-def _open_checked(path: Path | str, what: str = "") -> rasterio.DatasetReader:
+def _open_checked(path: Path | RemotePath | str, what: str = "") -> rasterio.DatasetReader:
     try:
-        return rasterio.open(path)
+        return rasterio.open(gdal_path(path))
     except (RasterioError, CPLE_BaseError):
+        # by URL, say why: not found, access denied, no credentials, no answer from the endpoint
+        why = unreadable(_plain(str(path))) if is_url(path) else None
+        if why:
+            raise TilefillError(f"cannot read {what + ' ' if what else ''}{_plain(str(path))} ({why})") from None
         raise TilefillError(f"not a raster GDAL can read: {what + ' ' if what else ''}{_plain(str(path))}") from None
 
 
@@ -304,7 +309,7 @@ def _parse_bands(bands: Sequence[int | str] | str | None) -> list[int] | None:
     return numbers
 
 
-def _geotiff_bands(path: Path, bands: list[int] | None):
+def _geotiff_bands(path: Path | RemotePath, bands: list[int] | None):
     with _open_checked(path) as ds:
         indexes = bands or list(ds.indexes)
         bad = [b for b in indexes if not 1 <= b <= ds.count]
@@ -400,7 +405,7 @@ def _product_bands(product: LandsatProduct, chosen: list[LandsatBand]):
         if dt != first[4]:
             raise TilefillError(f"bands of different data types in {product.folder}: {first_label} is {first[4]}, "
                                 f"{label} is {dt}")
-    with rasterio.open(chosen[0].path) as ds:
+    with rasterio.open(gdal_path(chosen[0].path)) as ds:
         tags = ds.tags()
     info = dict(height=first[0], width=first[1], dtype=first[4], nodata=first[5], crs=first[2], transform=first[3],
                 tags={**tags, **product.tags()}, band_tags=[{"LANDSAT_BAND": b.label, **b.tags} for b in chosen])
@@ -466,17 +471,15 @@ def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = No
     ...     scene.info.band_names
     ('red', 'nir')
     """
-    path = Path(path)
-    if not path.exists():
-        raise TilefillError(f"scene not found: {path}")
+    path, item = locate_scene(path)
     qa_names = split_tokens(mask_qa)
     product = None
     gap_flags: list[_FlagSet] = []
     nodata_flags: list[_FlagSet] = []
     zero_is_nodata = False
     notes: list[str] = []
-    if path.is_dir():
-        product = read_product(path)
+    if item is not None or path.is_dir() or MTL_FILE.match(path.name):
+        product = item.product() if item is not None else read_product(path)
         chosen = product.select(bands)
         sources, meta, files = _product_bands(product, chosen)
         gap_flags, nodata_flags = _product_flags(product, chosen, meta, qa_names, notes)
@@ -494,9 +497,9 @@ def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = No
         raise TilefillError(f"{path.name}: unsupported data type {meta['dtype']}; supported: "
                             f"{', '.join(SUPPORTED_DTYPES)}")
     if mask is not None:
-        mask = Path(mask)
+        mask = as_path(mask)
         if not mask.exists():
-            raise TilefillError(f"mask not found: {mask}")
+            raise TilefillError(f"mask not found: {mask}" + (f" ({unreadable(str(mask))})" if is_url(mask) else ""))
         with _open_checked(mask, "mask") as ds:
             _check_on_grid(ds, mask.name, "mask", meta, notes)
             if ds.count not in (1, len(sources)):
@@ -519,6 +522,32 @@ def open_scene(path: str | Path, *, bands: Sequence[int | str] | str | None = No
         info = replace(info, height=grid.height, width=grid.width, crs_wkt=grid.crs_wkt, transform=grid.transform)
     return Scene(sources, info, gap_flags=gap_flags, nodata_flags=nodata_flags, zero_is_nodata=zero_is_nodata,
                  flags_mark_footprint=mask is not None, product=product, warp_to=warp_to, notes=notes)
+
+
+def locate_scene(path, what: str = "scene"):
+    """``(path, STAC item or None)``: what a scene argument names, refused in one line when it is not there.
+
+    A URL is a raster, a product folder (a prefix holding an MTL), an MTL file or a STAC item
+    (``.json``); so is a local path.
+    """
+    from tilefill._stac import StacItem, is_stac_item, read_item
+
+    if isinstance(path, StacItem):
+        return path, path
+    path = as_path(path)
+    if is_stac_item(path):
+        item = read_item(path)
+        return item, item
+    if not is_url(path):
+        if not path.exists():
+            raise TilefillError(f"{what} not found: {path}")
+        return path, None
+    if path.is_dir():  # a prefix with objects under it: a product folder (one listing)
+        return RemotePath(str(path).rstrip("/"), "folder"), None
+    why = unreadable(str(path))
+    if why:
+        raise TilefillError(f"cannot read the {what} {path}: {why}")
+    return RemotePath(str(path), "file"), None
 
 
 def same_grid(a: SceneInfo, b: SceneInfo) -> bool:

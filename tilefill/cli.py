@@ -185,13 +185,14 @@ def main():
 
 
 @main.command("fill")
-@click.argument("scene", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Restored GeoTIFF to write.")
-@click.option("--mask", type=click.Path(path_type=Path), default=None,
+@click.argument("scene")
+@click.option("-o", "--output", required=True, metavar="PATH|URL",
+              help="Restored GeoTIFF to write; a URL (s3://bucket/key.tif) is uploaded whole when done.")
+@click.option("--mask", default=None, metavar="PATH|URL",
               help="Gap mask raster on the scene's grid, nonzero = gap.")
-@click.option("--guide", "guides", type=click.Path(path_type=Path), multiple=True,
-              help="Another acquisition of the same place (GeoTIFF or Landsat product folder), striped or cloudy "
-                   "itself: DIP and the blend take it where it has data (repeatable).")
+@click.option("--guide", "guides", multiple=True, metavar="PATH|URL",
+              help="Another acquisition of the same place (GeoTIFF, Landsat product folder or STAC item; a path or a "
+                   "URL), striped or cloudy itself: DIP and the blend take it where it has data (repeatable).")
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Keep the Zarr tile store in this folder (default: hidden, beside the output; removed after success).")
 @apply(scene_options())
@@ -199,8 +200,10 @@ def main():
 @apply(cluster_options())
 @RESTART
 def fill_cmd(scene, output, mask, guides, bands, mask_qa, workdir, footprint, config, overwrite, quiet, restart, **kw):
-    """Fill the gaps of SCENE (a GeoTIFF or a Landsat product folder) and write OUTPUT.
+    """Fill the gaps of SCENE (a GeoTIFF, a Landsat product folder or its MTL, or a STAC item JSON) and write OUTPUT.
 
+    SCENE may be a URL (s3://, gs://, az://, https://), read window by window through GDAL with
+    credentials from the environment (AWS_*, GDAL_*; see docs/remote.md), never from the command line.
     A run that fails or is interrupted keeps its finished tiles: the same command resumes it.
     """
     from tilefill._pipeline import fill_scene
@@ -236,19 +239,33 @@ def fill_cmd(scene, output, mask, guides, bands, mask_qa, workdir, footprint, co
               help="With --guide auto: guides acquired at most this many days apart (default: 48).")
 @click.option("--guides", "guide_count", type=click.IntRange(min=1), default=None, metavar="N",
               help="With --guide auto: at most N guides per scene (default: 2).")
+@click.option("--stac", "stac_url", default=None, metavar="URL",
+              help="Also fill the items a search of this STAC API returns (pip install \"tilefill[stac]\"); "
+                   "each item's ID names its output.")
+@click.option("--collections", default=None, metavar="ID[,ID...]", help="With --stac: the collections to search.")
+@click.option("--bbox", default=None, metavar="W,S,E,N", help="With --stac: the bounding box (lon/lat).")
+@click.option("--datetime", "stac_datetime", default=None, metavar="RANGE",
+              help="With --stac: a date or range, e.g. 2010-08-01/2010-08-31.")
+@click.option("--query", "stac_query", multiple=True, metavar="PROP<VALUE",
+              help="With --stac: a property filter such as eo:cloud_cover<20 (repeatable).")
+@click.option("--max-items", type=click.IntRange(min=1), default=None, help="With --stac: at most this many items.")
 @apply(scene_options())
 @apply(fill_options())
 @apply(cluster_options())
 @RESTART
-def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, guide, guide_window, guide_count, bands,
+def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, guide, guide_window, guide_count,
+              stac_url, collections, bbox, stac_datetime, stac_query, max_items, bands,
               mask_qa, footprint, config, overwrite, quiet, restart, **kw):
-    """Fill every scene of SOURCES (globs, GeoTIFFs, folders searched for GeoTIFFs and Landsat product folders).
+    """Fill every scene of SOURCES (globs, GeoTIFFs, folders searched for GeoTIFFs and Landsat product folders,
+    URLs of these, STAC item collections) and of a STAC API search.
 
     \b
     tilefill batch 'archive/**/*.tif' --output-dir restored/ --config fast --log nightly.jsonl
     tilefill batch archive/ --output-dir restored/ --scheduler tcp://head:8786
     tilefill batch --manifest tonight.txt --output-dir restored/
     tilefill batch archive/ --output-dir restored/ --guide auto --guide-window 32
+    tilefill batch --stac https://earth-search.aws.element84.com/v1 --collections landsat-c2-l2 \\
+        --bbox 11.2,47.9,11.9,48.3 --datetime 2010-08-01/2010-08-31 --output-dir restored/
 
     Scenes already done are skipped, one scene's failure never stops the others, and two
     batches may run at once on one archive. Exit status 1 if any scene failed.
@@ -259,8 +276,14 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, guide
     _setup_logging(quiet)
     if guide is None and (guide_window is not None or guide_count is not None):
         raise click.UsageError("--guide-window and --guides go with --guide auto")
+    search = None
+    if stac_url:
+        search = {"url": stac_url, "collections": [c for c in (collections or "").split(",") if c],
+                  "bbox": _bbox(bbox), "datetime": stac_datetime, "query": list(stac_query), "max_items": max_items}
+    elif collections or bbox or stac_datetime or stac_query or max_items:
+        raise click.UsageError("--collections, --bbox, --datetime, --query and --max-items go with --stac URL")
     cluster = _cluster_spec(kw)
-    report = _run(fill_batch, list(sources), output_dir, manifest=manifest, log=log_path, input_root=input_root,
+    report = _run(fill_batch, list(sources), output_dir, stac_search=search, manifest=manifest, log=log_path, input_root=input_root,
                   bands=bands, mask_qa=mask_qa, footprint=footprint, config=config, overrides=_config_overrides(**kw),
                   cluster=cluster, restart=restart, overwrite=overwrite, progress=not quiet, verify=verify,
                   guide=guide, guide_window=DEFAULT_WINDOW if guide_window is None else guide_window,
@@ -270,6 +293,18 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, guide
     click.echo(str(report), err=True)
     if report.failed:
         sys.exit(1)
+
+
+def _bbox(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        box = []
+    if len(box) != 4:
+        raise click.BadParameter(f"{text!r} is not W,S,E,N (four numbers)", param_hint="--bbox")
+    return box
 
 
 class CropSize(click.ParamType):

@@ -1,0 +1,207 @@
+"""Real servers on 127.0.0.1 for the tests of inputs by URL: an S3-compatible store and a plain HTTP server.
+
+* :func:`s3_server`: moto's server mode (``moto[server]``, a real HTTP process speaking the S3 API),
+  started once per test session on a free port of 127.0.0.1 and stopped at exit. :func:`s3_env` is
+  the environment GDAL reads it with (``AWS_S3_ENDPOINT``, ``AWS_HTTPS=NO``,
+  ``AWS_VIRTUAL_HOSTING=FALSE``, test credentials).
+* :class:`HttpServer`: ``http.server`` in a thread, bound to 127.0.0.1, serving a folder with HTTP
+  range requests (what GDAL's ``/vsicurl/`` reads a COG's tiles with), counting the bytes it sends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from functools import lru_cache
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+LOCALHOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        return s.getsockname()[1]
+
+
+@lru_cache(maxsize=1)
+def s3_server() -> str:
+    """``host:port`` of a moto S3 server on 127.0.0.1 (started on first use; skips the test where moto is missing)."""
+    pytest.importorskip("moto.server", reason='moto[server] is in the test extra: pip install -e ".[test]"')
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", LOCALHOST, "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(lambda: (proc.terminate(), proc.wait(10)))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((LOCALHOST, port), timeout=0.5).close()
+            return f"{LOCALHOST}:{port}"
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("moto's server exited at start")
+            time.sleep(0.1)
+    raise RuntimeError("moto's server did not start within 30 s")
+
+
+def s3_env(endpoint: str | None = None) -> dict:
+    """The environment GDAL (and boto3, for the tests' uploads) reads the local S3 server with."""
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1", "AWS_S3_ENDPOINT": endpoint or s3_server(), "AWS_HTTPS": "NO",
+            "AWS_VIRTUAL_HOSTING": "FALSE", "AWS_NO_SIGN_REQUEST": "NO"}
+
+
+def s3_client():
+    import boto3
+
+    env = s3_env()
+    return boto3.client("s3", endpoint_url=f"http://{env['AWS_S3_ENDPOINT']}", region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def new_bucket() -> str:
+    """A bucket of its own per test: GDAL caches what it learnt of an object for the process's life."""
+    name = f"tf-{uuid.uuid4().hex[:12]}"
+    s3_client().create_bucket(Bucket=name)
+    return name
+
+
+def upload_tree(folder: Path, bucket: str, prefix: str) -> str:
+    """Upload every file under ``folder`` to ``s3://bucket/prefix/...``; return that URL."""
+    client = s3_client()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """Files of one folder, with ``Range: bytes=a-b`` answered by 206 as object stores and CDNs do."""
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        rng = self.headers.get("Range")
+        if not path.is_file() or not rng:
+            return super().send_head()
+        m = re.match(r"bytes=(\d+)-(\d*)$", rng.strip())
+        size = path.stat().st_size
+        if not m or int(m[1]) >= size:
+            self.send_error(416)
+            return None
+        start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
+        f = open(path, "rb")
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Last-Modified", self.date_time_string(int(path.stat().st_mtime)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self._remaining = end - start + 1
+        return f
+
+    def copyfile(self, source, outputfile):
+        remaining = getattr(self, "_remaining", None)
+        sent = 0
+        while remaining is None or sent < remaining:
+            block = source.read(65536 if remaining is None else min(65536, remaining - sent))
+            if not block:
+                break
+            outputfile.write(block)
+            sent += len(block)
+        type(self.server).bytes_sent += sent
+        self._remaining = None
+
+
+class _CountingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    bytes_sent = 0
+
+
+class _Handler(_RangeHandler):
+    def do_GET(self):
+        if self.path == "/__bytes_sent__":  # the tests' question: how many bytes of files were sent so far
+            body = str(self.server.bytes_sent).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+
+class HttpServer:
+    """A plain HTTP server on 127.0.0.1 serving ``root`` with range requests, in a process of its own.
+
+    Its own process, not a thread: rasterio calls GDAL without releasing the GIL, so a server thread in
+    the test's process could not answer GDAL's requests. ``url`` is its base; ``bytes_sent`` what it sent.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.port = free_port()
+        self.url = f"http://{LOCALHOST}:{self.port}"
+        self._proc = None
+
+    @property
+    def bytes_sent(self) -> int:
+        from urllib.request import urlopen
+
+        with urlopen(f"{self.url}/__bytes_sent__", timeout=10) as r:
+            return int(r.read())
+
+    def __enter__(self) -> "HttpServer":
+        self._proc = subprocess.Popen([sys.executable, __file__, str(self.root), str(self.port)])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((LOCALHOST, self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    raise RuntimeError("the HTTP server did not start")
+                time.sleep(0.05)
+
+    def __exit__(self, *exc) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+
+
+def clear_gdal_cache() -> None:
+    """Forget what GDAL learnt of remote files (sizes, listings, cached blocks), as a new process would."""
+    from tilefill._remote import _gdal
+
+    _gdal().VSICurlClearCache()
+
+
+def env_set(values: dict) -> dict:
+    """Set ``values`` in os.environ (None: unset); return what was there, for :func:`env_restore`."""
+    old = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    return old
+
+
+env_restore = env_set
+
+
+if __name__ == "__main__":  # python servers.py ROOT PORT: the HTTP server's process
+    _root, _port = sys.argv[1], int(sys.argv[2])
+    _CountingServer((LOCALHOST, _port), lambda *a, **kw: _Handler(*a, directory=_root, **kw)).serve_forever()
