@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -493,6 +494,28 @@ class _Written:
     known_everywhere: int = 0
 
 
+class _WriteBehind:
+    """The store's writes of one strip in a thread while the next strip is read and worked: at most one strip
+    waits (memory stays a strip or two), and a write's error surfaces at the next submit or on leaving."""
+
+    def __enter__(self) -> "_WriteBehind":
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tilefill-store-write")
+        self._pending = None
+        return self
+
+    def submit(self, fn, *args) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self._pool.submit(fn, *args)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._pending is not None and exc[0] is None:
+                self._pending.result()
+        finally:
+            self._pool.shutdown(wait=True)  # never leave a write running into a store being removed
+
+
 def _write_pass(scene: Scene, group: zarr.Group, extent: _Extent, grid: TileGrid, holdout: bool) -> _Written:
     """Second pass over the input: the scaled scene, its gaps and footprint into the store, strip by strip (into
     the scene's part of arrays padded to the grid's extent)."""
@@ -501,27 +524,32 @@ def _write_pass(scene: Scene, group: zarr.Group, extent: _Extent, grid: TileGrid
     out = _Written(0, np.zeros((grid.extent[0], len(grid.col_starts)), dtype=np.int64),
                    np.zeros((-(-height // HOLDOUT_CELL), -(-width // HOLDOUT_CELL)), np.int64) if holdout else None)
     above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
-    for win in scene.strips(STRIP):
-        y, h = win.row_off, win.height
-        values = scene.read(win)
-        data = scene.has_data(win, values)
-        flagged = scene.flagged(win)
-        inside = footprint_window(extent.left, extent.right, y, h, width)
-        gaps = inside[None] & (~data | (flagged if flagged is not None else False))
-        known = inside[None] & ~gaps
-        scaled = extent.scaling.forward(values)
-        scaled[~known] = 0  # gap pixels hold whatever the input had: nodata, NaN
+
+    def store(y: int, h: int, scaled: np.ndarray, gaps: np.ndarray, inside: np.ndarray) -> None:
         scene_arr[:, y:y + h, :width] = scaled
         gaps_arr[:, y:y + h, :width] = gaps
         fp_arr[y:y + h, :width] = inside
-        any_gap = gaps.any(axis=0)
-        out.gap_pixels += int(gaps.sum())
-        if holdout:
-            SceneHoldout.count(SceneHoldout.shapes(any_gap, above) & inside, y, out.cell_candidates)
-            out.known_everywhere += int(known.all(axis=0).sum())
-            above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
-        for c, x in enumerate(grid.col_starts):
-            out.col_gap_rows[y:y + h, c] = any_gap[:, x:x + grid.size].sum(axis=1)
+
+    with _WriteBehind() as behind:
+        for win in scene.strips(STRIP):
+            y, h = win.row_off, win.height
+            values = scene.read(win)
+            data = scene.has_data(win, values)
+            flagged = scene.flagged(win)
+            inside = footprint_window(extent.left, extent.right, y, h, width)
+            gaps = inside[None] & (~data | (flagged if flagged is not None else False))
+            known = inside[None] & ~gaps
+            scaled = extent.scaling.forward(values)
+            scaled[~known] = 0  # gap pixels hold whatever the input had: nodata, NaN
+            behind.submit(store, y, h, scaled, gaps, inside)
+            any_gap = gaps.any(axis=0)
+            out.gap_pixels += int(gaps.sum())
+            if holdout:
+                SceneHoldout.count(SceneHoldout.shapes(any_gap, above) & inside, y, out.cell_candidates)
+                out.known_everywhere += int(known.all(axis=0).sum())
+                above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
+            for c, x in enumerate(grid.col_starts):
+                out.col_gap_rows[y:y + h, c] = any_gap[:, x:x + grid.size].sum(axis=1)
     return out
 
 
