@@ -753,9 +753,8 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
         wsum, guide_share = sums.wsum, sums.guide_share
         covered = wsum > 0
         target = (gaps if keep_known else inside[None]) & covered
-        pred = sums.acc / np.where(covered, wsum, 1)
-        if target.any():
-            values[target] = to_dtype(store.scaling.inverse_at(pred, target), info)
+        if target.any():  # the mosaic's value, acc / wsum, where it is written only
+            values[target] = to_dtype(store.scaling.inverse_at(sums.acc, target, wsum), info)
             out.filled += int(target.sum())
         missing = gaps & ~covered
         out.unfilled += int(missing.sum())
@@ -769,6 +768,7 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
         if needs_mask:
             dst.write_mask(np.where(inside[:, cols], 255, 0).astype(np.uint8), window=win)
         if estimate:
+            pred = sums.acc / np.where(covered, wsum, 1)
             est = np.full(values.shape, np.nan, dtype=np.float32)
             est[target] = (_trust_map(store, plan, sums, pred, y, h, target) * span)[target]
             finite = np.isfinite(est)

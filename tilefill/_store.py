@@ -111,12 +111,21 @@ class Scaling:
         out /= span.astype(np.float32)
         return out
 
-    def inverse_at(self, scaled: np.ndarray, where: np.ndarray) -> np.ndarray:
+    def inverse_at(self, scaled: np.ndarray, where: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
         """Values of ``scaled`` (bands, h, w) at the bool mask ``where``, back in the input's units (in the mask's
-        order: band by band; one band at a time, 3x faster than indexing the bands of every pixel)."""
+        order: band by band). ``weight``: ``scaled`` is a weighted sum, divided by it (nonzero at ``where``) first.
+
+        One band at a time and only where asked: 3x faster than indexing the bands of every pixel, and 5x
+        faster than dividing a whole strip (its temporaries' first touch is most of the cost).
+        """
         lo, hi = np.asarray(self.lo, dtype=np.float64), np.asarray(self.hi, dtype=np.float64)
-        return np.concatenate([scaled[b][where[b]].astype(np.float64) * (hi[b] - lo[b]) + lo[b]
-                               for b in range(scaled.shape[0])])
+        out = []
+        for b in range(scaled.shape[0]):
+            v = scaled[b][where[b]]
+            if weight is not None:
+                v = v / weight[b][where[b]]
+            out.append(v.astype(np.float64) * (hi[b] - lo[b]) + lo[b])
+        return np.concatenate(out)
 
 
 class TileStore:
