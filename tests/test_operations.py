@@ -144,8 +144,8 @@ def test_sigterm_in_a_batch_releases_the_claim_and_summarises_the_log(tmp_path, 
                             preexec_fn=interruptible)
     try:
         # two tiles of the first scene in its store: the batch is in the middle of it
-        tiles = default_store(out / "s0.tif") / "tile_info" / "c"
-        _until(lambda: tiles.is_dir() and len(list(tiles.iterdir())) >= 2, 120, "two tiles")
+        tiles = default_store(out / "s0.tif") / "tile_info"  # a chunk file per finished tile: c.INDEX.0
+        _until(lambda: len(list(tiles.glob("c.*"))) >= 2, 120, "two tiles")
         listeners = listening_sockets(proc.pid)
         children = _descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)

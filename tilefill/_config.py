@@ -233,7 +233,8 @@ class EngineConfig:
     compile_backend: str = setting("inductor", "torch.compile's backend (inductor generates kernels; aot_eager "
                                    "does not).", tier="expert")
     # small tiles alone leave a GPU idle
-    tiles_per_task: int = setting(1, "Tiles per task, fitted together as one grouped network.", tier="user")
+    tiles_per_task: int = setting(1, "Tiles per task, fitted together as one grouped network (a classical method's "
+                                 "tasks take at least 16, each tile filled alone).", tier="user")
     deterministic: bool = setting(False, "Reproducible GPU fits (no cuDNN autotuning, deterministic kernels); "
                                   "slower. CPU fits are so already.", tier="user")
     memory_fraction: float = setting(0.9, "Share of a GPU's memory one task's networks may take; a larger group "

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tilefill._store import TileStore
+from tilefill._store import TileStore, WindowReader
 
 METHODS = ("dip", "gdal", "biharmonic", "telea", "ns", "kriging", "llhm", "nspi")
 
@@ -242,21 +242,25 @@ def _with_classical(image: np.ndarray, known: np.ndarray, hidden: np.ndarray | N
     return WindowFill(dip, info, partners, weights, stats, guided)
 
 
-def _fit_window(store: TileStore, index: int) -> tuple[int, int, int, np.ndarray, np.ndarray]:
-    """The window a tile is fitted on, ``(y, x, side, image, known)``: the tile, or wider where it knows too little."""
+def _fit_window(store: TileStore, index: int, reader: WindowReader | None = None) -> tuple[int, int, int, dict]:
+    """The window a tile is fitted on, ``(y, x, side, arrays)``: the tile, or wider where it knows too little.
+
+    ``arrays``: :meth:`WindowReader.window`'s (``image``, ``known``, and ``hidden`` / ``guides`` where read).
+    """
     cfg, grid = store.config, store.grid
+    reader = reader or WindowReader(store, [index])
     tile = grid[index]
     factor = 1
     y, x, side = tile.y, tile.x, tile.size
-    image, known = store.read_window(y, x, side)
+    arrays = reader.window(y, x, side)
     # the band with the fewest known pixels decides: every band needs something to fit
-    while known.mean(axis=(1, 2)).min() < cfg.fit.min_known_fraction and factor * 2 <= cfg.fit.max_context:
+    while arrays["known"].mean(axis=(1, 2)).min() < cfg.fit.min_known_fraction and factor * 2 <= cfg.fit.max_context:
         factor *= 2
         y, x, side = grid.context_window(tile, factor)
-        image, known = store.read_window(y, x, side)
+        arrays = reader.window(y, x, side)
         if side < tile.size * factor:  # already as wide as the scene allows
             break
-    return y, x, side, image, known
+    return y, x, side, arrays
 
 
 def gap_reach(known: np.ndarray) -> float:
@@ -348,8 +352,9 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
     that narrow is fitted with ``fit.narrow_input_noise``; with ``experimental.noise_end``, one whose gaps
     reach beyond ``experimental.noise_end_max_reach`` keeps a constant input noise.
 
-    Each tile's chunk is written as soon as its group is done, so a crash loses at most one
-    group. A tile's ``seconds`` is its group's time shared equally among the group's tiles.
+    A group's chunks are written as soon as it is done, one write per array and every tile's
+    ``tile_info`` last (what marks a tile done), so a crash loses at most one group and never leaves
+    a tile half written. A task's windows are read a row of tiles at a time (:class:`WindowReader`). A tile's ``seconds`` is its group's time shared equally among the group's tiles.
 
     Examples
     --------
@@ -360,7 +365,10 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
     store = TileStore.open(store_path, mode="r+")
     cfg, grid = store.config, store.grid
     worker = socket.gethostname() + f":{os.getpid()}"
-    windows = {i: _fit_window(store, i) for i in indices}
+    # the task's windows, read a row of tiles at a time (with the hidden pixels for DIP, and the guides)
+    reader = WindowReader(store, indices, hidden=cfg.method == "dip", guides=bool(store.guide_count))
+    fitted = {i: _fit_window(store, i, reader) for i in indices}
+    windows = {i: (y, x, side, arrays["image"], arrays["known"]) for i, (y, x, side, arrays) in fitted.items()}
     read_share = (time.perf_counter() - start) / len(indices)
     results: dict[int, TileResult] = {}
     groups: dict[tuple[str, int], list[int]] = {}  # (method, window side) -> tiles fitted together
@@ -370,9 +378,10 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
             results[i] = TileResult(i, "no-context", window=side, worker=worker, seconds=read_share)
             continue
         groups.setdefault((_tile_kind(cfg, known, side == grid.size), side), []).append(i)
-    hidden = {i: store.read_hidden(*windows[i][:3]) for i in indices} if cfg.method == "dip" else {}
+    hidden = {i: fitted[i][3].get("hidden") for i in indices} if cfg.method == "dip" else {}
     # each window's guides, where one has data in it (guided windows are fitted apart from the others)
-    guides = {i: g for i in indices if (g := store.read_guides(*windows[i][:3])) is not None and g[1].any()}
+    guides = {i: (a["guides"], a["guides_known"]) for i, (_y, _x, _s, a) in fitted.items()
+              if "guides" in a and a["guides_known"].any()}
     for (method, side), group in list(groups.items()):
         if method in ("dip", "narrow", "wide") and any(i in guides for i in group):
             groups[(method, side)] = [i for i in group if i not in guides]
@@ -393,27 +402,36 @@ def fill_tiles(store_path: str, indices: list[int]) -> list[TileResult]:
                       else run_method_many(method, [(windows[i][3], windows[i][4], 0)], cfg, None,
                                            [guides.get(i)])[0] for i in group]
         seconds = read_share + (time.perf_counter() - t0) / len(group)
+        tiles = [_tile_chunks(store, cfg, grid[i], windows[i], fill) for i, fill in zip(group, filled)]
+        # the group's chunks in one write per array, each tile's info last: done only once all are written
+        store.write_tiles(group, [t[0] for t in tiles],
+                          [{**fill.info, "seconds": seconds, "window": side} for fill in filled],
+                          **({k: [t[1][k] for t in tiles] for k in tiles[0][1]} if tiles[0][1] else {}))
         for i, fill in zip(group, filled):
-            tile = grid[i]
-            y, x, _side, _image, known = windows[i]
-            oy, ox = tile.y - y, tile.x - x
-            crop = (Ellipsis, slice(oy, oy + tile.size), slice(ox, ox + tile.size))
-            empty = ~known.any(axis=(1, 2))  # a band with nothing known in reach: no prediction
-            prediction = fill.prediction[crop].copy()
-            prediction[empty] = np.nan
-            extra = {}
-            if store.has_partners:
-                partners = fill.partners[crop].copy()
-                partners[:, empty] = np.nan
-                if store.guided and len(partners) == len(cfg.fit.blend_methods):  # no guide in this window
-                    partners = np.concatenate([partners, np.full_like(partners[:1], np.nan)])
-                extra = dict(partners=partners, weights=fill.weights, stats=fill.stats.to_array())
-                if store.guided:
-                    from tilefill._distance_blend import GuidedStats
-
-                    extra["guided_stats"] = (fill.guided or GuidedStats.zeros(len(prediction))).to_array()
             stats = fill.info
-            store.write_tile(i, prediction, {**stats, "seconds": seconds, "window": side}, **extra)
             results[i] = TileResult(i, "filled", stats["final_loss"], stats["iterations"], seconds, side,
                                     stats["device"], worker, stats.get("estimated_rmse", float("nan")))
     return [results[i] for i in indices]
+
+
+def _tile_chunks(store: TileStore, cfg, tile, window, fill: WindowFill) -> tuple[np.ndarray, dict]:
+    """What the store keeps of a tile's fill: its prediction cropped from the window (NaN in bands with nothing
+    known in reach) and, where DIP is blended, the partners' fills, the weights and the hidden pixels' statistics."""
+    y, x, _side, _image, known = window
+    oy, ox = tile.y - y, tile.x - x
+    crop = (Ellipsis, slice(oy, oy + tile.size), slice(ox, ox + tile.size))
+    empty = ~known.any(axis=(1, 2))  # a band with nothing known in reach: no prediction
+    prediction = fill.prediction[crop].copy()
+    prediction[empty] = np.nan
+    extra = {}
+    if store.has_partners:
+        partners = fill.partners[crop].copy()
+        partners[:, empty] = np.nan
+        if store.guided and len(partners) == len(cfg.fit.blend_methods):  # no guide in this window
+            partners = np.concatenate([partners, np.full_like(partners[:1], np.nan)])
+        extra = dict(partners=partners, weights=fill.weights, stats=fill.stats.to_array())
+        if store.guided:
+            from tilefill._distance_blend import GuidedStats
+
+            extra["guided_stats"] = (fill.guided or GuidedStats.zeros(len(prediction))).to_array()
+    return prediction, extra

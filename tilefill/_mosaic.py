@@ -72,22 +72,34 @@ class _Mosaic:
 class _TileCache:
     """The fitted tiles over a pass of strips from the top: each tile read once, dropped after its last strip.
 
-    ``load(tile)`` gives what a tile contributes (see :func:`_tile_entry`), or None where it has no
-    prediction; :meth:`covering` yields it with the rows it overlaps.
+    ``load(tile, prediction, stored)`` gives what a tile contributes (see :func:`_tile_entry`) from its stored
+    prediction and (where the store keeps them) its partners' fills, or None where it has no prediction;
+    :meth:`covering` yields it with the rows it overlaps. A strip's new tiles are read a row of the grid at a
+    time, one read per array (not a read per tile).
     """
 
-    def __init__(self, store: TileStore, load: Callable[[Tile], tuple | None]):
-        self.grid, self.load = store.grid, load
+    def __init__(self, store: TileStore, load: Callable[[Tile, np.ndarray, np.ndarray | None], tuple | None]):
+        self.store, self.grid, self.load = store, store.grid, load
         self.fitted = set(store.tiles_to_fit)
         self.entries: dict[int, tuple | None] = {}
 
+    def _read(self, tiles: list[Tile]) -> None:
+        by_row: dict[int, list[Tile]] = {}
+        for tile in tiles:
+            by_row.setdefault(tile.row, []).append(tile)
+        for row in by_row.values():
+            indices = [t.index for t in row]
+            preds = self.store.read_tiles(indices)
+            stored = self.store.read_partners_of(indices) if self.store.has_partners else [None] * len(row)
+            for k, tile in enumerate(row):  # copies: an entry must not keep the whole row's arrays alive
+                self.entries[tile.index] = self.load(tile, preds[k].copy(),
+                                                     None if stored[k] is None else stored[k].copy())
+
     def covering(self, y: int, h: int) -> Iterator[tuple[Tile, tuple, slice, slice]]:
         """``(tile, entry, rows of the tile, the same rows of the strip)`` for each fitted tile over rows [y, y+h)."""
-        for tile in self.grid.tiles_in_rows(y, y + h):
-            if tile.index not in self.fitted:
-                continue
-            if tile.index not in self.entries:
-                self.entries[tile.index] = self.load(tile)
+        tiles = [t for t in self.grid.tiles_in_rows(y, y + h) if t.index in self.fitted]
+        self._read([t for t in tiles if t.index not in self.entries])
+        for tile in tiles:
             entry = self.entries[tile.index]
             if entry is not None:
                 r0, r1 = max(y, tile.y), min(y + h, tile.y + tile.size)
@@ -183,12 +195,11 @@ def _hidden_strips(store: TileStore, thin: frozenset, strip: int = 256, *, truth
     classical = len(store.config.fit.blend_methods)
     partners = classical if mix is None else len(mix)
 
-    def load(tile: Tile) -> tuple | None:
-        stored = store.read_partners(tile.index)
+    def load(tile: Tile, pred: np.ndarray, stored: np.ndarray) -> tuple | None:
         fills = stored[:classical]
         if mix is not None:
             fills = np.tensordot(np.asarray(mix, dtype=np.float32), np.nan_to_num(fills), axes=1)
-        return _tile_entry(store, tile, store.read_tile(tile.index), fills, stored[-1] if guided else None)
+        return _tile_entry(store, tile, pred, fills, stored[-1] if guided else None)
 
     cache = _TileCache(store, load)
     for y in range(0, height, strip):
@@ -493,13 +504,13 @@ def _strip_bins(store: TileStore, y: int, h: int) -> np.ndarray:
     return distance_bins(~gaps & inside[None])[:, y - y0:y - y0 + h]
 
 
-def _tile_fill(store: TileStore, plan: _Mosaic, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """A tile's DIP fill, the partner it is averaged with (per band: the scene's choice) and the guide's fill
-    (NaN where no guide speaks; None without guides), [0, 1] units."""
-    pred = store.read_tile(index)
-    if not store.has_partners:
+def _tile_fill(store: TileStore, plan: _Mosaic, pred: np.ndarray, stored: np.ndarray | None
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A tile's DIP fill (``pred``), the partner it is averaged with (per band: the scene's choice, from the
+    partners' fills ``stored``) and the guide's fill (NaN where no guide speaks; None without guides), [0, 1]
+    units."""
+    if stored is None:
         return pred, None, None
-    stored = store.read_partners(index)
     guide = stored[-1] if store.guided else None
     partners = stored[:len(store.config.fit.blend_methods)]
     weights = plan.scene
@@ -530,7 +541,8 @@ class _StripMosaic:
 
     def __init__(self, store: TileStore, plan: _Mosaic):
         self.store, self.plan = store, plan
-        self.cache = _TileCache(store, lambda tile: _tile_entry(store, tile, *_tile_fill(store, plan, tile.index)))
+        self.cache = _TileCache(store, lambda tile, pred, stored: _tile_entry(store, tile,
+                                                                               *_tile_fill(store, plan, pred, stored)))
         self.tile_weights = store.tile_weights() if store.has_partners else None
 
     def strip(self, y: int, h: int, *, estimate: bool = False) -> _StripSums:
@@ -741,9 +753,8 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
         wsum, guide_share = sums.wsum, sums.guide_share
         covered = wsum > 0
         target = (gaps if keep_known else inside[None]) & covered
-        pred = sums.acc / np.where(covered, wsum, 1)
-        if target.any():
-            values[target] = to_dtype(store.scaling.inverse_at(pred, target), info)
+        if target.any():  # the mosaic's value, acc / wsum, where it is written only
+            values[target] = to_dtype(store.scaling.inverse_at(sums.acc, target, wsum), info)
             out.filled += int(target.sum())
         missing = gaps & ~covered
         out.unfilled += int(missing.sum())
@@ -757,6 +768,7 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
         if needs_mask:
             dst.write_mask(np.where(inside[:, cols], 255, 0).astype(np.uint8), window=win)
         if estimate:
+            pred = sums.acc / np.where(covered, wsum, 1)
             est = np.full(values.shape, np.nan, dtype=np.float32)
             est[target] = (_trust_map(store, plan, sums, pred, y, h, target) * span)[target]
             finite = np.isfinite(est)

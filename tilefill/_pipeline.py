@@ -49,7 +49,7 @@ from tilefill._records import failure_path, quality_path, write_failure, write_j
 from tilefill._runkey import RunKey, run_key
 from tilefill._guide import open_guide
 from tilefill._scene import open_scene
-from tilefill._schedule import SYSTEMATIC, Progress, TileJob, TileRun
+from tilefill._schedule import SYSTEMATIC, Progress, TileJob, TileRun, tiles_per_task
 from tilefill._store import TileStore, build_store, resumable_store
 from tilefill._version import __version__
 
@@ -543,7 +543,7 @@ def start_fit(prep: PreparedFill, clusters: LazyCluster, *, progress: bool = Tru
     cluster = clusters.get()
     cluster.check_workers(prep.store_path, torch=cfg.method == "dip")
     bar = Progress(len(prep.todo)) if progress else None
-    return TileJob(cluster, str(prep.store_path), prep.todo, per_task=cfg.engine.tiles_per_task,
+    return TileJob(cluster, str(prep.store_path), prep.todo, per_task=tiles_per_task(cfg),
                    on_done=(lambda _r: bar.update()) if bar else None, log=clusters.worker_log).submit()
 
 

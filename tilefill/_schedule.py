@@ -95,8 +95,8 @@ def _run_tile_group(store_path: str, indices: Sequence[int]) -> list[TileResult]
 
     store = TileStore.open(store_path)
     here = f"{socket.gethostname()}:{os.getpid()}"
-    done = {i: TileResult.from_info(i, "filled", store.tile_info(i), here) for i in indices
-            if 0 <= i < len(store.grid) and store.tile_done(i)}
+    inside = [i for i in indices if 0 <= i < len(store.grid)]
+    done = {i: TileResult.from_info(i, "filled", info, here) for i, info in store.tile_infos(inside).items()}
     todo = [i for i in indices if i not in done]
     fresh = [fill_tile(store_path, todo[0])] if len(todo) == 1 else fill_tiles(store_path, todo) if todo else []
     done.update((r.index, r) for r in fresh)
@@ -114,6 +114,23 @@ def error_signature(cause: str) -> str:
     'OutOfMemoryError: CUDA out of memory. Tried to allocate #.# GiB (tile #)'
     """
     return re.sub(r"0x[0-9a-fA-F]+|\d+", "#", cause)
+
+
+# Tiles per task for the classical fills (a few ms a tile): opening the store, reading the windows, writing the
+# chunks and Dask's own work are paid once per task, not per tile; tiles are fitted alone whatever the task
+CHEAP_TILES_PER_TASK = 16
+
+
+def tiles_per_task(config) -> int:
+    """The tiles a task fills: ``engine.tiles_per_task``, at least :data:`CHEAP_TILES_PER_TASK` for a classical
+    method (each tile is filled alone, so the grouping changes no result).
+
+    >>> from tilefill import load_config
+    >>> tiles_per_task(load_config("fast")), tiles_per_task(load_config("fast").override({"method": "gdal"}))
+    (1, 16)
+    """
+    per_task = config.engine.tiles_per_task
+    return per_task if config.method == "dip" else max(per_task, CHEAP_TILES_PER_TASK)
 
 
 def tile_groups(indices: Sequence[int], per_task: int) -> list[tuple[int, ...]]:

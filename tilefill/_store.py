@@ -55,7 +55,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -77,6 +79,16 @@ STRIP = 512  # rows read from the input at a time
 # chunks, 4 chunks of 4x the size), and decoding them is most of a cheap tile's time
 CHUNK_PX = 256
 TILE_INFO_FIELDS = ("final_loss", "seconds", "iterations", "window", "estimated_rmse")
+# The store is scratch, read a few times and removed after the write: its float arrays (scaled values, fills)
+# are stored raw, its masks with zstd at level 1. Zarr's default (zstd level 3) compressed a scene chunk of
+# noisy float32 only 1.8x, at 19 ms to encode and 4 ms to decode each 1 MB chunk (tens of seconds of a
+# full scene's prepare, most of a cheap tile's reading); masks shrink 86x at 0.1 ms (benchmarks/datapath.py)
+FLOAT_CODECS = None
+MASK_CODECS = zarr.codecs.ZstdCodec(level=1)
+# chunk files side by side in their array's folder ("c.12.0.0.0"), not a folder per index ("c/12/0/0/0"): each
+# write made and each removal of the store walked 3-4 folders per chunk (the removal alone was a third of a
+# small scene's write stage)
+CHUNK_KEYS = {"name": "default", "separator": "."}
 
 
 @dataclass(frozen=True)
@@ -99,11 +111,21 @@ class Scaling:
         out /= span.astype(np.float32)
         return out
 
-    def inverse_at(self, scaled: np.ndarray, where: np.ndarray) -> np.ndarray:
-        """Values of ``scaled`` (bands, h, w) at the bool mask ``where``, back in the input's units."""
-        band = np.nonzero(where)[0]
-        lo = np.asarray(self.lo)[band]
-        return scaled[where].astype(np.float64) * (np.asarray(self.hi)[band] - lo) + lo
+    def inverse_at(self, scaled: np.ndarray, where: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+        """Values of ``scaled`` (bands, h, w) at the bool mask ``where``, back in the input's units (in the mask's
+        order: band by band). ``weight``: ``scaled`` is a weighted sum, divided by it (nonzero at ``where``) first.
+
+        One band at a time and only where asked: 3x faster than indexing the bands of every pixel, and 5x
+        faster than dividing a whole strip (its temporaries' first touch is most of the cost).
+        """
+        lo, hi = np.asarray(self.lo, dtype=np.float64), np.asarray(self.hi, dtype=np.float64)
+        out = []
+        for b in range(scaled.shape[0]):
+            v = scaled[b][where[b]]
+            if weight is not None:
+                v = v / weight[b][where[b]]
+            out.append(v.astype(np.float64) * (hi[b] - lo[b]) + lo[b])
+        return np.concatenate(out)
 
 
 class TileStore:
@@ -137,87 +159,182 @@ class TileStore:
     def tiles_to_fit(self) -> list[int]:
         return list(self.meta["tiles_to_fit"])
 
+    def array(self, name: str) -> zarr.Array:
+        """One of the store's arrays, its metadata read once per open store (a task reads several windows)."""
+        arrays = self.__dict__.setdefault("_arrays", {})
+        if name not in arrays:
+            arrays[name] = self.group[name]
+        return arrays[name]
+
+    @cached_property
+    def _members(self) -> frozenset:
+        return frozenset(self.group.array_keys())
+
     def read_hidden(self, y: int, x: int, side: int) -> np.ndarray | None:
         """The scene's hidden pixels in a square window (bands, side, side); None if the store has none."""
-        if "hidden" not in self.group:
-            return None
-        return np.asarray(self.group["hidden"][:, y:y + side, x:x + side])
+        return self.read_block(y, x, side, side, hidden=True).get("hidden")
 
     def read_window(self, y: int, x: int, side: int) -> tuple[np.ndarray, np.ndarray]:
         """Scaled values and the known-pixel mask of a square window: float32 and bool (bands, side, side)."""
-        sl = (slice(None), slice(y, y + side), slice(x, x + side))
-        image = np.asarray(self.group["scene"][sl])
-        gaps = np.asarray(self.group["gaps"][sl])
-        inside = np.asarray(self.group["footprint"][sl[1:]])
-        return image, ~gaps & inside[None]
+        block = self.read_block(y, x, side, side)
+        return block["image"], block["known"]
+
+    def read_block(self, y: int, x: int, height: int, width: int, *, hidden: bool = False,
+                   guides: bool = False) -> dict:
+        """The scene arrays over rows [y, y + height) and columns [x, x + width), in one read each.
+
+        ``image`` (scaled values, float32) and ``known`` (bool), (bands, height, width); with ``hidden``,
+        the hidden pixels (where the store has them); with ``guides``, ``guides`` and ``guides_known``,
+        (G, bands, height, width) (where it has guides).
+        """
+        rows, cols = slice(y, y + height), slice(x, x + width)
+        gaps = np.asarray(self.array("gaps")[:, rows, cols])
+        inside = np.asarray(self.array("footprint")[rows, cols])
+        out = {"image": np.asarray(self.array("scene")[:, rows, cols]), "known": ~gaps & inside[None]}
+        if hidden and "hidden" in self._members:
+            out["hidden"] = np.asarray(self.array("hidden")[:, rows, cols])
+        if guides and self.guide_count:
+            out["guides"] = np.asarray(self.array("guides")[:, :, rows, cols])
+            out["guides_known"] = np.asarray(self.array("guides_known")[:, :, rows, cols])
+        return out
 
     @property
     def guide_count(self) -> int:
         """How many guides the store holds (0: the scene is filled from itself)."""
-        return self.group["guides"].shape[0] if "guides" in self.group else 0
+        return self.array("guides").shape[0] if "guides" in self._members else 0
 
     def read_guides(self, y: int, x: int, side: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Every guide's scaled values and known pixels in a square window, (G, bands, side, side); None without."""
         if not self.guide_count:
             return None
-        sl = (slice(None), slice(None), slice(y, y + side), slice(x, x + side))
-        return np.asarray(self.group["guides"][sl]), np.asarray(self.group["guides_known"][sl])
+        block = self.read_block(y, x, side, side, guides=True)
+        return block["guides"], block["guides_known"]
 
     @property
     def has_partners(self) -> bool:
         """Whether tiles keep their classical partners' fills apart from DIP's (the mosaic blends them)."""
-        return "partners" in self.group
+        return "partners" in self._members
 
     @property
     def guided(self) -> bool:
         """Whether tiles keep a guide's classical fill beside DIP's and its partners' (last of ``partners``)."""
-        return "guided_stats" in self.group
+        return "guided_stats" in self._members
 
     def write_tile(self, index: int, prediction: np.ndarray, info: dict, *, partners: np.ndarray | None = None,
                    weights: np.ndarray | None = None, stats: np.ndarray | None = None,
                    guided_stats: np.ndarray | None = None) -> None:
         """Write a tile's chunks; ``tile_info`` last, since it marks the tile done."""
-        self.group["tiles"][index] = prediction.astype(np.float32)
+        self.write_tiles([index], [prediction], [info], partners=None if partners is None else [partners],
+                         weights=None if weights is None else [weights], stats=None if stats is None else [stats],
+                         guided_stats=None if guided_stats is None else [guided_stats])
+
+    def write_tiles(self, indices: Sequence[int], predictions: Sequence[np.ndarray], infos: Sequence[dict], *,
+                    partners: Sequence[np.ndarray] | None = None, weights: Sequence[np.ndarray] | None = None,
+                    stats: Sequence[np.ndarray] | None = None,
+                    guided_stats: Sequence[np.ndarray] | None = None) -> None:
+        """Write several tiles' chunks, one write per array; the ``tile_info`` chunks last, once every other
+        chunk of every tile is written: a tile counts as done only then, so an interrupted task leaves its
+        tiles done or to do, never half written."""
+        if not len(indices):
+            return
+        at = (np.asarray(indices, dtype=np.int64),)
+        self.array("tiles").set_orthogonal_selection(at, np.stack(predictions).astype(np.float32))
         if self.has_partners:
-            self.group["partners"][index] = partners.astype(np.float32)
-            self.group["tile_weights"][index] = weights
-            self.group["blend_stats"][index] = stats
+            self.array("partners").set_orthogonal_selection(at, np.stack(partners).astype(np.float32))
+            self.array("tile_weights").set_orthogonal_selection(at, np.stack(weights))
+            self.array("blend_stats").set_orthogonal_selection(at, np.stack(stats))
             if self.guided:
-                self.group["guided_stats"][index] = guided_stats
-        self.group["tile_info"][index] = [float(info.get(k, np.nan)) for k in TILE_INFO_FIELDS]
+                self.array("guided_stats").set_orthogonal_selection(at, np.stack(guided_stats))
+        self.array("tile_info").set_orthogonal_selection(
+            at, np.array([[float(info.get(k, np.nan)) for k in TILE_INFO_FIELDS] for info in infos]))
 
     def read_partners(self, index: int) -> np.ndarray:
         """(P, bands, T, T): each classical partner's fill of the tile."""
-        return np.asarray(self.group["partners"][index])
+        return np.asarray(self.array("partners")[index])
 
     def tile_weights(self) -> np.ndarray:
         """(n_tiles, bands): each tile's own partner weight; NaN for tiles not fitted."""
-        return np.asarray(self.group["tile_weights"][:])
+        return np.asarray(self.array("tile_weights")[:])
 
     def blend_stats(self) -> np.ndarray:
         """(n_tiles, P + 1, bands, bins, 4): every tile's hidden-pixel statistics; NaN for tiles not fitted."""
-        return np.asarray(self.group["blend_stats"][:])
+        return np.asarray(self.array("blend_stats")[:])
 
     def guided_stats(self) -> np.ndarray:
         """(n_tiles, bands, bins, 11): every tile's statistics of the hidden pixels a guide covers."""
-        return np.asarray(self.group["guided_stats"][:])
+        return np.asarray(self.array("guided_stats")[:])
 
     def tile_info(self, index: int) -> dict:
         """A finished tile's statistics (``TILE_INFO_FIELDS``); NaN where not recorded."""
-        return dict(zip(TILE_INFO_FIELDS, np.asarray(self.group["tile_info"][index]).tolist()))
+        return dict(zip(TILE_INFO_FIELDS, np.asarray(self.array("tile_info")[index]).tolist()))
+
+    def tile_infos(self, indices: Sequence[int]) -> dict[int, dict]:
+        """The statistics of those of ``indices`` that are done (``TILE_INFO_FIELDS``), in one read of their rows."""
+        if not len(indices):
+            return {}
+        lo, hi = min(indices), max(indices) + 1
+        rows = np.asarray(self.array("tile_info")[lo:hi])
+        seconds = TILE_INFO_FIELDS.index("seconds")
+        return {i: dict(zip(TILE_INFO_FIELDS, rows[i - lo].tolist())) for i in indices if np.isfinite(rows[i - lo, seconds])}
 
     def tile_done(self, index: int) -> bool:
         # seconds is written for every finished tile; final_loss is NaN for the classical fills
-        return bool(np.isfinite(self.group["tile_info"][index, TILE_INFO_FIELDS.index("seconds")]))
+        return bool(np.isfinite(self.array("tile_info")[index, TILE_INFO_FIELDS.index("seconds")]))
 
     def tiles_done(self, indices) -> list[int]:
         """Those of ``indices`` already done, read in one pass over the small ``tile_info`` array."""
-        seconds = np.asarray(self.group["tile_info"][:, TILE_INFO_FIELDS.index("seconds")])
+        seconds = np.asarray(self.array("tile_info")[:, TILE_INFO_FIELDS.index("seconds")])
         return [i for i in indices if np.isfinite(seconds[i])]
 
     def read_tile(self, index: int) -> np.ndarray:
-        return np.asarray(self.group["tiles"][index])
+        return np.asarray(self.array("tiles")[index])
 
+    def read_tiles(self, indices: Sequence[int]) -> np.ndarray:
+        """(n, bands, T, T): the predictions of several tiles, in one read."""
+        return np.asarray(self.array("tiles").get_orthogonal_selection((np.asarray(indices, dtype=np.int64),)))
+
+    def read_partners_of(self, indices: Sequence[int]) -> np.ndarray:
+        """(n, P, bands, T, T): the partners' fills of several tiles, in one read."""
+        return np.asarray(self.array("partners").get_orthogonal_selection((np.asarray(indices, dtype=np.int64),)))
+
+
+class WindowReader:
+    """The square windows a task's tiles are fitted on, read a block at a time.
+
+    The windows of tiles side by side in one row of the grid (a task's tiles are consecutive) lie in
+    one rectangle: it is read once (``TileStore.read_block``, each array in one read) and each window cut
+    from it, a copy (a fill may write into its window). A window beyond the blocks (a tile fitted on a
+    wider window for context) is read on its own. ``hidden`` / ``guides``: read those arrays too.
+    """
+
+    def __init__(self, store: TileStore, indices: Sequence[int], *, hidden: bool = False, guides: bool = False):
+        self.store, self.hidden, self.guides = store, hidden, guides
+        grid = store.grid
+        runs: list[list] = []  # tiles of one grid row with consecutive columns
+        for i in sorted(set(indices)):
+            tile = grid[i]
+            if runs and runs[-1][-1].row == tile.row and runs[-1][-1].col + 1 == tile.col:
+                runs[-1].append(tile)
+            else:
+                runs.append([tile])
+        self._blocks = [(run[0].y, run[0].x, run[0].size, run[-1].x + run[-1].size - run[0].x) for run in runs]
+        self._read: dict[int, dict] = {}
+
+    def _block(self, y: int, x: int, side: int) -> tuple[dict, int, int] | None:
+        for k, (by, bx, bh, bw) in enumerate(self._blocks):
+            if by <= y and y + side <= by + bh and bx <= x and x + side <= bx + bw:
+                if k not in self._read:
+                    self._read[k] = self.store.read_block(by, bx, bh, bw, hidden=self.hidden, guides=self.guides)
+                return self._read[k], y - by, x - bx
+        return None
+
+    def window(self, y: int, x: int, side: int) -> dict:
+        """The arrays of ``read_block`` over one square window (copies)."""
+        found = self._block(y, x, side)
+        if found is None:
+            return self.store.read_block(y, x, side, side, hidden=self.hidden, guides=self.guides)
+        block, oy, ox = found
+        return {k: v[..., oy:oy + side, ox:ox + side].copy() for k, v in block.items()}
 
 def _read_meta(path: Path) -> dict | None:
     """``attrs["tilefill"]`` of the store at ``path``; None if there is none or it is not ours."""
@@ -273,12 +390,17 @@ def _create_or_replace(path: Path, run_key: str | None) -> zarr.Group:
     return group
 
 
+def _create(group: zarr.Group, name: str, **kwargs) -> zarr.Array:
+    """One of the store's arrays, its chunk files side by side (:data:`CHUNK_KEYS`)."""
+    return group.create_array(name, chunk_key_encoding=CHUNK_KEYS, **kwargs)
+
+
 def _write_holdout(group: zarr.Group, holdout: SceneHoldout, height: int, width: int) -> None:
     """The scene's hidden pixels (``height`` x ``width``, the scene's: none in the padding), strip by strip from
     the gaps just written."""
     gaps_arr, fp_arr = group["gaps"], group["footprint"]
-    hidden = group.create_array("hidden", shape=gaps_arr.shape, chunks=(gaps_arr.shape[0], CHUNK_PX, CHUNK_PX),
-                                dtype="bool", fill_value=False)
+    hidden = _create(group, "hidden", shape=gaps_arr.shape, chunks=(gaps_arr.shape[0], CHUNK_PX, CHUNK_PX),
+                     dtype="bool", fill_value=False, compressors=MASK_CODECS)
     above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
     for y in range(0, height, STRIP):
         rows = slice(y, min(y + STRIP, height))
@@ -342,31 +464,33 @@ def _create_layout(group: zarr.Group, shape: tuple[int, int, int], grid: TileGri
     """The store's arrays (see the module's layout), empty: the scene's, and one chunk per tile of the others."""
     bands, height, width = shape
     chunk = (bands, CHUNK_PX, CHUNK_PX)
-    group.create_array("scene", shape=shape, chunks=chunk, dtype="float32", fill_value=0.0)
+    floats = dict(dtype="float32", compressors=FLOAT_CODECS)
+    masks = dict(dtype="bool", fill_value=False, compressors=MASK_CODECS)
+    _create(group, "scene", shape=shape, chunks=chunk, fill_value=0.0, **floats)
     if guides:
-        group.create_array("guides", shape=(guides, *shape), chunks=(1, *chunk), dtype="float32", fill_value=0.0)
-        group.create_array("guides_known", shape=(guides, *shape), chunks=(1, *chunk), dtype="bool", fill_value=False)
-    group.create_array("gaps", shape=shape, chunks=chunk, dtype="bool", fill_value=False)
-    group.create_array("footprint", shape=(height, width), chunks=(CHUNK_PX, CHUNK_PX), dtype="bool", fill_value=False)
+        _create(group, "guides", shape=(guides, *shape), chunks=(1, *chunk), fill_value=0.0, **floats)
+        _create(group, "guides_known", shape=(guides, *shape), chunks=(1, *chunk), **masks)
+    _create(group, "gaps", shape=shape, chunks=chunk, **masks)
+    _create(group, "footprint", shape=(height, width), chunks=(CHUNK_PX, CHUNK_PX), **masks)
     size, n = grid.size, len(grid)
     # "chunk exists" means "tile done": keep chunks even when they hold only the fill value
-    group.create_array("tiles", shape=(n, bands, size, size), chunks=(1, bands, size, size),
-                       dtype="float32", fill_value=np.nan, config={"write_empty_chunks": True})
-    group.create_array("tile_info", shape=(n, len(TILE_INFO_FIELDS)), chunks=(1, len(TILE_INFO_FIELDS)),
-                       dtype="float64", fill_value=np.nan, config={"write_empty_chunks": True})
+    _create(group, "tiles", shape=(n, bands, size, size), chunks=(1, bands, size, size), fill_value=np.nan,
+            config={"write_empty_chunks": True}, **floats)
+    _create(group, "tile_info", shape=(n, len(TILE_INFO_FIELDS)), chunks=(1, len(TILE_INFO_FIELDS)),
+            dtype="float64", fill_value=np.nan, config={"write_empty_chunks": True})
     if config.method == "dip" and config.fit.blends:
         from tilefill._distance_blend import N_BINS
 
         partners = len(config.fit.blend_methods) + bool(guides)  # the guide's fill last
         if guides:
-            group.create_array("guided_stats", shape=(n, bands, N_BINS, 11), chunks=(1, bands, N_BINS, 11),
-                               dtype="float64", fill_value=np.nan)
-        group.create_array("partners", shape=(n, partners, bands, size, size),
-                           chunks=(1, partners, bands, size, size), dtype="float32", fill_value=np.nan)
-        group.create_array("tile_weights", shape=(n, bands), chunks=(1, bands), dtype="float64", fill_value=np.nan)
+            _create(group, "guided_stats", shape=(n, bands, N_BINS, 11), chunks=(1, bands, N_BINS, 11),
+                    dtype="float64", fill_value=np.nan)
+        _create(group, "partners", shape=(n, partners, bands, size, size), chunks=(1, partners, bands, size, size),
+                fill_value=np.nan, **floats)
+        _create(group, "tile_weights", shape=(n, bands), chunks=(1, bands), dtype="float64", fill_value=np.nan)
         classical = len(config.fit.blend_methods)
-        group.create_array("blend_stats", shape=(n, classical + 1, bands, N_BINS, 4),
-                           chunks=(1, classical + 1, bands, N_BINS, 4), dtype="float64", fill_value=np.nan)
+        _create(group, "blend_stats", shape=(n, classical + 1, bands, N_BINS, 4),
+                chunks=(1, classical + 1, bands, N_BINS, 4), dtype="float64", fill_value=np.nan)
 
 
 @dataclass
@@ -380,6 +504,28 @@ class _Written:
     known_everywhere: int = 0
 
 
+class _WriteBehind:
+    """The store's writes of one strip in a thread while the next strip is read and worked: at most one strip
+    waits (memory stays a strip or two), and a write's error surfaces at the next submit or on leaving."""
+
+    def __enter__(self) -> "_WriteBehind":
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tilefill-store-write")
+        self._pending = None
+        return self
+
+    def submit(self, fn, *args) -> None:
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self._pool.submit(fn, *args)
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._pending is not None and exc[0] is None:
+                self._pending.result()
+        finally:
+            self._pool.shutdown(wait=True)  # never leave a write running into a store being removed
+
+
 def _write_pass(scene: Scene, group: zarr.Group, extent: _Extent, grid: TileGrid, holdout: bool) -> _Written:
     """Second pass over the input: the scaled scene, its gaps and footprint into the store, strip by strip (into
     the scene's part of arrays padded to the grid's extent)."""
@@ -388,27 +534,32 @@ def _write_pass(scene: Scene, group: zarr.Group, extent: _Extent, grid: TileGrid
     out = _Written(0, np.zeros((grid.extent[0], len(grid.col_starts)), dtype=np.int64),
                    np.zeros((-(-height // HOLDOUT_CELL), -(-width // HOLDOUT_CELL)), np.int64) if holdout else None)
     above = np.zeros((HOLDOUT_SHIFT, width), dtype=bool)
-    for win in scene.strips(STRIP):
-        y, h = win.row_off, win.height
-        values = scene.read(win)
-        data = scene.has_data(win, values)
-        flagged = scene.flagged(win)
-        inside = footprint_window(extent.left, extent.right, y, h, width)
-        gaps = inside[None] & (~data | (flagged if flagged is not None else False))
-        known = inside[None] & ~gaps
-        scaled = extent.scaling.forward(values)
-        scaled[~known] = 0  # gap pixels hold whatever the input had: nodata, NaN
+
+    def store(y: int, h: int, scaled: np.ndarray, gaps: np.ndarray, inside: np.ndarray) -> None:
         scene_arr[:, y:y + h, :width] = scaled
         gaps_arr[:, y:y + h, :width] = gaps
         fp_arr[y:y + h, :width] = inside
-        any_gap = gaps.any(axis=0)
-        out.gap_pixels += int(gaps.sum())
-        if holdout:
-            SceneHoldout.count(SceneHoldout.shapes(any_gap, above) & inside, y, out.cell_candidates)
-            out.known_everywhere += int(known.all(axis=0).sum())
-            above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
-        for c, x in enumerate(grid.col_starts):
-            out.col_gap_rows[y:y + h, c] = any_gap[:, x:x + grid.size].sum(axis=1)
+
+    with _WriteBehind() as behind:
+        for win in scene.strips(STRIP):
+            y, h = win.row_off, win.height
+            values = scene.read(win)
+            data = scene.has_data(win, values)
+            flagged = scene.flagged(win)
+            inside = footprint_window(extent.left, extent.right, y, h, width)
+            gaps = inside[None] & (~data | (flagged if flagged is not None else False))
+            known = inside[None] & ~gaps
+            scaled = extent.scaling.forward(values)
+            scaled[~known] = 0  # gap pixels hold whatever the input had: nodata, NaN
+            behind.submit(store, y, h, scaled, gaps, inside)
+            any_gap = gaps.any(axis=0)
+            out.gap_pixels += int(gaps.sum())
+            if holdout:
+                SceneHoldout.count(SceneHoldout.shapes(any_gap, above) & inside, y, out.cell_candidates)
+                out.known_everywhere += int(known.all(axis=0).sum())
+                above = np.concatenate([above, any_gap])[-HOLDOUT_SHIFT:]
+            for c, x in enumerate(grid.col_starts):
+                out.col_gap_rows[y:y + h, c] = any_gap[:, x:x + grid.size].sum(axis=1)
     return out
 
 
