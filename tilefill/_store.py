@@ -54,6 +54,7 @@ replaced), but it has nothing to resume.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -450,7 +451,7 @@ def _statistics_pass(scene: Scene, footprint: str) -> _Extent:
         last[y:y + win.height][has] = width - 1 - np.argmax(rows_any[has, ::-1], axis=1)
     if not np.isfinite(lo).all():
         empty = [scene.info.band_names[b] for b in np.flatnonzero(~np.isfinite(lo))]
-        source = Path(scene.info.sources[0]).parent if scene.product else scene.info.sources[0]
+        source = os.path.dirname(str(scene.info.sources[0])) if scene.product else scene.info.sources[0]  # a URL keeps its //
         raise TilefillError(f"no known pixel in band(s) {', '.join(empty)} of {source}: nothing to fill from")
     hi = np.where(hi > lo, hi, lo + 1)  # a constant band still maps to [0, 1]
     scaling = Scaling(tuple(lo.tolist()), tuple(hi.tolist()))
