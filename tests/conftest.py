@@ -415,11 +415,40 @@ LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
 
 @pytest.fixture(autouse=True)
 def _tilefill_logger_restored():
-    """The CLI points the ``tilefill`` logger at stderr and stops it propagating; restore it after each test so
-    that a later test's ``caplog`` (a handler on the root logger) sees tilefill's records whatever ran before."""
+    """The CLI points the ``tilefill`` logger at stderr and stops it propagating. A module-scoped fixture that runs
+    the CLI does so before any function fixture starts, so restoring what a test found is not enough: every test
+    starts and ends with the logger as Python makes it (no handler, level unset, propagating), so that ``caplog`` (a
+    handler on the root logger) sees tilefill's records whatever ran before."""
     import logging
 
     logger = logging.getLogger("tilefill")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
+
+    def pristine() -> None:
+        logger.handlers[:] = []
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+        logger.disabled = False
+
+    pristine()
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+    pristine()
+
+
+@pytest.fixture
+def tilefill_log():
+    """The ``tilefill`` logger's records at INFO and above, taken by a handler on that logger itself (not the
+    root's, as ``caplog``), so that what the run says is seen however logging was configured before."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("tilefill")
+    handler = _Keep(logging.INFO)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield records
+    logger.removeHandler(handler)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import pytest
@@ -91,7 +90,7 @@ def test_a_guide_on_an_offset_grid_is_read_on_the_scene_grid_and_beyond_it_carri
     np.testing.assert_array_equal(got[:, 3:, 5:], part)
 
 
-def test_a_guide_in_another_crs_is_reprojected_and_the_run_says_so(tmp_path, synth, scene_file, caplog):
+def test_a_guide_in_another_crs_is_reprojected_and_the_run_says_so(tmp_path, synth, scene_file, tilefill_log):
     path, values = scene_file
     import rasterio
     from rasterio.warp import calculate_default_transform, reproject, Resampling
@@ -104,12 +103,12 @@ def test_a_guide_in_another_crs_is_reprojected_and_the_run_says_so(tmp_path, syn
                   dst_crs=dst_crs, resampling=Resampling.bilinear, src_nodata=0, dst_nodata=0)
     guide_path = synth.write_geotiff(tmp_path / "utm34.tif", out, nodata=0, descriptions=NAMES, crs=dst_crs,
                                      transform=transform)
-    with caplog.at_level(logging.INFO, logger="tilefill"), open_scene(path) as scene:
+    with open_scene(path) as scene:
         guide, source = open_guide(guide_path, scene)
         with guide:
             got, valid = _read(guide)
     assert source.reprojected
-    assert any("EPSG:32634" in r.getMessage() and "reprojected" in r.getMessage() for r in caplog.records)
+    assert any("EPSG:32634" in r.getMessage() and "reprojected" in r.getMessage() for r in tilefill_log)
     inner = valid[:, 4:-4, 4:-4]
     assert inner.mean() > 0.95
     # twice resampled, a smooth field stays within a few DN per 1000 of its range
