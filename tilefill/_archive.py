@@ -311,7 +311,8 @@ def done_record(output: Path) -> dict | None:
 
 
 def done_state(scene: BatchScene, cfg: Config, bands, footprint: str, verify: bool = False,
-                mask_qa=None, guides: Sequence[str | Path] = ()) -> tuple[bool, str]:
+                mask_qa=None, guides: Sequence[str | Path] = (), outputs: "LocalOutputs | None" = None
+                ) -> tuple[bool, str]:
     """``(done, damage)``: whether the scene's output is there as recorded and the recorded run key still holds.
 
     Reads no pixel when the parameters and the input files' sizes and times are unchanged; an
@@ -319,19 +320,19 @@ def done_state(scene: BatchScene, cfg: Config, bands, footprint: str, verify: bo
     ``guides``: the scene's guides now; other guides than the record's give another key (not done).
     ``verify`` hashes the output again too. ``damage`` says how an output with a record differs
     from it (missing, another size, another SHA-256): it is not done, and is filled again.
+    ``outputs``: where the records and outputs are (default: beside each output on a filesystem).
     """
+    outputs = outputs or LOCAL
+    record = outputs.record(scene.output)
     try:
-        record = json.loads(done_path(scene.output).read_text())
         recorded = RunKey.from_dict(record["run_key"])
-        size, sha256 = int(record["size"]), str(record["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
+        sha256 = str(record["sha256"])
+        int(record["size"])
+    except (ValueError, KeyError, TypeError):
         return False, ""
-    try:
-        actual = scene.output.stat().st_size
-    except FileNotFoundError:
-        return False, "the output is missing"
-    if actual != size:
-        return False, f"the output has {actual} bytes, its record {size}"
+    damage = outputs.damage(scene.output, record)
+    if damage:
+        return False, damage
     with open_scene(scene.path, bands=bands, mask_qa=mask_qa) as src, ExitStack() as stack:
         opened = []
         for path in guides:
@@ -346,37 +347,129 @@ def done_state(scene: BatchScene, cfg: Config, bands, footprint: str, verify: bo
             key = run_key(src, cfg, grid, footprint=footprint, guides=opened)
     if key is not None and key.digest != recorded.digest:
         return False, ""
-    if verify and file_digest(scene.output, "sha256") != sha256:
+    if verify and outputs.sha256(scene.output) != sha256:
         return False, "the output's SHA-256 differs from its record"
     if key is not None:
-        write_json(done_path(scene.output), {**record, "run_key": key.to_dict()})
+        outputs.write_record(scene.output, {**record, "run_key": key.to_dict()})
     return True, ""
 
 
-def record_guide_choice(output: Path, guide_choice: dict) -> None:
+def record_guide_choice(output: Path, guide_choice: dict, outputs: "LocalOutputs | None" = None) -> None:
     """Keep a new guide choice in a done scene's record (the same guides, chosen again from other candidates):
     the next run then finds its signature and need not choose again."""
-    record = done_record(output)
+    outputs = outputs or LOCAL
+    record = outputs.record(output)
     if record is not None:
-        write_json(done_path(output), {**record, "guide_choice": guide_choice})
+        outputs.write_record(output, {**record, "guide_choice": guide_choice})
 
 
-def write_done(scene: BatchScene, report: FillReport, guide_choice: dict | None = None) -> None:
-    """Record a scene as done: its output's checksum and size, the key it was filled under and, with
-    ``--guide auto``, how its guides were chosen (:meth:`~tilefill._guide_choice.GuideChoice.to_dict`)."""
+def new_done_record(scene: BatchScene, report: FillReport, guide_choice: dict | None = None,
+                    output: str | None = None) -> dict:
+    """A scene's done record, from its finished (local) output: the output's checksum and size, the key it was
+    filled under and, with ``--guide auto``, how its guides were chosen
+    (:meth:`~tilefill._guide_choice.GuideChoice.to_dict`). ``output``: where it is published, if elsewhere."""
     if not all(f.unchanged() for f in report.run_key.files):
         raise TilefillError(f"{scene.path} changed while it was being filled; the next run fills it again")
-    write_json(done_path(scene.output), {**({"guide_choice": guide_choice} if guide_choice else {}),
-        "status": "done", "scene": str(scene.path), "output": str(scene.output),
-        "sha256": file_digest(scene.output, "sha256"), "size": scene.output.stat().st_size,
-        "run_key": report.run_key.to_dict(), "tilefill": __version__, "time": utc_now(),
-        "tiles_fitted": report.tiles_fitted, "tiles_skipped": report.tiles_skipped, "seconds": round(report.seconds, 3)})
+    return {**({"guide_choice": guide_choice} if guide_choice else {}),
+            "status": "done", "scene": str(scene.path), "output": output or str(scene.output),
+            "sha256": file_digest(scene.output, "sha256"), "size": scene.output.stat().st_size,
+            "run_key": report.run_key.to_dict(), "tilefill": __version__, "time": utc_now(),
+            "tiles_fitted": report.tiles_fitted, "tiles_skipped": report.tiles_skipped,
+            "seconds": round(report.seconds, 3)}
+
+
+class LocalOutputs:
+    """Where a batch keeps its outputs, done records and claims: beside each output, on a filesystem.
+
+    :class:`tilefill._bucket.BucketOutputs` keeps them in a bucket; the batch sees both through these methods,
+    each taking the output's path (for a bucket: its local staging path).
+    """
+
+    def where(self, output: Path) -> Path:
+        """The output as the report and the log name it."""
+        return output
+
+    def record(self, output: Path) -> dict | None:
+        return done_record(output)
+
+    def write_record(self, output: Path, record: dict) -> None:
+        write_json(done_path(output), record)
+
+    def damage(self, output: Path, record: dict) -> str:
+        """How the output differs from its record without reading it (missing, another size); "" if it does not."""
+        try:
+            actual = output.stat().st_size
+        except FileNotFoundError:
+            return "the output is missing"
+        return f"the output has {actual} bytes, its record {record.get('size')}" if actual != record.get("size") \
+            else ""
+
+    def sha256(self, output: Path) -> str:
+        return file_digest(output, "sha256")
+
+    def claim(self, output: Path, ttl: float) -> "Claim | None":
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return Claim.acquire(output, ttl)
+
+    def holder(self, output: Path) -> str:
+        return Claim.holder(claim_path(output))
+
+    def remove_stale(self, output: Path) -> None:
+        """Before a claimed scene is filled: the record first (an output without one claims nothing), then the output."""
+        for stale in (done_path(output), output):
+            stale.unlink(missing_ok=True)
+
+    def publish(self, output: Path, record: dict, claim: "Claim") -> None:
+        """The scene is done: its record is written (the output is in place already), while the claim is ours."""
+        if not claim.confirm():
+            raise ClaimLost(f"{output}: its claim was taken over by another batch while this one filled it; "
+                            "not recorded")
+        self.write_record(output, record)
+
+    def publish_failure(self, output: Path) -> None:
+        """``OUT.failed.json`` is written beside the output already."""
+
+    def done_record_exists(self, output: Path) -> bool:
+        return done_path(output).exists()
+
+
+LOCAL = LocalOutputs()
 
 
 # --- claims -----------------------------------------------------------------------------------------------
 
+class ClaimLost(TilefillError):
+    """A batch's claim on a scene was taken over (as stale) while it filled the scene: it publishes nothing."""
+
+
 def claim_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.claim")
+
+
+def _pid_namespace() -> str:
+    """This process's PID namespace (containers on one host have their own): a PID names a process only within it."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def claimant() -> dict:
+    """Who holds a claim: the host, the PID (and its namespace) and the start time."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_ns": _pid_namespace(), "started": utc_now()}
+
+
+def holder_text(claim: dict) -> str:
+    try:
+        return f"pid {claim['pid']} on {claim['host']} since {claim['started']}"
+    except (KeyError, TypeError):
+        return "another batch"
+
+
+def dead_here(claim: dict) -> bool:
+    """Whether a claim's process is known to be gone: it ran on this host, in this PID namespace, and is no more."""
+    return (claim.get("host") == socket.gethostname() and claim.get("pid_ns", _pid_namespace()) == _pid_namespace()
+            and not _pid_alive(int(claim.get("pid", -1))))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -402,6 +495,7 @@ class Claim:
 
     def __init__(self, path: Path, ttl: float):
         self.path, self.ttl = path, ttl
+        self._text = ""
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, daemon=True)
 
@@ -415,9 +509,11 @@ class Claim:
                 if not cls._break_if_stale(path, ttl):
                     return None
                 continue
+            text = json.dumps(claimant())
             with os.fdopen(fd, "w") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": utc_now()}, f)
+                f.write(text)
             claim = cls(path, ttl)
+            claim._text = text
             claim._beat.start()
             return claim
         return None
@@ -425,10 +521,16 @@ class Claim:
     @staticmethod
     def holder(path: Path) -> str:
         try:
-            c = json.loads(path.read_text())
-            return f"pid {c['pid']} on {c['host']} since {c['started']}"
-        except (OSError, ValueError, KeyError, TypeError):
+            return holder_text(json.loads(path.read_text()))
+        except (OSError, ValueError):
             return "another batch"
+
+    def confirm(self) -> bool:
+        """Whether the claim is still this batch's (not taken over as stale): checked before an output is published."""
+        try:
+            return self.path.read_text() == self._text
+        except OSError:
+            return False
 
     @staticmethod
     def _stale(path: Path, text: str, ttl: float) -> bool:
@@ -439,7 +541,7 @@ class Claim:
             return False
         except (ValueError, TypeError):  # a claim being written: stale only if it stays unreadable
             return age > ttl
-        if c.get("host") == socket.gethostname() and not _pid_alive(int(c.get("pid", -1))):
+        if isinstance(c, dict) and dead_here(c):
             return True
         return age > ttl
 

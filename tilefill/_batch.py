@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from tilefill._archive import (CLAIM_TTL, BatchScene, Claim, check_output_root, claim_path, done_path, done_record,
-                               done_state, find_scenes, record_guide_choice, write_done)
+from tilefill._archive import (CLAIM_TTL, LOCAL, BatchScene, Claim, ClaimLost, LocalOutputs, check_output_root,
+                               done_state, find_scenes, new_done_record, record_guide_choice)
 from tilefill._cluster import LazyCluster, given_client
 from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config
@@ -33,6 +33,7 @@ from tilefill._guide_choice import DEFAULT_COUNT, DEFAULT_WINDOW, GuideChoice, G
 from tilefill._pipeline import (FillReport, PreparedFill, checked_config, default_store, finish_fill, prepare_fill,
                                 start_fit)
 from tilefill._records import json_safe, utc_now, write_failure
+from tilefill._remote import RemotePath, is_url
 from tilefill._schedule import POLL, ClusterLost, TileJob, error_signature
 from tilefill._signals import Terminated
 
@@ -41,7 +42,8 @@ logger = logging.getLogger("tilefill")
 # --- the log ----------------------------------------------------------------------------------------------
 
 class JsonLines:
-    """Append-only JSON-lines log; one ``write`` per record, so concurrent batches interleave whole lines."""
+    """Append-only JSON-lines log; one ``write`` per call, so concurrent batches interleave whole lines (and a
+    scene's records stay together)."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -53,16 +55,32 @@ class JsonLines:
             except OSError as exc:
                 raise TilefillError(f"log file {path} cannot be written ({exc.strerror or exc})") from None
 
-    def write(self, record: dict) -> None:
+    def write(self, *records: dict) -> None:
         if self.path is None:
             return
-        line = json.dumps(json_safe({"time": utc_now(), **record})) + "\n"
+        now = utc_now()
+        lines = "".join(json.dumps(json_safe({"time": now, **r})) + "\n" for r in records)
         with self._lock:
-            os.write(self._fd, line.encode())
+            os.write(self._fd, lines.encode())
 
     def close(self) -> None:
         if self.path is not None:
             os.close(self._fd)
+
+
+class _Logs:
+    """The local log and the one on object storage (:class:`tilefill._bucket.ObjectLog`), written alike."""
+
+    def __init__(self, *logs):
+        self.logs = logs
+
+    def write(self, *records: dict) -> None:
+        for log in self.logs:
+            log.write(*records)
+
+    def close(self) -> None:
+        for log in self.logs:
+            log.close()
 
 
 def _tile_records(scene: str, report: FillReport) -> Iterator[dict]:
@@ -93,7 +111,7 @@ class SceneOutcome:
     """
 
     scene: str
-    output: Path | None
+    output: Path | RemotePath | None  # a URL where the batch writes to object storage
     status: str
     seconds: float = 0.0
     error: str = ""
@@ -182,6 +200,12 @@ class BatchReport:
         return "\n".join(lines)
 
 
+def _one_line(exc: BaseException) -> str:
+    from tilefill._objstore import explain  # a request's error as one line (no obstore needed to import it)
+
+    return explain(exc)
+
+
 def batch_worker_log(output_dir: str | Path, log: str | Path | None) -> Path:
     """Where a batch's workers write their log and the tracebacks of failed tiles: beside ``--log``, or
     hidden in the output root."""
@@ -225,12 +249,15 @@ def fill_batch(
         items (``.json`` files or URLs). A scene by URL or STAC item is written to
         ``output_dir/NAME.tif``: its item ID, product ID or file name.
     output_dir : str or Path
-        Root of the output tree (created if missing).
+        Root of the output tree (created if missing); or a bucket prefix (``s3://bucket/prefix``,
+        ``gs://``, ``az://``; :mod:`tilefill._bucket`): each scene is filled in a local staging folder and
+        its output uploaded whole, its done record, claim and log records kept under the prefix.
     manifest : str or Path, optional
         A file naming one scene per line.
     log : str or Path, optional
         JSON-lines file to append a record per tile, per scene and a summary to. The workers'
-        own log (tracebacks) goes beside it (:func:`batch_worker_log`).
+        own log (tracebacks) goes beside it (:func:`batch_worker_log`). A local file; with an
+        ``output_dir`` on object storage the log is kept there too (:func:`tilefill._bucket.read_log`).
     input_root : str or Path, optional
         The folder the output tree mirrors (default: the common folder of the sources).
     config, overrides, bands, footprint, cluster, restart
@@ -287,7 +314,17 @@ def fill_batch(
                             f"{guide!r}; to give one scene its guides, fill it with tilefill SCENE --guide PATH")
     if guide and cfg.method not in ("dip", "llhm", "nspi"):
         raise TilefillError(f"method {cfg.method} fills a scene from itself; --guide auto goes with dip, llhm or nspi")
-    check_output_root(output_dir)
+    if log is not None and is_url(log):
+        raise TilefillError(f"--log {log}: give a local file; a batch into a bucket keeps its log there too, under "
+                            "OUTPUT/.tilefill-log/")
+    outputs: LocalOutputs = LOCAL
+    if is_url(output_dir):  # a bucket: checked before any work, one line and nothing written if it cannot be used
+        from tilefill._bucket import BucketOutputs
+
+        outputs = BucketOutputs.open(str(output_dir))
+        output_dir = outputs.staging  # each scene is filled here, then published
+    else:
+        check_output_root(output_dir)
     if stac_search:
         from tilefill._stac import search_items
 
@@ -301,6 +338,8 @@ def fill_batch(
     chooser = GuideChooser([s.path for s in scenes], window=guide_window, count=guide_count, bands=bands,
                            footprint=footprint) if guide else None
     jlog = JsonLines(Path(log) if log else None)
+    if outputs is not LOCAL:
+        jlog = _Logs(jlog, outputs.log())
     outcomes: list[SceneOutcome] = []
     described = "no cluster (nothing to fit)"
     try:
@@ -315,7 +354,7 @@ def fill_batch(
                 jlog.write(outcomes[-1].record())
             batch = _Pipeline(scenes, cfg, clusters, jlog, bands=bands, mask_qa=mask_qa, footprint=footprint,
                               restart=restart, overwrite=overwrite, verify=verify, claim_ttl=claim_ttl,
-                              chooser=chooser)
+                              chooser=chooser, outputs=outputs)
             try:
                 batch.run()
             finally:
@@ -331,6 +370,8 @@ def fill_batch(
         raise
     finally:
         jlog.close()
+        if outputs is not LOCAL:
+            outputs.close()
     return report
 
 
@@ -340,7 +381,7 @@ class _InFlight:
 
     k: int
     scene: BatchScene
-    claim: Claim
+    claim: Claim  # or tilefill._bucket.ObjectClaim
     prep: PreparedFill | None  # None: it failed before its store was ready
     start: float
     damaged: str = ""
@@ -361,10 +402,11 @@ class _Pipeline:
 
     def __init__(self, scenes: Sequence[BatchScene], cfg: Config, clusters: LazyCluster, jlog: JsonLines, *, bands,
                  mask_qa, footprint: str, restart: bool, overwrite: bool, verify: bool, claim_ttl: float,
-                 chooser: GuideChooser | None = None):
+                 chooser: GuideChooser | None = None, outputs: LocalOutputs = LOCAL):
         self.scenes, self.cfg, self.clusters, self.jlog = list(scenes), cfg, clusters, jlog
         self.bands, self.footprint, self.restart, self.overwrite = bands, footprint, restart, overwrite
         self.verify, self.claim_ttl, self._mask_qa, self.chooser = verify, claim_ttl, mask_qa, chooser
+        self.outputs = outputs
         self._guides: dict[int, tuple[str, ...]] = {}  # scene -> its guides (--guide auto)
         self._settled: list[tuple[int, SceneOutcome]] = []
         self._claimed: dict[int, _InFlight] = {}  # claimed and not yet settled
@@ -418,7 +460,7 @@ class _Pipeline:
             done, damaged = self._done(scene, guides)
             if done:  # the nightly common case: no claim, no cluster
                 if choice is not None and choice.signature and not choice.reused:  # chosen anew: keep it
-                    record_guide_choice(scene.output, choice.to_dict())
+                    record_guide_choice(scene.output, choice.to_dict(), self.outputs)
                 self._settle(k, SceneOutcome(str(scene.path), scene.output, "skipped", time.perf_counter() - start,
                                              verified=self.verify))
                 return None
@@ -428,23 +470,22 @@ class _Pipeline:
             logger.warning("%s: %s: filled again", scene.output, damaged)
         out = scene.output
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            claim = Claim.acquire(out, self.claim_ttl)
-        except OSError as exc:
+            claim = self.outputs.claim(out, self.claim_ttl)
+        except Exception as exc:  # noqa: BLE001 - a folder or a bucket that cannot be written: this scene fails
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
             self._settle(k, SceneOutcome(str(scene.path), out, "failed", time.perf_counter() - start,
-                                         f"{scene.path}: cannot write beside {out} ({exc.strerror or exc})"))
+                                         f"{scene.path}: cannot write beside {self.outputs.where(out)} ({why})"))
             return None
         if claim is None:
             self._settle(k, SceneOutcome(str(scene.path), out, "claimed", time.perf_counter() - start,
-                                         f"claimed by {Claim.holder(claim_path(out))}"))
+                                         f"claimed by {self.outputs.holder(out)}"))
             return None
         try:
             if self._done(scene, guides)[0]:  # another batch may have finished it between our look and our claim
                 claim.release()
                 self._settle(k, SceneOutcome(str(scene.path), out, "skipped", time.perf_counter() - start))
                 return None
-            for stale in (done_path(out), out):  # the record first: an output without one claims nothing
-                stale.unlink(missing_ok=True)
+            self.outputs.remove_stale(out)
             prep = prepare_fill(scene.path, out, self._config(guides), store_path=default_store(out), keep_store=True,
                                 bands=self.bands, mask_qa=self.mask_qa(scene), footprint=self.footprint,
                                 restart=self.restart, overwrite=True,
@@ -477,11 +518,16 @@ class _Pipeline:
         try:
             report = finish_fill(flight.prep, flight.job.run if flight.job else None, self.clusters)
             if not report.ok:  # finish_fill wrote OUT.failed.json and kept the store
+                self.outputs.publish_failure(out)
                 self._finish(flight, "failed", f"{scene.path}: {report.message}", report)
                 return
-            write_done(scene, report, flight.choice.to_dict() if flight.choice else None)
+            record = new_done_record(scene, report, flight.choice.to_dict() if flight.choice else None,
+                                     output=str(self.outputs.where(out)))
+            self.outputs.publish(out, record, flight.claim)
             shutil.rmtree(default_store(out), ignore_errors=True)  # only now: a crash before the record resumes
             self._finish(flight, "done", report=report)
+        except ClaimLost as exc:  # another batch took the scene over: it is theirs to finish
+            self._finish(flight, "claimed", str(exc))
         except Exception as exc:  # noqa: BLE001 - one scene's failure never stops the others
             self._fail(flight, exc)
 
@@ -501,7 +547,7 @@ class _Pipeline:
         """
         if self.chooser is None:
             return None
-        recorded = (done_record(scene.output) or {}).get("guide_choice")
+        recorded = (self.outputs.record(scene.output) or {}).get("guide_choice")
         try:
             choice = self.chooser.choose(scene.path, mask_qa=self.mask_qa(scene), recorded=recorded)
         except Exception as exc:  # noqa: BLE001 - e.g. a candidate that cannot be read midway
@@ -534,7 +580,7 @@ class _Pipeline:
         if self.overwrite:
             return False, ""
         return done_state(scene, self._config(guides), self.bands, self.footprint, verify=self.verify,
-                           mask_qa=self.mask_qa(scene), guides=guides)
+                           mask_qa=self.mask_qa(scene), guides=guides, outputs=self.outputs)
 
     def mask_qa(self, scene: BatchScene):
         """The QA_PIXEL conditions for this scene: product folders only (a GeoTIFF has no QA_PIXEL band)."""
@@ -547,11 +593,12 @@ class _Pipeline:
         else:
             error = f"{scene.path}: {type(exc).__name__}: {exc}"
         try:
-            if not done_path(out).exists():
+            if not self.outputs.done_record_exists(out):
                 out.unlink(missing_ok=True)  # e.g. written, then its input changed: not a success
             write_failure(out, scene.path, error)
-        except OSError:
-            pass  # the outcome and the log still say it
+            self.outputs.publish_failure(out)
+        except Exception:  # noqa: BLE001 - the outcome and the log still say it
+            pass
         self._finish(flight, "failed", error)
 
     def _finish(self, flight: _InFlight, status: str, error: str = "", report: FillReport | None = None) -> None:
@@ -565,12 +612,11 @@ class _Pipeline:
         self._settle(flight.k, outcome, report)
 
     def _settle(self, k: int, outcome: SceneOutcome, report: FillReport | None = None) -> None:
+        output = self.outputs.where(outcome.output) if outcome.output is not None else None
         with self._lock:
-            outcome = replace(outcome, guides=self._guides.get(k, ()))
+            outcome = replace(outcome, guides=self._guides.get(k, ()), output=output)
             self._settled.append((k, outcome))
-        for rec in (_tile_records(outcome.scene, report) if report else ()):
-            self.jlog.write(rec)
-        self.jlog.write(outcome.record())
+        self.jlog.write(*(_tile_records(outcome.scene, report) if report else ()), outcome.record())
         logger.info("[%d/%d] %s: %s in %.1f s%s", k, len(self.scenes), Path(outcome.scene).name, outcome.status,
                     outcome.seconds, f" ({outcome.error})" if outcome.error else "")
 

@@ -70,8 +70,9 @@ class ObjectLocation:
         return ObjectLocation(f"{self.url}/{name}", self.scheme, self.bucket,
                               f"{self.prefix}/{name}" if self.prefix else name)
 
-    def store(self):
-        """An obstore store rooted at this prefix (one line, naming the URL, where obstore is missing)."""
+    def store(self, **options):
+        """An obstore store rooted at this prefix (one line, naming the URL, where obstore is missing); ``options``
+        are added to (or replace) those from the environment, e.g. ``client_options`` with shorter timeouts."""
         try:
             from obstore.store import AzureStore, GCSStore, S3Store
         except ImportError:
@@ -79,14 +80,18 @@ class ObjectLocation:
                                 "(pip install 'tilefill[cloud]')") from None
         prefix = self.prefix or None
         if self.scheme == "s3":
-            return S3Store(self.bucket, prefix=prefix, **_s3_options())
+            base = _s3_options()
+            client = {**base.get("client_options", {}), **options.get("client_options", {})}
+            return S3Store(self.bucket, prefix=prefix, **{**base, **options, **({"client_options": client} if client
+                                                                                else {})})
         if self.scheme == "gs":
-            return GCSStore(self.bucket, prefix=prefix)
-        return AzureStore(self.bucket, prefix=prefix)
+            return GCSStore(self.bucket, prefix=prefix, **options)
+        return AzureStore(self.bucket, prefix=prefix, **options)
 
 
-def put_if_absent(store, key: str, data: bytes) -> bool:
-    """Write ``data`` at ``key`` only if no object is there (S3 ``If-None-Match: *``); False if one was.
+def put_if_absent(store, key: str, data: bytes) -> dict | None:
+    """Write ``data`` at ``key`` only if no object is there (S3 ``If-None-Match: *``): the new object's version
+    (``{"e_tag": ..., "version": ...}``, for :func:`replace_if_unchanged`), or None if one was there.
 
     Exclusive between machines on stores that implement the condition: AWS S3 (since August 2024), Google Cloud
     Storage and Azure Blob Storage (obstore sends their own preconditions), MinIO and moto. A store that ignores
@@ -96,7 +101,111 @@ def put_if_absent(store, key: str, data: bytes) -> bool:
     from obstore.exceptions import AlreadyExistsError, PreconditionError
 
     try:
-        obstore.put(store, key, data, mode="create")
+        return obstore.put(store, key, data, mode="create")
     except (AlreadyExistsError, PreconditionError):
-        return False
-    return True
+        return None
+
+
+def _condition(version: dict) -> dict:
+    # S3 and Azure compare the ETag, GCS the generation (obstore's "version"); send what the store gave
+    return {k: version[k] for k in ("e_tag", "version") if version.get(k)}
+
+
+def replace_if_unchanged(store, key: str, data: bytes, version: dict) -> dict | None:
+    """Replace the object at ``key`` only if it is still the one of ``version`` (S3 ``If-Match: ETAG``, GCS
+    ``ifGenerationMatch``): the new object's version, or None if it was replaced or removed since."""
+    import obstore
+    from obstore.exceptions import NotFoundError, PreconditionError
+
+    try:
+        return obstore.put(store, key, data, mode=_condition(version))
+    except (PreconditionError, NotFoundError, FileNotFoundError):
+        return None
+
+
+def get_object(store, key: str) -> tuple[bytes, dict] | None:
+    """The bytes of a small object and its metadata (size, ``e_tag``, ``version``, ``last_modified``), or None."""
+    import obstore
+
+    try:
+        got = obstore.get(store, key)
+        return bytes(got.bytes()), got.meta
+    except FileNotFoundError:
+        return None
+
+
+def head_object(store, key: str) -> dict | None:
+    """An object's metadata (size, ``e_tag``, ``version``, ``last_modified``) without its bytes, or None."""
+    import obstore
+
+    try:
+        return obstore.head(store, key)
+    except FileNotFoundError:
+        return None
+
+
+def delete_object(store, key: str) -> None:
+    """Remove the object at ``key``; one that is not there is fine."""
+    import obstore
+
+    try:
+        obstore.delete(store, key)
+    except FileNotFoundError:
+        pass
+
+
+def explain(exc: BaseException) -> str:
+    """What a failed request says, in one line, with what to do where the cause is known."""
+    text = " ".join(str(exc).split())
+    if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+        return "the bucket does not exist"
+    if "169.254.169.254" in text or "169.254.170.2" in text or "InvalidAccessKeyId" in text \
+            or "SignatureDoesNotMatch" in text or type(exc).__name__ == "UnauthenticatedError":
+        return ("no valid credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (GOOGLE_*, AZURE_STORAGE_* "
+                "for gs://, az://) in the environment, or run where an instance or container role gives them")
+    if "AccessDenied" in text or type(exc).__name__ == "PermissionDeniedError":
+        return "access denied (the credentials may not write there)"
+    if "error sending request" in text or "connect" in text.lower() or "dns error" in text.lower():
+        return "no answer from the endpoint"
+    return text[:300]
+
+
+PROBE_PREFIX = ".tilefill-probe"
+
+
+def check_conditional_writes(location: ObjectLocation, timeout: float = 30.0) -> None:
+    """Before a batch writes anything there: the bucket exists, the credentials may write, the endpoint answers
+    and the store refuses a second create-only write of one key (else claims could not be exclusive).
+
+    Writes, refuses and deletes one object under ``.tilefill-probe/``. Raises one line naming the URL, within
+    ``timeout`` seconds whatever the network does.
+    """
+    import threading
+    import uuid
+    from datetime import timedelta
+
+    store = location.store(client_options={"connect_timeout": "5s", "timeout": "20s"},
+                           retry_config={"max_retries": 2, "retry_timeout": timedelta(seconds=20)})
+    key = f"{PROBE_PREFIX}/{uuid.uuid4().hex}"
+    outcome: list = []
+
+    def probe() -> None:
+        try:
+            first = put_if_absent(store, key, b"probe")
+            second = put_if_absent(store, key, b"probe again") if first else None
+            delete_object(store, key)
+            outcome.append(bool(first) and second is not None)
+        except Exception as exc:  # noqa: BLE001 - said in one line below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=probe, daemon=True, name="tilefill-store-probe")
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        raise TilefillError(f"{location.url}: no answer from the endpoint within {timeout:.0f} s")
+    if isinstance(outcome[0], BaseException):
+        raise TilefillError(f"{location.url}: cannot write there ({explain(outcome[0])})")
+    if outcome[0]:
+        raise TilefillError(f"{location.url}: the store accepted a second create-only write of one key (it ignores "
+                            "If-None-Match), so two batches could claim one scene; write to a store that honours "
+                            "conditional writes (AWS S3, Google Cloud Storage, Azure Blob Storage, MinIO)")

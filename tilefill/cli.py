@@ -222,8 +222,9 @@ def fill_cmd(scene, output, mask, guides, bands, mask_qa, workdir, footprint, co
 
 @main.command("batch")
 @click.argument("sources", nargs=-1)
-@click.option("--output-dir", type=click.Path(path_type=Path), required=True,
-              help="Root of the output tree; it mirrors the input tree.")
+@click.option("--output-dir", required=True, metavar="DIR|URL",
+              help="Root of the output tree; it mirrors the input tree. A bucket prefix (s3://bucket/prefix): "
+                   "outputs uploaded whole, done records, claims and the log kept there (docs/remote.md).")
 @click.option("--manifest", type=click.Path(path_type=Path), default=None,
               help="A file naming one scene (GeoTIFF or Landsat folder) per line.")
 @click.option("--log", "log_path", type=click.Path(path_type=Path), default=None,
