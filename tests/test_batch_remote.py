@@ -183,7 +183,7 @@ def test_claims_are_exclusive_renewed_and_taken_over_once_when_stale(s3):
 def test_a_batch_that_lost_its_claim_publishes_nothing(tmp_path, s3):
     bucket = new_bucket()
     outputs = BucketOutputs.open(f"s3://{bucket}/out", staging=tmp_path / "staging")
-    out = outputs.staging / "a.tif"
+    out = outputs.staging / "a.tif" / "a.tif"  # a scene filled in its own staging folder
     claim = outputs.claim(out, ttl=600)
     _scene(out)
     data, meta = get_object(outputs.store, ".a.tif.claim")
@@ -246,6 +246,7 @@ def test_two_batches_on_one_prefix_one_killed_and_restarted_fill_each_scene_once
     assert filled == {f"{source}/s{i}.tif": 1 for i in range(n)}, filled
     assert _outputs_whole_and_recorded(bucket, "night/") == [f"night/s{i}.tif" for i in range(n)]
     assert not [k for k in _keys(bucket) if k.endswith(".claim")]
+    assert not (tmp_path / ".tilefill-staging").exists()  # the killed batch's scene folder: resumed, then removed
     # the rerun skipped what was done, and the log in the bucket says the same as the local ones
     rerun = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
     done_before = {r["scene"] for name in ("one", "two") for r in map(json.loads, (tmp_path / f"{name}.jsonl")
@@ -256,14 +257,10 @@ def test_two_batches_on_one_prefix_one_killed_and_restarted_fill_each_scene_once
 
 # --- bad input -------------------------------------------------------------------------------------------------
 
-def _bad(tmp_path, out: str, env: dict) -> str:
+def _bad(tmp_path, out: str) -> str:
+    """The one line a batch into ``out`` ends with, within 30 s, exiting non-zero, leaving no staging folder."""
     source = tmp_path / "archive"
     _archive(source, 1)
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
     start = time.monotonic()
     res = CliRunner().invoke(main, ["batch", str(source), "--output-dir", out, *FAST_CLI])
     took = time.monotonic() - start
@@ -275,7 +272,7 @@ def _bad(tmp_path, out: str, env: dict) -> str:
 
 
 def test_an_output_bucket_that_does_not_exist(tmp_path, s3):
-    line = _bad(tmp_path, "s3://tf-no-such-bucket/out", {})
+    line = _bad(tmp_path, "s3://tf-no-such-bucket/out")
     assert "s3://tf-no-such-bucket/out" in line and "the bucket does not exist" in line
 
 
@@ -284,13 +281,13 @@ def test_no_credentials(tmp_path, s3, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    line = _bad(tmp_path, f"s3://{bucket}/out", {})
+    line = _bad(tmp_path, f"s3://{bucket}/out")
     assert "credentials" in line and not _keys(bucket)
 
 
 def test_an_unreachable_endpoint(tmp_path, s3, monkeypatch):
     monkeypatch.setenv("AWS_S3_ENDPOINT", f"127.0.0.1:{free_port()}")
-    line = _bad(tmp_path, "s3://bucket/out", {})
+    line = _bad(tmp_path, "s3://bucket/out")
     assert "no answer from the endpoint" in line
 
 
@@ -298,8 +295,61 @@ def test_obstore_missing(tmp_path, s3, monkeypatch):
     bucket = new_bucket()
     monkeypatch.setitem(sys.modules, "obstore", None)  # import obstore raises ImportError, as where it is missing
     monkeypatch.setitem(sys.modules, "obstore.store", None)
-    line = _bad(tmp_path, f"s3://{bucket}/out", {})
+    line = _bad(tmp_path, f"s3://{bucket}/out")
     assert "pip install 'tilefill[cloud]'" in line and not _keys(bucket)
+
+
+# an S3 endpoint that ignores conditional writes, as some S3-compatible stores do: moto behind a proxy that drops
+# the If-None-Match and If-Match headers
+_FORGETFUL_PROXY = """
+import http.client, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+upstream, port = sys.argv[1], int(sys.argv[2])
+class Proxy(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def _forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("if-none-match", "if-match")}
+        conn = http.client.HTTPConnection(upstream, timeout=30)
+        conn.request(self.command, self.path, body=body, headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+ThreadingHTTPServer(("127.0.0.1", port), Proxy).serve_forever()
+"""
+
+
+def test_a_store_that_grants_a_second_create_is_refused(tmp_path, s3, monkeypatch):
+    import socket
+
+    bucket, port = new_bucket(), free_port()
+    script = tmp_path / "proxy.py"
+    script.write_text(_FORGETFUL_PROXY)
+    proxy = subprocess.Popen([sys.executable, str(script), s3["AWS_S3_ENDPOINT"], str(port)])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        monkeypatch.setenv("AWS_S3_ENDPOINT", f"127.0.0.1:{port}")
+        line = _bad(tmp_path, f"s3://{bucket}/out")
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+    assert "accepted a second create-only write" in line and "If-None-Match" in line
+    assert not _keys(bucket)  # the probe's object removed, nothing else written
 
 
 def test_a_log_by_url_is_refused(tmp_path, s3):

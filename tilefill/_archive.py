@@ -432,6 +432,16 @@ class LocalOutputs:
     def done_record_exists(self, output: Path) -> bool:
         return done_path(output).exists()
 
+    def staged(self, scenes: list) -> list:
+        """The scenes with the outputs they are filled into (here: where they go)."""
+        return scenes
+
+    def tidy(self, output: Path) -> None:
+        """The scene is published: nothing to tidy up beside it."""
+
+    def close(self) -> None:
+        """The batch is over."""
+
 
 LOCAL = LocalOutputs()
 

@@ -333,6 +333,7 @@ def fill_batch(
             raise TilefillError(f"the STAC search of {stac_search['url']} found no item")
         sources = [*sources, *found]
     scenes, problems = find_scenes(sources, output_dir, manifest=manifest, input_root=input_root)
+    scenes = outputs.staged(scenes)
     if not scenes and not any(p.failure for p in problems):
         raise TilefillError("no scene found in the sources")
     chooser = GuideChooser([s.path for s in scenes], window=guide_window, count=guide_count, bands=bands,
@@ -370,8 +371,7 @@ def fill_batch(
         raise
     finally:
         jlog.close()
-        if outputs is not LOCAL:
-            outputs.close()
+        outputs.close()
     return report
 
 
@@ -525,6 +525,7 @@ class _Pipeline:
                                      output=str(self.outputs.where(out)))
             self.outputs.publish(out, record, flight.claim)
             shutil.rmtree(default_store(out), ignore_errors=True)  # only now: a crash before the record resumes
+            self.outputs.tidy(out)
             self._finish(flight, "done", report=report)
         except ClaimLost as exc:  # another batch took the scene over: it is theirs to finish
             self._finish(flight, "claimed", str(exc))

@@ -12,9 +12,9 @@ local batch keeps in its output tree::
     .NAME.tif.claim           while a batch works on the scene
     .tilefill-log/BATCH/N.jsonl   the batches' JSON-lines logs, one object per scene
 
-Each scene is filled in a local staging folder (``.tilefill-staging/batch-<hash of the URL>/`` in the working
-directory: its work store, so that a rerun on this machine resumes it) and its files are removed there once
-they are published.
+Each scene is filled in a local staging folder of its own, ``.tilefill-staging/batch-<hash of the URL>/KEY/`` in the
+working directory (its output, sidecars and work store, so that a rerun on this machine resumes it), made and
+removed by the batch that holds its claim only, once the scene is published; a failed scene keeps it.
 
 **Claims** are objects made by a create-only write (``If-None-Match: *``), which the store grants to one writer
 only: never a listing followed by a write. A claim holds its batch's host, PID (and PID namespace), start and an
@@ -38,10 +38,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from tilefill._archive import DONE_SUFFIX, ClaimLost, LocalOutputs, claimant, dead_here, holder_text
@@ -198,8 +200,13 @@ class BucketOutputs(LocalOutputs):
             raise TilefillError(f"staging folder {outputs.staging} cannot be created ({exc.strerror or exc})") from None
         return outputs
 
+    def staged(self, scenes: list) -> list:
+        """The scenes with their outputs in staging folders of their own: ``STAGING/KEY/NAME.tif`` for the key
+        ``KEY`` (``2010/a.tif``), as :func:`~tilefill._archive.find_scenes` named them ``STAGING/KEY``."""
+        return [replace(s, output=s.output / s.output.name) for s in scenes]
+
     def key(self, output: Path) -> str:
-        return output.relative_to(self.staging).as_posix()
+        return output.parent.relative_to(self.staging).as_posix()
 
     def where(self, output: Path) -> RemotePath:
         return RemotePath(self.location.child(self.key(output)).url)
@@ -234,9 +241,15 @@ class BucketOutputs(LocalOutputs):
         return digest.hexdigest()
 
     def claim(self, output: Path, ttl: float) -> ObjectClaim | None:
-        output.parent.mkdir(parents=True, exist_ok=True)  # its staging folder
         key = self._claim_key(output)
-        return ObjectClaim.acquire(self.store, key, self.location.child(key).url, ttl)
+        claim = ObjectClaim.acquire(self.store, key, self.location.child(key).url, ttl)
+        if claim is not None:  # its staging folder: made by the claim's holder only
+            try:
+                _make_folder(output.parent)
+            except BaseException:
+                claim.release()
+                raise
+        return claim
 
     def _claim_key(self, output: Path) -> str:
         key = self.key(output)
@@ -251,6 +264,17 @@ class BucketOutputs(LocalOutputs):
         for stale in (key + DONE_SUFFIX, key):  # the record first: an output without one claims nothing
             delete_object(self.store, stale)
         super().remove_stale(output)  # and what an earlier run left in the staging folder
+
+    def tidy(self, output: Path) -> None:
+        """The scene is published: remove its staging folder, and the folders above it that are left empty."""
+        shutil.rmtree(output.parent, ignore_errors=True)
+        folder = output.parent.parent
+        while folder != self.staging.parent.parent:  # up to .tilefill-staging itself
+            try:
+                folder.rmdir()  # atomic, and only if empty: another batch's folders stay
+            except OSError:
+                break
+            folder = folder.parent
 
     def _sidecars(self, output: Path) -> list[Path]:
         return sorted(p for p in output.parent.glob(output.name + ".*")
@@ -271,8 +295,6 @@ class BucketOutputs(LocalOutputs):
         meta = head_object(self.store, self.key(output))
         self.write_record(output, {**record, "output": url, "etag": (meta or {}).get("e_tag")})
         delete_object(self.store, self.key(output) + FAILED_SUFFIX)  # an earlier failure is settled
-        for path in (output, *sidecars):
-            path.unlink(missing_ok=True)
 
     def publish_failure(self, output: Path) -> None:
         local = output.with_name(output.name + FAILED_SUFFIX)
@@ -283,12 +305,7 @@ class BucketOutputs(LocalOutputs):
         return head_object(self.store, self.key(output) + DONE_SUFFIX) is not None
 
     def close(self) -> None:
-        """Remove the staging folders left empty (a failed scene keeps its work store there, to resume)."""
-        for folder in sorted((p for p in self.staging.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+        """The batch is over: remove the staging folder if it is left empty (rmdir: another batch's stays)."""
         for folder in (self.staging, self.staging.parent):
             try:
                 folder.rmdir()
@@ -300,6 +317,17 @@ class BucketOutputs(LocalOutputs):
 
 
 # --- the log --------------------------------------------------------------------------------------------------
+
+def _make_folder(folder: Path) -> None:
+    # another batch into the same URL may remove a shared parent left empty at the same moment: try again
+    for attempt in range(3):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+
 
 def batch_id() -> str:
     """A batch's name in the log: its start (UTC, so that names sort by it), host and PID."""
