@@ -345,3 +345,19 @@ def test_trust_ablation_refits_the_map_without_each_feature_from_kept_stores(tmp
     assert all(s["case_bands"] == 4 for s in report["summary"])
     maps = [report["blocks"][label]["landsat8:slc-edge"]["pearson"] for label in labels]
     assert maps[0] != maps[-1]  # the features change the map: the curve alone is another map
+
+
+def test_night_s3_fills_each_scene_once_with_one_batch_killed(tmp_path, monkeypatch):
+    from servers import s3_env
+
+    for k, v in s3_env().items():  # the script sets the server's environment; restored after the test
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as done:
+        _run("night_s3.py", ["--scenes", "4", "--size", "96", "--kill-after", "1", "--name", "night",
+                             "--out", str(tmp_path)], monkeypatch)
+    report = json.loads((tmp_path / "night.json").read_text())
+    assert done.value.code == 0 and report["met"], report
+    assert report["killed"]["done"] and report["batches"]["one (killed)"]["exit"] == -9
+    assert (report["filled_once"], report["duplicates"], report["partial_objects"]) == (4, 0, 0)
+    assert report["bucket_log_done_records"] == 4
+    assert (tmp_path / "night.md").read_text().startswith("# A night's batch into a bucket: 4 scenes")
