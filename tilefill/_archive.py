@@ -27,8 +27,12 @@ done; the record keeps the choice (``guide_choice``), so a rerun need not choose
 
 Claims make concurrent batches safe: a scene is worked on only by the batch that created its
 claim file (``O_CREAT | O_EXCL``, atomic even over NFS v3+). A live batch refreshes its claim's
-modification time every ``claim_ttl / 4`` seconds; a claim whose process is gone (same host)
-or that has not been refreshed for ``claim_ttl`` seconds is stale and is taken over.
+modification time every ``claim_ttl / 4`` seconds; a claim whose process is gone (same host and
+PID namespace) or that has not been refreshed for ``claim_ttl`` seconds is stale and is taken over.
+A batch checks that its claim is still its own before it records a scene as done.
+
+The batch sees records, claims and outputs through :class:`LocalOutputs`; an output tree in a
+bucket is :class:`tilefill._bucket.BucketOutputs`, the same methods on object storage.
 """
 
 from __future__ import annotations
