@@ -111,6 +111,7 @@ def test_a_batch_from_a_bucket_into_a_bucket(tmp_path, s3):
     assert record["output"] == f"{out}/s0.tif" and record["etag"]
     # the log: one object per scene settled and the summary, read back in order
     log = read_log(out)
+    assert str(report.log).startswith(f"{out}/.tilefill-log/") and f"log: {report.log}" in str(report)
     assert [r["status"] for r in log if r["type"] == "scene"] == ["done"] * 3
     assert log[-1]["type"] == "summary" and log[-1]["done"] == 3
     assert {r["type"] for r in log} == {"tile", "scene", "summary"}

@@ -139,7 +139,7 @@ class BatchReport:
     scenes: tuple[SceneOutcome, ...]
     seconds: float
     cluster: str
-    log: Path | None = None
+    log: Path | RemotePath | None = None  # the local log, else the log in the bucket
 
     def _with(self, status: str) -> list[SceneOutcome]:
         return [s for s in self.scenes if s.status == status]
@@ -339,8 +339,10 @@ def fill_batch(
     chooser = GuideChooser([s.path for s in scenes], window=guide_window, count=guide_count, bands=bands,
                            footprint=footprint) if guide else None
     jlog = JsonLines(Path(log) if log else None)
+    log_at = Path(log) if log else None
     if outputs is not LOCAL:
-        jlog = _Logs(jlog, outputs.log())
+        bucket_log = outputs.log()
+        jlog, log_at = _Logs(jlog, bucket_log), log_at or RemotePath(bucket_log.url)
     outcomes: list[SceneOutcome] = []
     described = "no cluster (nothing to fit)"
     try:
@@ -361,7 +363,7 @@ def fill_batch(
             finally:
                 outcomes += batch.outcomes()
                 described = clusters.started.description if clusters.started else described
-        report = BatchReport(tuple(outcomes), time.perf_counter() - start, described, Path(log) if log else None)
+        report = BatchReport(tuple(outcomes), time.perf_counter() - start, described, log_at)
         jlog.write(report.summary())
     except BaseException as exc:  # the log says why the batch ended early, and what it had done by then
         status = ("terminated" if isinstance(exc, Terminated) else "interrupted" if isinstance(exc, KeyboardInterrupt)

@@ -264,12 +264,14 @@ def batch_cmd(sources, output_dir, manifest, log_path, input_root, verify, guide
     tilefill batch 'archive/**/*.tif' --output-dir restored/ --config fast --log nightly.jsonl
     tilefill batch archive/ --output-dir restored/ --scheduler tcp://head:8786
     tilefill batch --manifest tonight.txt --output-dir restored/
+    tilefill batch s3://archive/2010/ --output-dir s3://restored/2010/
     tilefill batch archive/ --output-dir restored/ --guide auto --guide-window 32
     tilefill batch --stac https://earth-search.aws.element84.com/v1 --collections landsat-c2-l2 \\
         --bbox 11.2,47.9,11.9,48.3 --datetime 2010-08-01/2010-08-31 --output-dir restored/
 
     Scenes already done are skipped, one scene's failure never stops the others, and two
-    batches may run at once on one archive. Exit status 1 if any scene failed.
+    batches may run at once on one archive, on two machines also into one bucket (docs/remote.md).
+    Exit status 1 if any scene failed.
     """
     from tilefill._batch import fill_batch
     from tilefill._guide_choice import DEFAULT_COUNT, DEFAULT_WINDOW
