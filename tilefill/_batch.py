@@ -30,6 +30,7 @@ from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config
 from tilefill._errors import TilefillError
 from tilefill._guide_choice import DEFAULT_COUNT, DEFAULT_WINDOW, GuideChoice, GuideChooser
+from tilefill._objstore import explain
 from tilefill._pipeline import (FillReport, PreparedFill, checked_config, default_store, finish_fill, prepare_fill,
                                 start_fit)
 from tilefill._records import json_safe, utc_now, write_failure
@@ -198,12 +199,6 @@ class BatchReport:
         if self.log:
             lines.append(f"log: {self.log}")
         return "\n".join(lines)
-
-
-def _one_line(exc: BaseException) -> str:
-    from tilefill._objstore import explain  # a request's error as one line (no obstore needed to import it)
-
-    return explain(exc)
 
 
 def batch_worker_log(output_dir: str | Path, log: str | Path | None) -> Path:
@@ -469,12 +464,12 @@ class _Pipeline:
         except Exception:  # noqa: BLE001 - a scene that cannot be read is reported under its claim, below
             pass
         if damaged:
-            logger.warning("%s: %s: filled again", scene.output, damaged)
+            logger.warning("%s: %s: filled again", self.outputs.where(scene.output), damaged)
         out = scene.output
         try:
             claim = self.outputs.claim(out, self.claim_ttl)
         except Exception as exc:  # noqa: BLE001 - a folder or a bucket that cannot be written: this scene fails
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else explain(exc)
             self._settle(k, SceneOutcome(str(scene.path), out, "failed", time.perf_counter() - start,
                                          f"{scene.path}: cannot write beside {self.outputs.where(out)} ({why})"))
             return None

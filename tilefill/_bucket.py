@@ -242,14 +242,7 @@ class BucketOutputs(LocalOutputs):
 
     def claim(self, output: Path, ttl: float) -> ObjectClaim | None:
         key = self._claim_key(output)
-        claim = ObjectClaim.acquire(self.store, key, self.location.child(key).url, ttl)
-        if claim is not None:  # its staging folder: made by the claim's holder only
-            try:
-                _make_folder(output.parent)
-            except BaseException:
-                claim.release()
-                raise
-        return claim
+        return ObjectClaim.acquire(self.store, key, self.location.child(key).url, ttl)
 
     def _claim_key(self, output: Path) -> str:
         key = self.key(output)
@@ -260,10 +253,13 @@ class BucketOutputs(LocalOutputs):
         return ObjectClaim.holder(self.store, self._claim_key(output))
 
     def remove_stale(self, output: Path) -> None:
+        """Before the claim's holder fills the scene: the record first (an output without one claims nothing), then
+        the output; and what an earlier run left in its staging folder, which is made here, by the holder only."""
         key = self.key(output)
-        for stale in (key + DONE_SUFFIX, key):  # the record first: an output without one claims nothing
+        for stale in (key + DONE_SUFFIX, key):
             delete_object(self.store, stale)
-        super().remove_stale(output)  # and what an earlier run left in the staging folder
+        _make_folder(output.parent)
+        super().remove_stale(output)
 
     def tidy(self, output: Path) -> None:
         """The scene is published: remove its staging folder, and the folders above it that are left empty."""
