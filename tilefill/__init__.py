@@ -21,6 +21,7 @@ describe how a scene is cut. Everything else lives in private modules, one per p
 ``_mosaic``                            the mosaic of the tiles, written as the restored GeoTIFF
 ``_pipeline``                          one scene, stage after stage, and its report
 ``_archive``, ``_batch``               many scenes: discovery, done records, claims; the pipeline
+``_objstore``, ``_bucket``             object storage: conditional writes; a batch's outputs in a bucket
 ``_records``, ``_metrics``, ``_gaps``  JSON records; scores; gap masks
 ``cli``, ``_demo``                     the ``tilefill`` command and its demo
 =====================================  ============================================================
