@@ -103,9 +103,9 @@ class ObjectLocation:
     def unreachable(self, key: str | None = None) -> str | None:
         """Why this prefix cannot be used, in a few words (no such bucket, no credentials, no answer, access
         denied), or None: one listing of the prefix, or with ``key`` one HEAD of the object there."""
+        store = self.store(probe=True)  # first: where obstore is missing, it says what to install
         import obstore
 
-        store = self.store(probe=True)
         try:
             if key is None:
                 obstore.list_with_delimiter(store)

@@ -386,6 +386,10 @@ def _fill_to_url(url: str, workdir, overwrite: bool, kwargs: dict) -> FillReport
         upload(p, f"{url}{p.name[len(target.name):]}")
     if not local_workdir:
         shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.parent.rmdir()  # .tilefill-staging, when no other output is staged there
+        except OSError:
+            pass
     return report
 
 
