@@ -67,7 +67,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -119,10 +119,20 @@ def zarr_store(where: str | Path, *, read_only: bool = False):
     if is_url(where):
         from zarr.storage import ObjectStore
 
-        from tilefill._objstore import ObjectLocation
-
-        return ObjectStore(ObjectLocation.parse(str(where)).store(), read_only=read_only)
+        env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_STORE_ENV)))
+        return ObjectStore(_object_store(str(where), env), read_only=read_only)
     return zarr.storage.LocalStore(where, read_only=read_only)
+
+
+_STORE_ENV = ("AWS_", "GOOGLE_", "AZURE_")  # what an object store's client is made from
+
+
+@lru_cache(maxsize=8)
+def _object_store(url: str, env: tuple):
+    """One obstore client per store and environment in a process: a worker's tasks reuse its connections."""
+    from tilefill._objstore import ObjectLocation
+
+    return ObjectLocation.parse(url).store()
 
 
 async def _list_dir(store, prefix: str) -> list[str]:
