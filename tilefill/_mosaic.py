@@ -728,9 +728,17 @@ class _Written:
             return tuple(float(v) for v in np.sqrt(self.err_sq / self.err_n))
 
 
+_AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
 def _with_gdal_env(fn: Callable) -> Callable:
-    """``fn`` run under the caller's GDAL environment: rasterio keeps it per thread, and a worker thread has none."""
+    """``fn`` run under the caller's GDAL environment: rasterio keeps it per thread, and a worker thread has none.
+
+    Less the AWS keys rasterio put there from the environment (an Env refuses them as options): GDAL takes them
+    from the environment (or ``AWS_PROFILE``'s files, or the instance's role) in that thread too.
+    """
     options = rasterio.env.getenv() if rasterio.env.hasenv() else {}
+    options = {k: v for k, v in options.items() if k not in _AWS_KEYS}
 
     def run(*args):
         with rasterio.Env(**options):
