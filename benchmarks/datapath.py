@@ -365,7 +365,8 @@ def run_tilefill(scene: Path | str, tmp: Path, config: str, workers: int, method
     local_store.parent.mkdir(parents=True, exist_ok=True)
     store_path = f"s3://{bucket}/work-{config}-{workers}/tiles.zarr" if bucket else local_store
     install_probes()
-    with LazyCluster(ClusterSpec(workers=workers), device="cpu", worker_log=local_store.with_suffix(".log")) as clusters:
+    log = local_store.with_suffix(".log")
+    with LazyCluster(ClusterSpec(workers=workers), device="cpu", worker_log=log) as clusters:
         t = time.perf_counter()
         cluster = clusters.get()
         cluster.client.run(install_probes, method == "noop")

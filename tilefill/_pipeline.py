@@ -441,8 +441,7 @@ def worker_log_path(store_path: Path) -> Path:
 
 
 def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *, store_path: Path | str,
-             keep_store: bool,
-             mask: str | Path | None = None, bands: Sequence[int | str] | str | None = None,
+             keep_store: bool, mask: str | Path | None = None, bands: Sequence[int | str] | str | None = None,
              mask_qa: Sequence[str] | str | None = None, footprint: str = "hull",
              restart: bool = False, overwrite: bool = False, progress: bool = True,
              start: float | None = None, guides: Sequence[str | Path] = ()) -> FillReport:
@@ -535,13 +534,11 @@ def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path 
             if store is None:
                 store = build_store(src, grid, cfg, store_path, footprint=footprint, run_key=key.digest,
                                     guides=opened)
-        except OSError as exc:
-            why = store_reason(exc) if is_url(store_path) else _why(exc, store_path.parent)
-            raise TilefillError(f"cannot write the work store {store_path} ({why})") from None
         except Exception as exc:
-            if not (is_url(store_path) and type(exc).__module__.startswith("obstore")):
+            why = _store_error(exc, store_path)
+            if why is None:
                 raise
-            raise TilefillError(f"cannot write the work store {store_path} ({store_reason(exc)})") from None
+            raise TilefillError(f"cannot write the work store {store_path} ({why})") from None
     for g in store.meta.get("guides") or []:
         share = g["gap_pixels_covered"] / max(store.meta["gap_pixels"], 1)
         log.info("guide %s has data at %.0f%% of the scene's gap band-pixels", Path(g["path"]).name, 100 * share)
@@ -669,11 +666,16 @@ def _write_stage(prep: PreparedFill, tiles: Sequence[TileResult]):
     return stats, tiles
 
 
-def store_reason(exc: BaseException) -> str:
-    """An object store's error in a few words (:func:`tilefill._objstore.reason`)."""
-    from tilefill._objstore import reason
+def _store_error(exc: BaseException, store_path: Path | str) -> str | None:
+    """A failed write of the work store in a few words: a folder's OSError, an object store's error
+    (:func:`tilefill._objstore.reason`); None for anything else (a bug, to be raised as it is)."""
+    if not is_url(store_path):
+        return _why(exc, store_path.parent) if isinstance(exc, OSError) else None
+    if isinstance(exc, OSError) or type(exc).__module__.startswith("obstore"):
+        from tilefill._objstore import reason
 
-    return reason(exc)
+        return reason(exc)
+    return None
 
 
 def _why(exc: OSError, folder: Path) -> str:
