@@ -427,3 +427,15 @@ def test_the_probe_names_each_cause_in_a_few_words(s3env, monkeypatch):
     assert ObjectLocation.parse("s3://tf-not-there/w").unreachable() == "the bucket tf-not-there does not exist"
     monkeypatch.setenv("AWS_S3_ENDPOINT", f"127.0.0.1:{free_port()}")
     assert ObjectLocation.parse(f"s3://{bucket}/w").unreachable().startswith("no answer from the endpoint http://")
+
+
+def test_a_tile_that_fails_on_the_store_names_the_cause_in_one_line():
+    """obstore's errors run over many lines (the request, its retries, a debug dump): a tile's cause is a few words."""
+    from obstore.exceptions import GenericError
+
+    from tilefill._schedule import _cause
+
+    exc = GenericError("Generic S3 error: Error performing PUT http://10.0.0.9:9000/b/w/tiles.zarr/tiles/c.3.0.0.0 in "
+                       "3ms - HTTP error: error sending request\n\nDebug source:\nGeneric {\n    store: \"S3\",\n}")
+    assert _cause(exc) == "GenericError: no answer from the endpoint http://10.0.0.9:9000"
+    assert _cause(MemoryError("tile 3 too big")) == "MemoryError: tile 3 too big"
