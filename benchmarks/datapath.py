@@ -11,6 +11,12 @@ nodata 0; written strip by strip, never whole in memory). Then, per repeat, in t
   apart), with ``--method`` as the fill: ``gdal`` (GDAL FillNodata, a few ms a tile) or ``noop`` (the
   window's values as they are: what is left is the data path alone, per tile).
 
+With ``--s3`` the same run goes from and to object storage: a local S3 server (moto's server mode, ``moto[server]``
+from the test extra, started on 127.0.0.1 and stopped at the end) holds the scene, the work store
+(``--workdir s3://...``: zarr over obstore) and the output (written, then uploaded whole, as ``-o s3://...`` does:
+the **upload** stage); the plain copy then reads the scene from the bucket and uploads its copy too. Comparing a
+run with ``--s3`` to one without gives the object store's cost against local disk.
+
 Each stage reports its seconds, the bytes its processes read and wrote (``/proc/PID/io``: ``rchar`` /
 ``wchar``, page cache included), and, from probes wrapped around the library's functions in the client and
 in every worker (nothing is added to tilefill itself): the time in Zarr calls (opening arrays, reading,
@@ -27,6 +33,7 @@ Usage
     python benchmarks/datapath.py --configs fast,default --repeats 3 --label after
     python benchmarks/datapath.py --method noop --workers 1,2,4 --configs fast   # overhead per tile
     python benchmarks/datapath.py --height 2000 --width 2000 --repeats 1
+    python benchmarks/datapath.py --s3 --label s3        # the same, from and to the local S3 server
 
 ``PYTHONPATH=/path/to/other/checkout python benchmarks/datapath.py ...`` measures another version of
 tilefill with the same benchmark (the report's ``meta.tilefill_path`` says which was imported).
@@ -42,9 +49,12 @@ import json
 import os
 import platform
 import resource
+import socket
 import statistics
 import subprocess
+import sys
 import tempfile
+import uuid
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -260,8 +270,15 @@ def output_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def plain_copy(scene: Path, out: Path) -> dict:
-    """The scene read strip by strip and written as tilefill writes its output: the floor of any data path."""
+def plain_copy(scene: Path | str, out: Path, upload_to: str | None = None) -> dict:
+    """The scene read strip by strip and written as tilefill writes its output: the floor of any data path.
+
+    ``scene`` may be a URL (read through GDAL, as tilefill reads it); ``upload_to``: a URL the copy is then
+    uploaded to (timed apart, as ``upload_s``, and within ``seconds``).
+    """
+    from tilefill._remote import gdal_path, upload
+
+    scene = gdal_path(scene)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         t0 = time.perf_counter()
         read_s = write_s = 0.0
@@ -279,27 +296,77 @@ def plain_copy(scene: Path, out: Path) -> dict:
                     t = time.perf_counter()
                     dst.write(values, window=win)
                     write_s += time.perf_counter() - t
+        upload_s = time.perf_counter()
+        if upload_to:
+            upload(out, upload_to)
+        upload_s = time.perf_counter() - upload_s
         total = time.perf_counter() - t0
-    return {"seconds": round(total, 3), "read_s": round(read_s, 3), "write_s": round(write_s, 3)}
+    return {"seconds": round(total, 3), "read_s": round(read_s, 3), "write_s": round(write_s, 3),
+            **({"upload_s": round(upload_s, 3)} if upload_to else {})}
+
+
+# ---------------------------------------------------------------------------------------------- object storage
+
+def local_s3(folder: Path) -> tuple[dict, subprocess.Popen]:
+    """A moto S3 server on a free port of 127.0.0.1 and the environment GDAL and obstore read it with (test
+    credentials); the caller stops the process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(folder / "moto.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit("the local S3 server (moto[server], in the test extra) did not start")
+            time.sleep(0.1)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO",
+           "AWS_VIRTUAL_HOSTING": "FALSE"}
+    return env, proc
+
+
+def new_bucket(env: dict) -> str:
+    """A bucket on the local S3 server (moto takes an unsigned PUT of the bucket)."""
+    from urllib.request import Request, urlopen
+
+    name = f"datapath-{uuid.uuid4().hex[:8]}"
+    with urlopen(Request(f"http://{env['AWS_S3_ENDPOINT']}/{name}", method="PUT"), timeout=30):
+        pass
+    return name
 
 
 # ---------------------------------------------------------------------------------------------- one run
 
-def run_tilefill(scene: Path, tmp: Path, config: str, workers: int, method: str, sets: list[str]) -> dict:
-    """One full run of tilefill's three stages on a fresh cluster, measured stage by stage."""
+def run_tilefill(scene: Path | str, tmp: Path, config: str, workers: int, method: str, sets: list[str],
+                 bucket: str | None = None) -> dict:
+    """One full run of tilefill's three stages on a fresh cluster, measured stage by stage.
+
+    ``bucket``: the work store goes to ``s3://BUCKET/work-...`` and the output is uploaded to ``s3://BUCKET/...``
+    after the write (the **upload** stage), as ``tilefill SCENE -o s3://... --workdir s3://...`` does.
+    """
     from tilefill._cluster import LazyCluster
     from tilefill._clusterspec import ClusterSpec
     from tilefill._config import with_shortcuts
     from tilefill._pipeline import checked_config, finish_fill, prepare_fill, start_fit
+    from tilefill._remote import upload
 
     overrides = dict(s.split("=", 1) for s in sets)
     cfg = checked_config(config, with_shortcuts(overrides, method="gdal" if method == "noop" else method))
     out = tmp / f"out-{config}-{workers}.tif"
     out.unlink(missing_ok=True)
-    store_path = tmp / f"work-{config}-{workers}" / "tiles.zarr"
-    store_path.parent.mkdir(parents=True, exist_ok=True)
+    local_store = tmp / f"work-{config}-{workers}" / "tiles.zarr"
+    local_store.parent.mkdir(parents=True, exist_ok=True)
+    store_path = f"s3://{bucket}/work-{config}-{workers}/tiles.zarr" if bucket else local_store
     install_probes()
-    with LazyCluster(ClusterSpec(workers=workers), device="cpu", worker_log=store_path.with_suffix(".log")) as clusters:
+    log = local_store.with_suffix(".log")
+    with LazyCluster(ClusterSpec(workers=workers), device="cpu", worker_log=log) as clusters:
         t = time.perf_counter()
         cluster = clusters.get()
         cluster.client.run(install_probes, method == "noop")
@@ -321,6 +388,13 @@ def run_tilefill(scene: Path, tmp: Path, config: str, workers: int, method: str,
         stages["prepare"] = meter.stage(s0, s1, t1 - start)
         stages["tiles"] = meter.stage(s1, s2, t2 - t1)
         stages["write"] = meter.stage(s2, s3, t3 - t2)
+        if bucket and report.ok:  # -o s3://...: the finished output (and its sidecars) uploaded whole
+            for path in sorted(tmp.glob(out.name + "*")):
+                upload(path, f"s3://{bucket}/{path.name}")
+            t4 = time.perf_counter()
+            s4 = meter.snapshot()
+            stages["upload"] = meter.stage(s3, s4, t4 - t3)
+            s3 = s4
         peaks = {who: s["peak_rss_gb"] for who, s in s3.items()}
     if not report.ok:
         raise SystemExit(report.message)
@@ -335,7 +409,7 @@ def run_tilefill(scene: Path, tmp: Path, config: str, workers: int, method: str,
                  fill_seconds_per_tile=round(fill_s / max(n_tiles, 1), 5),
                  overhead_seconds_per_tile=round((workers * tiles["seconds"] - fill_s) / max(n_tiles, 1), 5),
                  dask_seconds=round(workers * tiles["seconds"] - task_s, 3))
-    total = stages["prepare"]["seconds"] + tiles["seconds"] + stages["write"]["seconds"]
+    total = sum(stage["seconds"] for stage in stages.values())
     return {"config": config, "method": method, "workers": workers, "tiles_in_grid": len(prep.grid),
             "tiles_fitted": n_tiles, "cluster_start_s": round(cluster_s, 3), "seconds": round(total, 3),
             "stages": stages, "peak_rss_gb": round(max(peaks.values()), 3),
@@ -377,12 +451,14 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--scene", help="the synthetic scene's file: made there if missing, reused if there (the same "
                                     "height and width); by default made in a temporary folder")
+    ap.add_argument("--s3", action="store_true", help="read the scene from, keep the work store in and write the "
+                    "output to a local S3 server (moto, started on 127.0.0.1 and stopped at the end)")
     args = ap.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",")]
     configs = args.configs.split(",")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"datapath-{args.method}-{'-'.join(configs)}-{args.width}x{args.height}"
+    name = f"datapath-{args.method}-{'-'.join(configs)}-{args.width}x{args.height}{'-s3' if args.s3 else ''}"
     report = out / f"{name}{'-' + args.label if args.label else ''}-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         tmp = Path(tmp)
@@ -397,27 +473,54 @@ def main(argv=None):
             frac = make_scene(scene, args.height, args.width)
             print(f"made {args.width} x {args.height} x 4 uint16 scene ({100 * frac:.1f}% gaps) in "
                   f"{time.perf_counter() - t:.0f} s", flush=True)
-        runs, copies = defaultdict(list), []
-        for rep in range(args.repeats):
-            copy = plain_copy(scene, tmp / "copy.tif")
-            copies.append(copy)
-            print(f"repeat {rep + 1}: plain copy {copy['seconds']:.1f} s", flush=True)
-            for config in configs:
-                for w in workers:
-                    r = run_tilefill(scene, tmp, config, w, args.method, args.set)
-                    r["ratio_to_copy"] = round(r["seconds"] / copy["seconds"], 2)
-                    runs[f"{config}/{w}"].append(r)
-                    st = r["stages"]
-                    print(f"repeat {rep + 1}: {config} {args.method} {w} worker(s): {r['seconds']:.1f} s "
-                          f"({r['ratio_to_copy']:.1f}x the copy; prepare {st['prepare']['seconds']:.1f}, tiles "
-                          f"{st['tiles']['seconds']:.1f} [{st['tiles']['tasks']} tasks, "
-                          f"{1000 * st['tiles']['overhead_seconds_per_tile']:.1f} ms overhead per tile-worker], "
-                          f"write {st['write']['seconds']:.1f}), peak {r['peak_rss_gb']:.2f} GB", flush=True)
-                    for stage, v in st.items():
-                        print(f"    {stage}: " + ", ".join(f"{k} {x:.2f}" for k, x in v["seconds_in"].items()),
-                              flush=True)
-                    _write_report(report, args, argv, workers, configs, frac, copies, runs)
+        source, bucket, server, saved = scene, None, None, {}
+        if args.s3:
+            from tilefill._remote import upload
+
+            env, server = local_s3(tmp)
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)  # before the cluster starts: its workers read the bucket with it
+            bucket = new_bucket(env)
+            source = f"s3://{bucket}/scenes/{scene.name}"
+            upload(scene, source)
+            print(f"scene uploaded to {source} on the local S3 server {env['AWS_S3_ENDPOINT']}", flush=True)
+        try:
+            copies, runs = _repeats(args, source, tmp, configs, workers, bucket, report, argv, frac)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(30)
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     _write_report(report, args, argv, workers, configs, frac, copies, runs, final=True)
+
+
+def _repeats(args, source, tmp: Path, configs, workers, bucket, report, argv, frac):
+    """Every repeat: the plain copy, then tilefill once per config and worker count (the report rewritten after
+    each run)."""
+    runs, copies = defaultdict(list), []
+    for rep in range(args.repeats):
+        copy = plain_copy(source, tmp / "copy.tif", f"s3://{bucket}/copy.tif" if bucket else None)
+        copies.append(copy)
+        print(f"repeat {rep + 1}: plain copy {copy['seconds']:.1f} s", flush=True)
+        for config in configs:
+            for w in workers:
+                r = run_tilefill(source, tmp, config, w, args.method, args.set, bucket)
+                r["ratio_to_copy"] = round(r["seconds"] / copy["seconds"], 2)
+                runs[f"{config}/{w}"].append(r)
+                st = r["stages"]
+                print(f"repeat {rep + 1}: {config} {args.method} {w} worker(s): {r['seconds']:.1f} s "
+                      f"({r['ratio_to_copy']:.1f}x the copy; prepare {st['prepare']['seconds']:.1f}, tiles "
+                      f"{st['tiles']['seconds']:.1f} [{st['tiles']['tasks']} tasks, "
+                      f"{1000 * st['tiles']['overhead_seconds_per_tile']:.1f} ms overhead per tile-worker], "
+                      f"write {st['write']['seconds']:.1f}"
+                      + (f", upload {st['upload']['seconds']:.1f}" if "upload" in st else "")
+                      + f"), peak {r['peak_rss_gb']:.2f} GB", flush=True)
+                for stage, v in st.items():
+                    print(f"    {stage}: " + ", ".join(f"{k} {x:.2f}" for k, x in v["seconds_in"].items()),
+                          flush=True)
+                _write_report(report, args, argv, workers, configs, frac, copies, runs)
+    return copies, runs
 
 
 def _write_report(path: Path, args, argv, workers, configs, frac, copies, runs, final: bool = False) -> None:
@@ -430,6 +533,8 @@ def _write_report(path: Path, args, argv, workers, configs, frac, copies, runs, 
                  "height": args.height, "width": args.width, "bands": 4, "dtype": "uint16",
                  "method": args.method, "workers": workers, "configs": configs, "sets": args.set,
                  "repeats": args.repeats, "repeats_done": len(copies), "gap_fraction": frac,
+                 "storage": "local S3 server (moto) on 127.0.0.1: scene, work store, output" if args.s3 else
+                            "local disk",
                  "input_gb": args.height * args.width * 4 * 2 / 2**30,
                  "command": "python benchmarks/datapath.py " + " ".join(argv if argv is not None else
                                                                          os.sys.argv[1:])},

@@ -298,7 +298,7 @@ def _bad(tmp_path, out: str) -> str:
 
 def test_an_output_bucket_that_does_not_exist(tmp_path, s3):
     line = _bad(tmp_path, "s3://tf-no-such-bucket/out")
-    assert "s3://tf-no-such-bucket/out" in line and "the bucket does not exist" in line
+    assert "s3://tf-no-such-bucket/out" in line and "the bucket tf-no-such-bucket does not exist" in line
 
 
 def test_no_credentials(tmp_path, s3, monkeypatch):

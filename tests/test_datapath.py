@@ -7,6 +7,7 @@ Real stores on disk, real GeoTIFFs; the interrupted run is the pipeline in-proce
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -156,3 +157,25 @@ def test_the_datapath_benchmark_reports_each_stage_against_a_plain_copy(tmp_path
     prepare = run["median_run"]["stages"]["prepare"]
     assert prepare["seconds_in"]["write_pass"] > 0 and prepare["calls"]["geotiff_read_bytes"] >= 300 * 400 * 4 * 2
     assert len(run["output_digests"]) == 1
+
+
+def test_the_datapath_benchmark_runs_from_and_to_a_local_s3_server(tmp_path, monkeypatch):
+    """``--s3``: the scene, the work store and the output on a local S3 server (moto) the benchmark starts; the same
+    pixels as from and to local disk, an upload stage, and nothing of it left in this process's environment."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("obstore")
+    monkeypatch.delenv("AWS_S3_ENDPOINT", raising=False)
+    common = ["--height", "200", "--width", "150", "--workers", "1", "--method", "gdal", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["datapath.py", *common, "--s3"])
+    runpy.run_path(str(ROOT / "benchmarks" / "datapath.py"), run_name="__main__")
+    monkeypatch.setattr(sys, "argv", ["datapath.py", *common])
+    runpy.run_path(str(ROOT / "benchmarks" / "datapath.py"), run_name="__main__")
+    s3 = json.loads(next(tmp_path.glob("datapath-gdal-fast-150x200-s3-*.json")).read_text())
+    local = json.loads(next(tmp_path.glob("datapath-gdal-fast-150x200-2*.json")).read_text())
+    assert s3["meta"]["storage"].startswith("local S3 server") and local["meta"]["storage"] == "local disk"
+    run = s3["runs"]["fast/1"]["median_run"]
+    assert set(run["stages"]) == {"prepare", "tiles", "write", "upload"} and run["tiles_fitted"] > 0
+    assert run["stages"]["prepare"]["calls"]["geotiff_read_bytes"] >= 150 * 200 * 4 * 2  # the scene, from the bucket
+    assert s3["plain_copy"]["repeats"][0]["upload_s"] >= 0
+    assert s3["runs"]["fast/1"]["output_digests"] == local["runs"]["fast/1"]["output_digests"]
+    assert "AWS_S3_ENDPOINT" not in os.environ

@@ -30,7 +30,7 @@ from tilefill._clusterspec import ClusterSpec
 from tilefill._config import Config
 from tilefill._errors import TilefillError
 from tilefill._guide_choice import DEFAULT_COUNT, DEFAULT_WINDOW, GuideChoice, GuideChooser
-from tilefill._objstore import explain
+from tilefill._objstore import reason
 from tilefill._pipeline import (FillReport, PreparedFill, checked_config, default_store, finish_fill, prepare_fill,
                                 start_fit)
 from tilefill._records import json_safe, utc_now, write_failure
@@ -469,7 +469,7 @@ class _Pipeline:
         try:
             claim = self.outputs.claim(out, self.claim_ttl)
         except Exception as exc:  # noqa: BLE001 - a folder or a bucket that cannot be written: this scene fails
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else explain(exc)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else reason(exc)
             self._settle(k, SceneOutcome(str(scene.path), out, "failed", time.perf_counter() - start,
                                          f"{scene.path}: cannot write beside {self.outputs.where(out)} ({why})"))
             return None

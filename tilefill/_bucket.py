@@ -48,8 +48,8 @@ from pathlib import Path
 
 from tilefill._archive import DONE_SUFFIX, ClaimLost, LocalOutputs, claimant, dead_here, holder_text
 from tilefill._errors import TilefillError
-from tilefill._objstore import (ObjectLocation, check_conditional_writes, delete_object, explain, get_object,
-                                head_object, put_if_absent, replace_if_unchanged)
+from tilefill._objstore import (ObjectLocation, check_conditional_writes, delete_object, get_object, head_object,
+                                put_if_absent, reason, replace_if_unchanged)
 from tilefill._records import FAILED_SUFFIX, json_safe, utc_now
 from tilefill._remote import RemotePath, upload
 
@@ -166,7 +166,7 @@ class ObjectClaim:
                 delete_object(self.store, self.key)
             except Exception as exc:  # noqa: BLE001 - left behind, it goes stale at its expiry
                 logger.warning("could not release the claim %s (%s); it goes stale in %g s", self.url,
-                               explain(exc), self.ttl)
+                               reason(exc), self.ttl)
 
 
 # --- the output tree ------------------------------------------------------------------------------------------
@@ -352,7 +352,7 @@ class ObjectLog:
         except Exception as exc:  # noqa: BLE001 - the log never stops the batch; the local log and report stay
             if not self._warned:
                 self._warned = True
-                logger.warning("cannot write the log to %s (%s)", self.url, explain(exc))
+                logger.warning("cannot write the log to %s (%s)", self.url, reason(exc))
 
     def close(self) -> None:
         pass

@@ -174,7 +174,8 @@ class Cluster:
         """Refuse, in one line, workers that cannot run tiles, before any tile is sent.
 
         Each worker must import tilefill (this version) and, for DIP (``torch``), torch, and see
-        the work store at ``path`` (it must be on a filesystem they all share).
+        the work store at ``path`` (it must be on a filesystem they all share), or reach it where it is a
+        URL on object storage (with the credentials and endpoint in its own environment).
         """
         if self.client is None:
             return
@@ -183,7 +184,16 @@ class Cluster:
             import importlib
             import os
 
-            out = {"sees": os.path.isdir(path)}
+            if "://" in path:  # object storage: one HEAD of the store's root, as the worker's environment allows
+                try:
+                    from tilefill._objstore import ObjectLocation
+
+                    why = ObjectLocation.parse(path).unreachable("zarr.json")
+                except Exception as exc:  # noqa: BLE001 - tilefill or obstore missing: reported as such
+                    why = f"{type(exc).__name__}: {exc}"
+                out = {"sees": why is None, "sees:why": why}
+            else:
+                out = {"sees": os.path.isdir(path)}
             for name in modules:
                 try:
                     out[name] = str(getattr(importlib.import_module(name), "__version__", "?"))
@@ -205,6 +215,10 @@ class Cluster:
         refuse(sorted(a for a, r in seen.items() if r["tilefill"] != __version__),
                f"run another tilefill than this command's {__version__}", lambda r: f": tilefill {r['tilefill']}",
                "install the same tilefill on every worker")
+        if "://" in str(path):
+            refuse(sorted(a for a, r in seen.items() if not r["sees"]), f"cannot reach the work store {path}",
+                   lambda r: f": {r['sees:why']}", "give every worker the bucket's credentials and endpoint in its "
+                   "environment (AWS_*, see docs/remote.md)")
         refuse(sorted(a for a, r in seen.items() if not r["sees"]), f"cannot see the work store {path}",
                lambda r: "", "put --workdir (or the output) on a filesystem every worker shares")
 

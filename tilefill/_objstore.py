@@ -12,12 +12,20 @@ credentials and an endpoint once: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from tilefill._errors import TilefillError
 
 SCHEMES = ("s3", "gs", "az")
+# a probe's limits (a bad bucket, endpoint or credentials answer in one line within seconds, not after the
+# minutes of retries a transient error gets during a run)
+PROBE_CLIENT = {"connect_timeout": "5s", "timeout": "15s"}
+PROBE_RETRY = {"max_retries": 1, "retry_timeout": timedelta(seconds=10),
+               "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=1),
+                           "base": 2}}
 
 
 def _truthy(name: str) -> bool | None:
@@ -70,23 +78,82 @@ class ObjectLocation:
         return ObjectLocation(f"{self.url}/{name}", self.scheme, self.bucket,
                               f"{self.prefix}/{name}" if self.prefix else name)
 
-    def store(self, **options):
-        """An obstore store rooted at this prefix (one line, naming the URL, where obstore is missing); ``options``
-        are added to (or replace) those from the environment, e.g. ``client_options`` with shorter timeouts."""
+    def store(self, *, probe: bool = False):
+        """An obstore store rooted at this prefix (one line, naming the URL, where obstore is missing).
+
+        ``probe``: short timeouts and one retry (:data:`PROBE_CLIENT`, :data:`PROBE_RETRY`), for the checks made
+        before a run; a run's own store keeps obstore's retries of transient errors.
+        """
         try:
             from obstore.store import AzureStore, GCSStore, S3Store
         except ImportError:
             raise TilefillError(f"{self.url}: writing to object storage needs obstore "
                                 "(pip install 'tilefill[cloud]')") from None
         prefix = self.prefix or None
+        limits = {"client_options": dict(PROBE_CLIENT), "retry_config": PROBE_RETRY} if probe else {}
         if self.scheme == "s3":
-            base = _s3_options()
-            client = {**base.get("client_options", {}), **options.get("client_options", {})}
-            return S3Store(self.bucket, prefix=prefix, **{**base, **options, **({"client_options": client} if client
-                                                                                else {})})
+            opts = _s3_options()
+            if probe:
+                limits["client_options"].update(opts.pop("client_options", {}))
+            return S3Store(self.bucket, prefix=prefix, **opts, **limits)
         if self.scheme == "gs":
-            return GCSStore(self.bucket, prefix=prefix, **options)
-        return AzureStore(self.bucket, prefix=prefix, **options)
+            return GCSStore(self.bucket, prefix=prefix, **limits)
+        return AzureStore(self.bucket, prefix=prefix, **limits)
+
+    def unreachable(self, key: str | None = None) -> str | None:
+        """Why this prefix cannot be used, in a few words (no such bucket, no credentials, no answer, access
+        denied), or None: one listing of the prefix, or with ``key`` one HEAD of the object there."""
+        store = self.store(probe=True)  # first: where obstore is missing, it says what to install
+        import obstore
+
+        try:
+            if key is None:
+                obstore.list_with_delimiter(store)
+            else:
+                obstore.head(store, key)
+        except FileNotFoundError:
+            return f"nothing at {self.url}/{key}" if key else f"no bucket {self.bucket}"
+        except Exception as exc:  # noqa: BLE001 - whatever the store says is the reason
+            return reason(exc, self)
+        return None
+
+
+def reason(exc: BaseException, where: ObjectLocation | None = None) -> str:
+    """An object store's error in a few words, with what to do where the cause is known (obstore's own messages
+    run over many lines: the request, its retries and a debug dump)."""
+    text = " ".join(str(exc).split())
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    code = code[1] if code else ""
+    if code == "NoSuchBucket" and where is not None:
+        return f"the bucket {where.bucket} does not exist"
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+                "ExpiredToken"):
+        return f"access denied ({code}): check the credentials in the environment and their permissions"
+    if "169.254.169.254" in text or "/latest/api/token" in text or "/latest/meta-data" in text \
+            or "credential" in text.lower():
+        return ("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_NO_SIGN_REQUEST=YES for a "
+                "public bucket) in the environment")
+    if "error sending request" in text or "connect" in text.lower() or "timed out" in text.lower() \
+            or "dns error" in text.lower():
+        url = re.search(r"(https?://[^/\s]+)", text)
+        return f"no answer from the endpoint{' ' + url[1] if url else ''}"
+    if code:
+        return code
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first[:200]
+
+
+def check_location(url: str, what: str = "work store") -> ObjectLocation:
+    """``url`` parsed and reached once (a listing), or one line saying why not: a scheme without a bucket, obstore
+    missing, no such bucket, no credentials, no answer from the endpoint."""
+    try:
+        location = ObjectLocation.parse(url)
+    except TilefillError as exc:
+        raise TilefillError(f"{what} {exc}") from None
+    why = location.unreachable()
+    if why is not None:
+        raise TilefillError(f"{what} {location.url}: {why}")
+    return location
 
 
 def put_if_absent(store, key: str, data: bytes) -> dict | None:
@@ -154,22 +221,6 @@ def delete_object(store, key: str) -> None:
         pass
 
 
-def explain(exc: BaseException) -> str:
-    """What a failed request says, in one line, with what to do where the cause is known."""
-    text = " ".join(str(exc).split())
-    if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
-        return "the bucket does not exist"
-    if "169.254.169.254" in text or "169.254.170.2" in text or "InvalidAccessKeyId" in text \
-            or "SignatureDoesNotMatch" in text or type(exc).__name__ == "UnauthenticatedError":
-        return ("no valid credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (GOOGLE_*, AZURE_STORAGE_* "
-                "for gs://, az://) in the environment, or run where an instance or container role gives them")
-    if "AccessDenied" in text or type(exc).__name__ == "PermissionDeniedError":
-        return "access denied (the credentials may not write there)"
-    if "error sending request" in text or "connect" in text.lower() or "dns error" in text.lower():
-        return "no answer from the endpoint"
-    return text[:300]
-
-
 PROBE_PREFIX = ".tilefill-probe"
 
 
@@ -182,10 +233,8 @@ def check_conditional_writes(location: ObjectLocation, timeout: float = 30.0) ->
     """
     import threading
     import uuid
-    from datetime import timedelta
 
-    store = location.store(client_options={"connect_timeout": "5s", "timeout": "20s"},
-                           retry_config={"max_retries": 2, "retry_timeout": timedelta(seconds=20)})
+    store = location.store(probe=True)
     key = f"{PROBE_PREFIX}/{uuid.uuid4().hex}"
     outcome: list = []
 
@@ -204,7 +253,7 @@ def check_conditional_writes(location: ObjectLocation, timeout: float = 30.0) ->
     if not outcome:
         raise TilefillError(f"{location.url}: no answer from the endpoint within {timeout:.0f} s")
     if isinstance(outcome[0], BaseException):
-        raise TilefillError(f"{location.url}: cannot write there ({explain(outcome[0])})")
+        raise TilefillError(f"{location.url}: cannot write there ({reason(outcome[0], location)})")
     if outcome[0]:
         raise TilefillError(f"{location.url}: the store accepted a second create-only write of one key (it ignores "
                             "If-None-Match), so two batches could claim one scene; write to a store that honours "

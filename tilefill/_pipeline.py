@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import os
 import shutil
 import time
 import warnings
@@ -50,7 +49,7 @@ from tilefill._runkey import RunKey, run_key
 from tilefill._guide import open_guide
 from tilefill._scene import open_scene
 from tilefill._schedule import SYSTEMATIC, Progress, TileJob, TileRun, tiles_per_task
-from tilefill._store import TileStore, build_store, resumable_store
+from tilefill._store import TileStore, build_store, remove_store, resumable_store, store_location
 from tilefill._version import __version__
 
 log = logging.getLogger("tilefill")
@@ -73,7 +72,7 @@ class FillReport:
     unfilled_pixels: int
     seconds: float
     cluster: str
-    workdir: Path | None
+    workdir: Path | str | None  # a URL where the work store is on object storage
     tiles_skipped: int = 0
     run_key: RunKey | None = field(default=None, repr=False)  # str() gives its short form
     scene: str = ""
@@ -296,7 +295,10 @@ def fill_scene(
     workdir : str or Path, optional
         Folder for the Zarr tile store (kept after the run). Default: a hidden folder beside
         the output, removed after a successful run and kept otherwise, so that running the same
-        command again resumes it.
+        command again resumes it. A URL (``s3://bucket/prefix``, ``gs://``, ``az://``; obstore,
+        ``pip install 'tilefill[cloud]'``) puts the store on object storage, where workers that share
+        nothing but the bucket fill its tiles and a rerun resumes it; the bucket is reached once
+        before anything else is done (no such bucket, no credentials, no answer: one line).
     footprint : {"hull", "full"}
         How the scene's footprint is found (see ``tilefill._scene``).
     restart : bool
@@ -332,15 +334,21 @@ def fill_scene(
     cfg = checked_config(config, with_shortcuts(overrides, iterations=iterations, tile_size=tile_size, overlap=overlap,
                                                 seed=seed, keep_known=keep_known, per_band=per_band, method=method,
                                                 cog=cog))
+    if workdir is not None and is_url(workdir):
+        from tilefill._objstore import check_location
+
+        workdir = check_location(str(workdir)).url  # before anything is read or written
     if is_url(output):
         return _fill_to_url(str(output), workdir, overwrite, dict(
             scene=scene, mask=mask, bands=bands, mask_qa=mask_qa, config=cfg, cluster=cluster, footprint=footprint,
             progress=progress, restart=restart, guides=guides, client=client))
     out = check_output_path(output, overwrite)
     keep_store = workdir is not None
-    store_path = Path(os.path.abspath((Path(workdir) / "tiles.zarr") if keep_store else default_store(out)))
+    store_path = work_store(workdir, out)
     client = given_client(client, cluster)
-    with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device, worker_log=worker_log_path(store_path),
+    # a store on object storage: the workers' log stays here, beside the output, as without --workdir
+    log_path = worker_log_path(default_store(out) if is_url(store_path) else store_path)
+    with LazyCluster(cluster or ClusterSpec(), device=cfg.fit.device, worker_log=log_path,
                      client=client) as clusters:
         report = run_fill(scene, out, cfg, clusters, store_path=store_path, keep_store=keep_store, mask=mask,
                           bands=bands, mask_qa=mask_qa, footprint=footprint, restart=restart, overwrite=overwrite,
@@ -354,7 +362,8 @@ def _fill_to_url(url: str, workdir, overwrite: bool, kwargs: dict) -> FillReport
     """``-o s3://bucket/key.tif``: fill into a local staging folder, then upload the finished output and its
     sidecars beside ``url``, each whole (:func:`tilefill._remote.upload`). The staging folder (``workdir``, else
     ``.tilefill-staging/<hash of url>`` in the working directory) keeps the work store, so the same command
-    resumes; it is removed after the upload unless it is ``workdir``."""
+    resumes; it is removed after the upload unless it is ``workdir``. A ``workdir`` on object storage keeps the
+    store there: the staging folder then holds the output only, until its upload."""
     import hashlib
     import shutil
 
@@ -365,7 +374,8 @@ def _fill_to_url(url: str, workdir, overwrite: bool, kwargs: dict) -> FillReport
         raise TilefillError(f"output {url}: give the key of a GeoTIFF (.tif)")
     if not overwrite and exists(url):
         raise TilefillError(f"output {url} exists; pass --overwrite to replace it")
-    staging = Path(workdir) if workdir is not None else (
+    local_workdir = workdir is not None and not is_url(workdir)
+    staging = Path(workdir) if local_workdir else (
         Path(".tilefill-staging") / hashlib.blake2b(url.encode(), digest_size=8).hexdigest())
     staging.mkdir(parents=True, exist_ok=True)
     local = staging / target.name
@@ -374,8 +384,12 @@ def _fill_to_url(url: str, workdir, overwrite: bool, kwargs: dict) -> FillReport
     upload(local, url)
     for p in sidecars:
         upload(p, f"{url}{p.name[len(target.name):]}")
-    if workdir is None:
+    if not local_workdir:
         shutil.rmtree(staging, ignore_errors=True)
+        try:
+            staging.parent.rmdir()  # .tilefill-staging, when no other output is staged there
+        except OSError:
+            pass
     return report
 
 
@@ -411,13 +425,23 @@ def default_store(out: Path) -> Path:
     return out.with_name(f".{out.name}.tilefill.zarr")
 
 
+def work_store(workdir: str | Path | None, out: Path) -> Path | str:
+    """Where a run keeps its tile store: ``tiles.zarr`` in ``workdir`` (a folder, or a URL on object storage),
+    else :func:`default_store`; a path absolute, a URL as it is."""
+    if workdir is None:
+        return store_location(default_store(out))
+    if is_url(workdir):
+        return f"{str(workdir).rstrip('/')}/tiles.zarr"
+    return store_location(Path(workdir) / "tiles.zarr")
+
+
 def worker_log_path(store_path: Path) -> Path:
     """Where a single run's workers write their log and the tracebacks of failed tiles: beside its store."""
     return Path(store_path).with_suffix(".log")
 
 
-def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *, store_path: Path, keep_store: bool,
-             mask: str | Path | None = None, bands: Sequence[int | str] | str | None = None,
+def run_fill(scene: str | Path, out: Path, cfg: Config, clusters: LazyCluster, *, store_path: Path | str,
+             keep_store: bool, mask: str | Path | None = None, bands: Sequence[int | str] | str | None = None,
              mask_qa: Sequence[str] | str | None = None, footprint: str = "hull",
              restart: bool = False, overwrite: bool = False, progress: bool = True,
              start: float | None = None, guides: Sequence[str | Path] = ()) -> FillReport:
@@ -449,7 +473,7 @@ class PreparedFill:
     out: Path
     cfg: Config
     store: TileStore
-    store_path: Path
+    store_path: Path | str  # a URL on object storage
     keep_store: bool
     key: RunKey
     grid: TileGrid
@@ -470,7 +494,7 @@ class PreparedFill:
         return bool(self.todo) and bool(self.gap_pixels or not self.cfg.fit.keep_known)
 
 
-def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path, keep_store: bool,
+def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path | str, keep_store: bool,
                  mask: str | Path | None = None, bands: Sequence[int] | str | None = None,
                  mask_qa: Sequence[str] | str | None = None, footprint: str = "hull", restart: bool = False,
                  overwrite: bool = False, start: float | None = None, guides: Sequence[str | Path] = ()
@@ -486,8 +510,8 @@ def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path,
     """
     start = time.perf_counter() if start is None else start
     out = check_output_path(out, overwrite)
-    # absolute: workers of an existing cluster have working directories of their own
-    store_path = Path(os.path.abspath(store_path))
+    # absolute: workers of an existing cluster have working directories of their own (a URL stays a URL)
+    store_path = store_location(store_path)
     _check_guides(cfg, guides)
     with open_scene(scene, bands=bands, mask=mask, mask_qa=mask_qa) as src, ExitStack() as stack:
         info = src.info
@@ -510,18 +534,23 @@ def prepare_fill(scene: str | Path, out: Path, cfg: Config, *, store_path: Path,
             if store is None:
                 store = build_store(src, grid, cfg, store_path, footprint=footprint, run_key=key.digest,
                                     guides=opened)
-        except OSError as exc:
-            raise TilefillError(f"cannot write the work store {store_path} ({_why(exc, store_path.parent)})") from None
+        except Exception as exc:
+            why = _store_error(exc, store_path)
+            if why is None:
+                raise
+            raise TilefillError(f"cannot write the work store {store_path} ({why})") from None
     for g in store.meta.get("guides") or []:
         share = g["gap_pixels_covered"] / max(store.meta["gap_pixels"], 1)
         log.info("guide %s has data at %.0f%% of the scene's gap band-pixels", Path(g["path"]).name, 100 * share)
     to_fit = store.tiles_to_fit
-    done = store.tiles_done(to_fit)
+    infos = store.done_infos(to_fit)  # one listing of the done tiles, one read of their statistics
+    done = list(infos)
     if done:
         log.info("resuming run %s: %d of %d tiles are already done in %s and are skipped", key, len(done),
                  len(to_fit), store_path)
     prep = PreparedFill(scene, out, cfg, store, store_path, keep_store, key, grid, to_fit,
-                        tuple(_skipped_result(store, i) for i in done), sorted(set(to_fit) - set(done)),
+                        tuple(TileResult.from_info(i, "skipped", infos[i]) for i in done),
+                        sorted(set(to_fit) - set(done)),
                         {"bands": bands, "mask": mask, "mask_qa": mask_qa}, overwrite, start)
     prep.stages["prepare"] = time.perf_counter() - start
     return prep
@@ -588,9 +617,12 @@ def finish_fill(prep: PreparedFill, run: TileRun | None, clusters: LazyCluster) 
     stages["write"] = time.perf_counter() - prep.start - stages["prepare"] - stages["fill"]
     failure_path(out).unlink(missing_ok=True)  # an earlier failure of this output is settled
     if not prep.keep_store:
-        shutil.rmtree(store_path, ignore_errors=True)
-        if worker_log == worker_log_path(store_path):
-            worker_log.unlink(missing_ok=True)  # nothing failed: nothing in it to keep
+        try:
+            remove_store(store_path)
+        except OSError:
+            pass  # scratch: a store left behind costs space, not the run
+    if worker_log == worker_log_path(default_store(out)):  # the run's own, beside the output
+        worker_log.unlink(missing_ok=True)  # nothing failed: nothing in it to keep
     estimate, units = gap_estimate(stats.estimated_rmse, common["tiles"], prep.store)
     return FillReport(**common, filled_pixels=stats.filled_pixels, unfilled_pixels=stats.unfilled_pixels,
                       seconds=time.perf_counter() - prep.start, estimated_gap_rmse=estimate, estimate_units=units,
@@ -634,6 +666,18 @@ def _write_stage(prep: PreparedFill, tiles: Sequence[TileResult]):
     return stats, tiles
 
 
+def _store_error(exc: BaseException, store_path: Path | str) -> str | None:
+    """A failed write of the work store in a few words: a folder's OSError, an object store's error
+    (:func:`tilefill._objstore.reason`); None for anything else (a bug, to be raised as it is)."""
+    if not is_url(store_path):
+        return _why(exc, store_path.parent) if isinstance(exc, OSError) else None
+    if isinstance(exc, OSError) or type(exc).__module__.startswith("obstore"):
+        from tilefill._objstore import reason
+
+        return reason(exc)
+    return None
+
+
 def _why(exc: OSError, folder: Path) -> str:
     """An OSError in a few words: a full disk and a read-only folder named as such."""
     code = exc.errno
@@ -648,6 +692,3 @@ def _why(exc: OSError, folder: Path) -> str:
         return "the folder is on a read-only file system"
     return exc.strerror or str(exc)[:200]
 
-
-def _skipped_result(store, index: int) -> TileResult:
-    return TileResult.from_info(index, "skipped", store.tile_info(index))

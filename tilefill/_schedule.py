@@ -104,7 +104,12 @@ def _run_tile_group(store_path: str, indices: Sequence[int]) -> list[TileResult]
 
 
 def _cause(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    text = str(exc)
+    if type(exc).__module__.startswith("obstore") or "Debug source:" in text:
+        from tilefill._objstore import reason  # a work store on object storage: its error in a few words
+
+        text = reason(exc)
+    return f"{type(exc).__name__}: {text}"
 
 
 def error_signature(cause: str) -> str:

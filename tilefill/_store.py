@@ -45,30 +45,42 @@ names, dtype and nodata, the grid, the full config, the per-band scaling and the
 ``tilefill._runkey``), so a run can be inspected, and picked up, from the store alone. Workers
 write disjoint chunks only, and Zarr writes each chunk to a temporary file renamed into place,
 so a worker killed mid-write leaves the old chunk or the new one, never half of one. A tile is
-done once its ``tile_info`` chunk exists; it is written after the prediction.
+done once its ``tile_info`` chunk exists; it is written after the prediction. The done tiles are
+found by one listing of ``tile_info``'s chunks (:meth:`TileStore.tiles_done`).
 
 A store being built holds ``{"building": true, "run_key": ...}`` only: it is ours (it may be
-replaced), but it has nothing to resume.
+replaced), but it has nothing to resume. A store is removed the same way round: that marker first,
+then everything, so a removal cut short leaves a store that is ours and has nothing to resume.
+
+Where it lives. A local folder (zarr's ``LocalStore``), or a prefix on object storage
+(``s3://bucket/prefix/tiles.zarr``, ``gs://``, ``az://``: zarr's ``ObjectStore`` over obstore, with
+credentials and endpoint from the environment, :mod:`tilefill._objstore`): :func:`zarr_store` picks
+it from the location, and everything else is the same code. Workers open a store by its location
+(a path or a URL), so on object storage they share nothing but the bucket. An object appears whole
+at its PUT, so a chunk there is never half written either.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from tilefill._config import Config
 from tilefill._distance_blend import HOLDOUT_CELL, HOLDOUT_SHIFT, SceneHoldout
 from tilefill._errors import InputReadError, TilefillError
 from tilefill._grid import TileGrid
+from tilefill._remote import is_url
 from tilefill._scene import Scene, SceneInfo, footprint_extents, footprint_window
 from tilefill._version import __version__
 
@@ -90,6 +102,42 @@ MASK_CODECS = zarr.codecs.ZstdCodec(level=1)
 # write made and each removal of the store walked 3-4 folders per chunk (the removal alone was a third of a
 # small scene's write stage)
 CHUNK_KEYS = {"name": "default", "separator": "."}
+_TILE_CHUNK = re.compile(r"^c\.(\d+)\.0$")  # a per-tile array's chunk key (CHUNK_KEYS): c.INDEX.0
+
+
+def store_location(where: str | Path) -> str | Path:
+    """A tile store's location as its workers open it: a URL as it is (no trailing ``/``), a local path absolute
+    (workers of an existing cluster have working directories of their own)."""
+    if is_url(where):
+        return str(where).rstrip("/")
+    return Path(os.path.abspath(where))
+
+
+def zarr_store(where: str | Path, *, read_only: bool = False):
+    """The zarr store at a location: a local folder, or an object storage URL (``s3://bucket/prefix``: zarr's
+    ``ObjectStore`` over obstore, set up from the environment, :meth:`tilefill._objstore.ObjectLocation.store`)."""
+    if is_url(where):
+        from zarr.storage import ObjectStore
+
+        env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_STORE_ENV)))
+        return ObjectStore(_object_store(str(where), env), read_only=read_only)
+    return zarr.storage.LocalStore(where, read_only=read_only)
+
+
+_STORE_ENV = ("AWS_", "GOOGLE_", "AZURE_")  # what an object store's client is made from
+
+
+@lru_cache(maxsize=8)
+def _object_store(url: str, env: tuple):
+    """One obstore client per store and environment in a process: a worker's tasks reuse its connections."""
+    from tilefill._objstore import ObjectLocation
+
+    return ObjectLocation.parse(url).store()
+
+
+async def _list_dir(store, prefix: str) -> list[str]:
+    # the listing is made inside the coroutine: zarr's ObjectStore starts its request where it is called
+    return [name async for name in store.list_dir(prefix)]
 
 
 @dataclass(frozen=True)
@@ -132,7 +180,7 @@ class Scaling:
 class TileStore:
     """A run's Zarr store. Create it with :func:`build_store`, reopen it with :meth:`open`."""
 
-    def __init__(self, group: zarr.Group, path: Path):
+    def __init__(self, group: zarr.Group, path: str | Path):
         self.group = group
         self.path = path
         meta = group.attrs["tilefill"]
@@ -145,9 +193,10 @@ class TileStore:
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "TileStore":
-        path = Path(path)
+        """The store at a local path or a URL (:func:`zarr_store`)."""
+        path = store_location(path)
         try:
-            group = zarr.open_group(str(path), mode=mode)
+            group = zarr.open_group(zarr_store(path, read_only=mode == "r"), mode=mode, zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise TilefillError(f"no tile store at {path}") from None
         if "tilefill" not in group.attrs:
@@ -270,22 +319,33 @@ class TileStore:
         return dict(zip(TILE_INFO_FIELDS, np.asarray(self.array("tile_info")[index]).tolist()))
 
     def tile_infos(self, indices: Sequence[int]) -> dict[int, dict]:
-        """The statistics of those of ``indices`` that are done (``TILE_INFO_FIELDS``), in one read of their rows."""
+        """The statistics of those of ``indices`` that are done (``TILE_INFO_FIELDS``), in one read of their rows
+        (their chunks only)."""
         if not len(indices):
             return {}
-        lo, hi = min(indices), max(indices) + 1
-        rows = np.asarray(self.array("tile_info")[lo:hi])
+        rows = np.asarray(self.array("tile_info").get_orthogonal_selection((np.asarray(indices, dtype=np.int64),)))
         seconds = TILE_INFO_FIELDS.index("seconds")
-        return {i: dict(zip(TILE_INFO_FIELDS, rows[i - lo].tolist())) for i in indices if np.isfinite(rows[i - lo, seconds])}
+        # seconds is written for every finished tile; final_loss is NaN for the classical fills
+        return {i: dict(zip(TILE_INFO_FIELDS, row.tolist())) for i, row in zip(indices, rows)
+                if np.isfinite(row[seconds])}
 
     def tile_done(self, index: int) -> bool:
-        # seconds is written for every finished tile; final_loss is NaN for the classical fills
         return bool(np.isfinite(self.array("tile_info")[index, TILE_INFO_FIELDS.index("seconds")]))
 
+    def listed_done(self) -> frozenset[int]:
+        """The tiles whose ``tile_info`` chunk exists, from one listing of that array's chunks (on object storage
+        one LIST request per thousand tiles, not a request per tile)."""
+        names = sync(_list_dir(self.group.store, _join(self.group.path, "tile_info")))
+        return frozenset(int(m[1]) for m in map(_TILE_CHUNK.match, names) if m)
+
     def tiles_done(self, indices) -> list[int]:
-        """Those of ``indices`` already done, read in one pass over the small ``tile_info`` array."""
-        seconds = np.asarray(self.array("tile_info")[:, TILE_INFO_FIELDS.index("seconds")])
-        return [i for i in indices if np.isfinite(seconds[i])]
+        """Those of ``indices`` already done: one listing of ``tile_info``'s chunks, then one read of those."""
+        return list(self.done_infos(indices))
+
+    def done_infos(self, indices) -> dict[int, dict]:
+        """The statistics of those of ``indices`` already done, in the order of ``indices`` (:meth:`tiles_done`)."""
+        listed = self.listed_done()
+        return self.tile_infos([i for i in indices if i in listed])
 
     def read_tile(self, index: int) -> np.ndarray:
         return np.asarray(self.array("tiles")[index])
@@ -337,12 +397,40 @@ class WindowReader:
         block, oy, ox = found
         return {k: v[..., oy:oy + side, ox:ox + side].copy() for k, v in block.items()}
 
-def _read_meta(path: Path) -> dict | None:
-    """``attrs["tilefill"]`` of the store at ``path``; None if there is none or it is not ours."""
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def _read_meta(store) -> dict | None:
+    """``attrs["tilefill"]`` of the tile store in a zarr store; None if there is none or it is not ours. (An
+    object store that does not answer raises: it is not taken for an empty one.)"""
     try:
-        return json.loads((path / "zarr.json").read_text()).get("attributes", {})["tilefill"]
-    except (OSError, ValueError, KeyError, AttributeError):
+        raw = sync(store.get("zarr.json", prototype=default_buffer_prototype()))
+        return json.loads(raw.to_bytes()).get("attributes", {})["tilefill"]
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None
+
+
+def _occupied(where: str | Path, store) -> bool:
+    """Whether something is at the location (a local folder counts even when empty, as it always has)."""
+    return not sync(store.is_empty("")) if is_url(where) else Path(where).exists()
+
+
+def _mark_building(store, run_key: str | None) -> None:
+    """Make the store's root say ``building``: ours, nothing to resume (see the module's docstring)."""
+    doc = {"zarr_format": 3, "node_type": "group",
+           "attributes": {"tilefill": {"version": __version__, "building": True, "run_key": run_key}}}
+    sync(store.set("zarr.json", default_buffer_prototype().buffer.from_bytes(json.dumps(doc).encode())))
+
+
+def remove_store(where: str | Path) -> None:
+    """Remove the tile store at a local path or URL (nothing there: nothing to do): the ``building`` marker first,
+    so a removal cut short leaves a store a later run replaces rather than one it would try to resume."""
+    store = zarr_store(store_location(where))
+    if not _occupied(where, store):
+        return
+    _mark_building(store, None)
+    sync(store.delete_dir(""))
 
 
 def resumable_store(path: str | Path, run_key: str, *, restart: bool = False,
@@ -359,8 +447,8 @@ def resumable_store(path: str | Path, run_key: str, *, restart: bool = False,
     >>> store = resumable_store("work/tiles.zarr", str(key))  # doctest: +SKIP
     >>> store.tiles_done(store.tiles_to_fit)  # doctest: +SKIP
     """
-    path = Path(path)
-    meta = _read_meta(path)
+    path = store_location(path)
+    meta = _read_meta(zarr_store(path, read_only=True))
     if restart or meta is None or meta.get("building"):
         return None
     if meta.get("run_key") != run_key:
@@ -378,17 +466,16 @@ def resumable_store(path: str | Path, run_key: str, *, restart: bool = False,
     return store
 
 
-def _create_or_replace(path: Path, run_key: str | None) -> zarr.Group:
-    if path.exists():
-        # Only ever delete what is recognisably our own store, never a user's folder.
-        if _read_meta(path) is None:
+def _create_or_replace(path: str | Path, run_key: str | None) -> zarr.Group:
+    store = zarr_store(path)
+    if _occupied(path, store):
+        # Only ever delete what is recognisably our own store, never a user's folder or objects.
+        if _read_meta(store) is None:
             raise TilefillError(f"work store {path} exists and is not a tilefill store; choose another --workdir")
-        shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    group = zarr.open_group(str(path), mode="w")
+        remove_store(path)
     # ours from the first byte: an interrupted build can be recognised and replaced
-    group.attrs["tilefill"] = {"version": __version__, "building": True, "run_key": run_key}
-    return group
+    _mark_building(store, run_key)
+    return zarr.open_group(store, mode="r+", zarr_format=3)
 
 
 def _create(group: zarr.Group, name: str, **kwargs) -> zarr.Array:
@@ -636,7 +723,7 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
     if footprint not in ("hull", "full"):
         raise TilefillError(f"footprint must be 'hull' or 'full', not {footprint!r}")
     extent = _statistics_pass(scene, footprint)
-    path = Path(path)
+    path = store_location(path)
     group = _create_or_replace(path, run_key)
     _create_layout(group, (scene.shape[0], *grid.extent), grid, config, len(guides))
     holdout = config.method == "dip" and config.fit.blends and config.fit.validation > 0
@@ -645,7 +732,10 @@ def build_store(scene: Scene, grid: TileGrid, config: Config, path: str | Path, 
         guide_meta = [{**vars(source), **stored}
                       for (_guide, source), stored in zip(guides, _write_guides([g for g, _s in guides], group))]
     except InputReadError:  # an input that fails to read (a guide, a file changed since the first pass)
-        shutil.rmtree(path, ignore_errors=True)  # ours, half built: nothing in it to resume
+        try:
+            remove_store(path)  # ours, half built: nothing in it to resume
+        except Exception:  # noqa: BLE001 - the input's error is the one to report; a rerun replaces the store
+            pass
         raise
     if holdout:
         height, width = scene.shape[1:]

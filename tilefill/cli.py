@@ -193,8 +193,10 @@ def main():
 @click.option("--guide", "guides", multiple=True, metavar="PATH|URL",
               help="Another acquisition of the same place (GeoTIFF, Landsat product folder or STAC item; a path or a "
                    "URL), striped or cloudy itself: DIP and the blend take it where it has data (repeatable).")
-@click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="Keep the Zarr tile store in this folder (default: hidden, beside the output; removed after success).")
+@click.option("--workdir", default=None, metavar="PATH|URL",
+              help="Keep the Zarr tile store in this folder (default: hidden, beside the output; removed after "
+                   "success), or under an object storage prefix (s3://bucket/prefix) that workers sharing nothing "
+                   "else reach.")
 @apply(scene_options())
 @apply(fill_options())
 @apply(cluster_options())
