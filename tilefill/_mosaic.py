@@ -22,7 +22,6 @@ import errno
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +29,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import rasterio
-import rasterio.env
 import rasterio.errors
 import rasterio.shutil
 
@@ -40,7 +38,7 @@ from tilefill._distance_blend import (HALO, N_AGREEMENT, N_BINS, BlendStats, Ble
 from tilefill._errors import TilefillError
 from tilefill._grid import Tile
 from tilefill._scene import Scene, SceneInfo
-from tilefill._store import STRIP, TILE_INFO_FIELDS, TileStore, _WriteBehind
+from tilefill._store import STRIP, TILE_INFO_FIELDS, TileStore
 
 
 @dataclass(frozen=True)
@@ -728,49 +726,6 @@ class _Written:
             return tuple(float(v) for v in np.sqrt(self.err_sq / self.err_n))
 
 
-_AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-
-def _with_gdal_env(fn: Callable) -> Callable:
-    """``fn`` run under the caller's GDAL environment: rasterio keeps it per thread, and a worker thread has none.
-
-    Less the AWS keys rasterio put there from the environment (an Env refuses them as options): GDAL takes them
-    from the environment (or ``AWS_PROFILE``'s files, or the instance's role) in that thread too.
-    """
-    options = rasterio.env.getenv() if rasterio.env.hasenv() else {}
-    options = {k: v for k, v in options.items() if k not in _AWS_KEYS}
-
-    def run(*args):
-        with rasterio.Env(**options):
-            return fn(*args)
-    return run
-
-
-class _ReadAhead:
-    """``read(item)`` for each item, one item ahead in a thread: the next strip is read while this one is worked.
-    Iterate inside the ``with``; a read's error surfaces where its item is taken, and leaving waits for the read
-    in flight (never a read running into a file being closed)."""
-
-    def __init__(self, read: Callable, items):
-        self._read, self._items = read, iter(items)
-
-    def __enter__(self) -> "_ReadAhead":
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tilefill-read-ahead")
-        return self
-
-    def __iter__(self):
-        nxt = next(self._items, None)
-        pending = self._pool.submit(self._read, nxt) if nxt is not None else None
-        while pending is not None:
-            result = pending.result()
-            nxt = next(self._items, None)
-            pending = self._pool.submit(self._read, nxt) if nxt is not None else None
-            yield result
-
-    def __exit__(self, *exc) -> None:
-        self._pool.shutdown(wait=True)
-
-
 def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, keep_known: bool) -> _Written:
     """The restored scene, strip by strip: gap pixels (with ``keep_known=False``, every footprint pixel a
     fitted tile covers) take the mosaic, mapped back to the input's units and dtype; known pixels are the
@@ -785,62 +740,48 @@ def _write_strips(store: TileStore, scene: Scene, plan: _Mosaic, dst, err_dst, k
     if plan.guided is not None:
         out.guided = np.zeros(info.count, dtype=np.int64)
     pad, cols = store.grid.extent[1] - info.width, slice(0, info.width)
-
-    def read(win):
+    for win in scene.strips(STRIP):
+        y, h = win.row_off, win.height
         # a store padded to one tile is wider than the scene: its padding is collar (outside the footprint, never
         # filled), so the strip is worked at the store's width and written at the scene's
-        y, h = win.row_off, win.height
         values = scene.read(win)
         if pad:
             values = np.pad(values, ((0, 0), (0, 0), (0, pad)))
-        return win, values, np.asarray(store.group["gaps"][:, y:y + h, :]), np.asarray(store.group["footprint"][y:y + h, :])
-
-    def write(win, values, mask, err):
-        dst.write(values, window=win)
-        if mask is not None:
-            dst.write_mask(mask, window=win)
-        if err is not None:
-            err_dst.write(err, window=win)
-
-    # The next strip is read, and the last one compressed and written, while this one is blended (GDAL and the
-    # store's decoder release the GIL); one strip ahead and one behind keep memory at a few strips.
-    read, write = _with_gdal_env(read), _with_gdal_env(write)
-    with _ReadAhead(read, scene.strips(STRIP)) as strips, _WriteBehind() as behind:
-        for win, values, gaps, inside in strips:
-            y, h = win.row_off, win.height
-            sums = mosaic.strip(y, h, estimate=estimate)
-            wsum, guide_share = sums.wsum, sums.guide_share
-            covered = wsum > 0
-            target = (gaps if keep_known else inside[None]) & covered
-            if target.any():  # the mosaic's value, acc / wsum, where it is written only
-                values[target] = to_dtype(store.scaling.inverse_at(sums.acc, target, wsum), info)
-                out.filled += int(target.sum())
-            missing = gaps & ~covered
-            out.unfilled += int(missing.sum())
-            if nodata is not None:
-                values[missing] = nodata
-                values[:, ~inside] = nodata
-            elif float_out:
-                values[missing] = np.nan
-                values[:, ~inside] = np.nan
-            mask = np.where(inside[:, cols], 255, 0).astype(np.uint8) if needs_mask else None
-            err = None
-            if estimate:
-                pred = sums.acc / np.where(covered, wsum, 1)
-                est = np.full(values.shape, np.nan, dtype=np.float32)
-                est[target] = (_trust_map(store, plan, sums, pred, y, h, target) * span)[target]
-                finite = np.isfinite(est)
-                known_err = np.where(finite, est, 0).astype(np.float64)
-                out.err_sq += (known_err * known_err).sum(axis=(1, 2))
-                out.err_n += finite.sum(axis=(1, 2))
-                share = None
-                if guide_share is not None:
-                    share = np.full(values.shape, np.nan, dtype=np.float32)
-                    share[target] = (guide_share / np.where(covered, wsum, 1))[target]
-                    out.guided += ((share > 0) & target).sum(axis=(1, 2))
-                if err_dst is not None:
-                    err = (est if share is None else np.concatenate([est, share]))[..., cols]
-            behind.submit(write, win, values[..., cols], mask, err)
+        gaps = np.asarray(store.group["gaps"][:, y:y + h, :])
+        inside = np.asarray(store.group["footprint"][y:y + h, :])
+        sums = mosaic.strip(y, h, estimate=estimate)
+        wsum, guide_share = sums.wsum, sums.guide_share
+        covered = wsum > 0
+        target = (gaps if keep_known else inside[None]) & covered
+        if target.any():  # the mosaic's value, acc / wsum, where it is written only
+            values[target] = to_dtype(store.scaling.inverse_at(sums.acc, target, wsum), info)
+            out.filled += int(target.sum())
+        missing = gaps & ~covered
+        out.unfilled += int(missing.sum())
+        if nodata is not None:
+            values[missing] = nodata
+            values[:, ~inside] = nodata
+        elif float_out:
+            values[missing] = np.nan
+            values[:, ~inside] = np.nan
+        dst.write(values[..., cols], window=win)
+        if needs_mask:
+            dst.write_mask(np.where(inside[:, cols], 255, 0).astype(np.uint8), window=win)
+        if estimate:
+            pred = sums.acc / np.where(covered, wsum, 1)
+            est = np.full(values.shape, np.nan, dtype=np.float32)
+            est[target] = (_trust_map(store, plan, sums, pred, y, h, target) * span)[target]
+            finite = np.isfinite(est)
+            known_err = np.where(finite, est, 0).astype(np.float64)
+            out.err_sq += (known_err * known_err).sum(axis=(1, 2))
+            out.err_n += finite.sum(axis=(1, 2))
+            share = None
+            if guide_share is not None:
+                share = np.full(values.shape, np.nan, dtype=np.float32)
+                share[target] = (guide_share / np.where(covered, wsum, 1))[target]
+                out.guided += ((share > 0) & target).sum(axis=(1, 2))
+            if err_dst is not None:
+                err_dst.write((est if share is None else np.concatenate([est, share]))[..., cols], window=win)
     return out
 
 
