@@ -34,6 +34,10 @@ _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 _VSIGZIP = "/vsigzip/"
 # the most bytes of a text file (an MTL, a STAC item or item collection) read into memory
 MAX_TEXT_BYTES = 64 * 2**20
+# GDAL's cache of remote bytes (CPL_VSIL_CURL_CACHE_SIZE) unless the environment sets it: a fill makes three passes
+# over a scene (its extent, the store, the mosaic's known pixels), and with GDAL's default of 16 MB a scene larger
+# than its block cache was downloaded three times. A full Landsat scene's bands are a few hundred MB compressed.
+REMOTE_CACHE_MAX = 2**30
 
 
 def is_url(value) -> bool:
@@ -69,11 +73,28 @@ def gdal_path(value) -> str:
         raise TilefillError(f"{text}: tilefill cannot read {scheme}:// URLs; it reads "
                             f"{', '.join(s + '://' for s in VSI_PREFIXES)} (through GDAL) and local paths")
     prefix = VSI_PREFIXES[scheme]
+    _size_remote_cache()
     if prefix == "/vsicurl/":
         return prefix + text
     if not m["rest"] or m["rest"].startswith("/"):
         raise TilefillError(f"{text}: no bucket in the URL ({scheme}://BUCKET/KEY)")
     return prefix + m["rest"]
+
+
+@lru_cache(maxsize=1)
+def _size_remote_cache() -> int | None:
+    """Give GDAL's cache of remote bytes room for a scene, before this process reads its first URL (GDAL sizes
+    that cache once, at its first remote read): 1 GiB or an eighth of the memory, whichever is less. The bytes it
+    holds are the scene's, read once; ``CPL_VSIL_CURL_CACHE_SIZE`` in the environment takes precedence."""
+    if "CPL_VSIL_CURL_CACHE_SIZE" in os.environ:
+        return None
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - a platform without sysconf
+        memory = 8 * REMOTE_CACHE_MAX
+    size = int(min(REMOTE_CACHE_MAX, memory // 8))
+    _gdal().CPLSetConfigOption(b"CPL_VSIL_CURL_CACHE_SIZE", str(size).encode())
+    return size
 
 
 # --- GDAL's virtual file functions, on the library rasterio loaded -------------------------------------------
@@ -122,6 +143,8 @@ def _gdal() -> ctypes.CDLL:
     lib.VSIGetFileMetadata.restype = ctypes.POINTER(ctypes.c_char_p)
     lib.VSIGetFileMetadata.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)]
     lib.CPLGetLastErrorMsg.restype = ctypes.c_char_p
+    lib.CPLSetConfigOption.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    lib.CPLSetConfigOption.restype = None
     lib.CPLErrorReset.restype = None
     lib.VSIErrorReset.restype = None
     lib.VSIGetLastErrorMsg.restype = ctypes.c_char_p
