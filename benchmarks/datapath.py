@@ -66,7 +66,10 @@ from rasterio.windows import Window
 
 import tilefill
 from tilefill import __version__
-from tilefill._gaps import slc_off_mask
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _meta import git_commit  # noqa: E402
+from tilefill._gaps import slc_off_mask  # noqa: E402
 
 STRIP = 512
 GDAL_CACHE_BYTES = 256 * 2**20  # tilefill's own while a scene is open (tilefill._scene.GDAL_CACHE_BYTES)
@@ -427,17 +430,6 @@ def _median_run(runs: list[dict]) -> dict:
             "median_run": mid, "output_digests": sorted({r["output_digest"] for r in runs})}
 
 
-def _git_commit() -> str:
-    here = Path(tilefill.__file__).resolve().parents[1]
-    try:
-        return subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip() + ("" if not subprocess.run(
-                                  ["git", "-C", str(here), "status", "--porcelain", "tilefill"],
-                                  capture_output=True, text=True).stdout.strip() else "+changes")
-    except OSError:
-        return "?"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--height", type=int, default=8000)
@@ -527,7 +519,7 @@ def _write_report(path: Path, args, argv, workers, configs, frac, copies, runs, 
     """The JSON report, rewritten after every run (an interrupted benchmark keeps what it measured)."""
     result = {
         "meta": {"tilefill": __version__, "tilefill_path": str(Path(tilefill.__file__).parent),
-                 "commit": _git_commit(), "machine": f"{platform.node()} {os.cpu_count()} cores",
+                 "commit": git_commit(), "machine": f"{platform.node()} {os.cpu_count()} cores",
                  "load_average_at_end": os.getloadavg(),
                  "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": "cpu (no GPU)",
                  "height": args.height, "width": args.width, "bands": 4, "dtype": "uint16",

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,10 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 import fuzzing  # noqa: E402
+from _meta import git_commit  # noqa: E402
 from tilefill._version import __version__  # noqa: E402
 
 
@@ -89,18 +90,10 @@ def soak(examples: int, seed_value: int, workdir: Path) -> dict:
             "c_library_stderr": {"examples": len(c_noise), "first": c_noise[:5]},
             "by_target": {t: dict(c.most_common()) for t, c in sorted(by_target.items())},
             "example_lines": example_line,
-            "meta": {"tilefill": __version__, "commit": _commit(),
+            "meta": {"tilefill": __version__, "commit": git_commit(),
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
                      "machine": platform.machine(), "cpus": os.cpu_count(),
                      "settings": {"examples": examples, "seed": seed_value, "method": "gdal", "tile": 64}}}
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def markdown(report: dict) -> str:

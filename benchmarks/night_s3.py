@@ -40,11 +40,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import rasterio  # noqa: E402
 from rasterio.windows import Window, transform as window_transform  # noqa: E402
 
+from _meta import git_commit  # noqa: E402
 from servers import new_bucket, s3_client, s3_env, s3_server, upload_tree  # noqa: E402
 from tilefill._gaps import slc_off_mask  # noqa: E402
 from tilefill._version import __version__  # noqa: E402
@@ -223,7 +225,7 @@ def night(count: int, size: int, kill_after: int, work: Path) -> dict:
     report["met"] = (killed and report["filled_once"] == count and not report["duplicates"]
                      and not report["partial_objects"] and not report["claims_left"]
                      and report["rerun_skipped_what_was_done"] and two.returncode == 0 and again.returncode == 0)
-    report["meta"] = {"tilefill": __version__, "commit": _commit(), "python": platform.python_version(),
+    report["meta"] = {"tilefill": __version__, "commit": git_commit(), "python": platform.python_version(),
                       "cpus": os.cpu_count(), "machine": platform.machine(),
                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       "store": "moto server on 127.0.0.1", "settings": {"fill": FILL, "kill_after": kill_after}}
@@ -235,14 +237,6 @@ def _count(records: list[dict]) -> dict:
     for r in records:
         out[r["status"]] = out.get(r["status"], 0) + 1
     return out
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def markdown(report: dict) -> str:

@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from functools import lru_cache
@@ -205,3 +206,74 @@ env_restore = env_set
 if __name__ == "__main__":  # python servers.py ROOT PORT: the HTTP server's process
     _root, _port = sys.argv[1], int(sys.argv[2])
     _CountingServer((LOCALHOST, _port), lambda *a, **kw: _Handler(*a, directory=_root, **kw)).serve_forever()
+
+
+WORKER_ENV = {"TILEFILL_THREADS": "1", "OMP_NUM_THREADS": "1"}  # a test worker takes one core's worth
+
+
+class DaskProcesses:
+    """A scheduler and workers as real processes, each in its own session (killed as a group).
+
+    ``tls``: ``{"ca": ..., "cert": ..., "key": ...}`` files for a cluster that speaks TLS only.
+    """
+
+    def __init__(self, folder: Path, tls: dict | None = None):
+        self.folder = folder
+        self.file = folder / "scheduler.json"
+        self.procs: list[subprocess.Popen] = []
+        self.client = None
+        self.tls = tls
+        self._tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]] if tls else []
+
+    def _spawn(self, args: list[str], name: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "w")
+        env = {k: v for k, v in {**os.environ, **WORKER_ENV, **(env or {})}.items() if v is not None}  # None: unset
+        proc = subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True, cwd=cwd or self.folder)
+        self.procs.append(proc)
+        return proc
+
+    def add_worker(self, extra: list[str] = (), env: dict | None = None, *, cwd: Path | None = None,
+                   name: str | None = None) -> subprocess.Popen:
+        """One more ``dask worker`` (with its nanny), in a session of its own (``cwd``: its working folder)."""
+        n = len(self.procs) - 1
+        return self._spawn(["worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--no-dashboard",
+                            "--host", "127.0.0.1", "--name", name or f"w{n}", "--death-timeout", "60",
+                            *self._tls_args, *extra], f"worker{n}", env, cwd)
+
+    def start(self, workers: list[list[str]], env: dict | None = None) -> "DaskProcesses":
+        from distributed import Client
+        from distributed.security import Security
+
+        tls = ["--protocol", "tls", *self._tls_args] if self.tls else []
+        self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                     str(self.file), "--idle-timeout", "600", *tls], "scheduler")
+        deadline = time.monotonic() + 60
+        while not self.file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.file.is_file(), (self.folder / "scheduler.log").read_text()
+        for extra in workers:
+            self.add_worker(extra, env)
+        security = Security(tls_ca_file=self.tls["ca"], tls_client_cert=self.tls["cert"],
+                            tls_client_key=self.tls["key"], require_encryption=True) if self.tls else None
+        self.client = Client(scheduler_file=str(self.file), set_as_default=False, timeout=30, security=security)
+        if workers:
+            self.client.wait_for_workers(len(workers), timeout=90)
+        return self
+
+    @property
+    def address(self) -> str:
+        return json.loads(self.file.read_text())["address"]
+
+    def worker_pids(self) -> dict[str, int]:
+        return self.client.run(os.getpid)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)

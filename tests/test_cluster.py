@@ -27,6 +27,7 @@ import rasterio
 from click.testing import CliRunner
 from distributed import get_task_stream
 
+from servers import DaskProcesses
 from tilefill import ClusterSpec, TilefillError
 from tilefill import _cluster
 from tilefill._pipeline import default_store, worker_log_path
@@ -39,75 +40,6 @@ pytestmark = pytest.mark.timeout(180)
 TINY = str(Path(__file__).with_name("tiny.yaml"))
 SIZE = 160  # 4 x 4 tiles of 64 px
 FILL = ["--config", TINY, "--iterations", "40", "--seed", "3"]
-WORKER_ENV = {"TILEFILL_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
-
-class DaskProcesses:
-    """A scheduler and workers as real processes, each in its own session (killed as a group).
-
-    ``tls``: ``{"ca": ..., "cert": ..., "key": ...}`` files for a cluster that speaks TLS only.
-    """
-
-    def __init__(self, folder: Path, tls: dict | None = None):
-        self.folder = folder
-        self.file = folder / "scheduler.json"
-        self.procs: list[subprocess.Popen] = []
-        self.client = None
-        self.tls = tls
-        self._tls_args = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]] if tls else []
-
-    def _spawn(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **WORKER_ENV, **(env or {})}, start_new_session=True,
-                                cwd=self.folder)
-        self.procs.append(proc)
-        return proc
-
-    def add_worker(self, extra: list[str] = (), env: dict | None = None) -> subprocess.Popen:
-        """One more ``dask worker`` (with its nanny), in a session of its own."""
-        n = len(self.procs) - 1
-        return self._spawn(["worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--no-dashboard",
-                            "--host", "127.0.0.1", "--name", f"w{n}", "--death-timeout", "60", *self._tls_args,
-                            *extra], f"worker{n}", env)
-
-    def start(self, workers: list[list[str]], env: dict | None = None) -> "DaskProcesses":
-        from distributed import Client
-        from distributed.security import Security
-
-        tls = ["--protocol", "tls", *self._tls_args] if self.tls else []
-        self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-                     str(self.file), "--idle-timeout", "600", *tls], "scheduler")
-        deadline = time.monotonic() + 60
-        while not self.file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert self.file.is_file(), (self.folder / "scheduler.log").read_text()
-        for extra in workers:
-            self.add_worker(extra, env)
-        security = Security(tls_ca_file=self.tls["ca"], tls_client_cert=self.tls["cert"],
-                            tls_client_key=self.tls["key"], require_encryption=True) if self.tls else None
-        self.client = Client(scheduler_file=str(self.file), set_as_default=False, timeout=30, security=security)
-        self.client.wait_for_workers(len(workers), timeout=90)
-        return self
-
-    @property
-    def address(self) -> str:
-        return json.loads(self.file.read_text())["address"]
-
-    def worker_pids(self) -> dict[str, int]:
-        return self.client.run(os.getpid)
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     procs = DaskProcesses(tmp_path_factory.mktemp("dask"))

@@ -23,7 +23,7 @@ import rasterio
 from click.testing import CliRunner
 
 from conftest import smooth_field, stripe_mask, to_range, write_geotiff, write_landsat_product
-from servers import HttpServer, clear_gdal_cache, new_bucket, s3_env, s3_server, upload_tree
+from servers import HttpServer, clear_gdal_cache, new_bucket, s3_env, upload_tree
 from tilefill import ClusterSpec, TilefillError, fill_batch, fill_scene
 from tilefill._remote import RemotePath, gdal_path, is_url, list_dir
 from tilefill.cli import main

@@ -25,7 +25,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 
-from servers import free_port, new_bucket, s3_client, s3_env
+from servers import DaskProcesses, free_port, new_bucket, s3_client, s3_env
 from tilefill import ClusterSpec, TilefillError, fill_scene
 from tilefill._objstore import ObjectLocation
 from tilefill._store import TileStore
@@ -36,7 +36,6 @@ pytestmark = pytest.mark.timeout(240)
 TINY = str(Path(__file__).with_name("tiny.yaml"))
 SIZE = 160  # 4 x 4 tiles of 64 px
 FILL = ["--config", TINY, "--iterations", "40", "--seed", "3"]
-WORKER_ENV = {"TILEFILL_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -53,63 +52,26 @@ def s3env():
             os.environ[k] = v
 
 
-class Workers:
+class Workers(DaskProcesses):
     """A scheduler and workers as real processes, each worker in a working folder and a scratch folder of its
-    own (``home``): no folder is common to two of them. Killed as process groups at the end."""
+    own (``homes``): no folder is common to two of them. Killed as process groups at the end."""
 
     def __init__(self, folder: Path):
-        self.folder = folder
-        self.file = folder / "scheduler.json"
-        self.procs: list[subprocess.Popen] = []
+        super().__init__(folder)
         self.homes: list[Path] = []
-        self.client = None
-
-    def _spawn(self, args: list[str], name: str, cwd: Path, env: dict) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, cwd=cwd)
-        self.procs.append(proc)
-        return proc
 
     def start(self, envs: list[dict]) -> "Workers":
-        from distributed import Client
-
-        base = {**os.environ, **WORKER_ENV}
-        self._spawn(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-                     str(self.file), "--idle-timeout", "600"], "scheduler", self.folder, base)
-        deadline = time.monotonic() + 60
-        while not self.file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert self.file.is_file(), (self.folder / "scheduler.log").read_text()
+        """One worker per environment in ``envs`` (laid over this process's; None unsets a variable)."""
+        super().start([])
         for n, env in enumerate(envs):
             home = self.folder / f"machine{n}"
             (home / "cwd").mkdir(parents=True)
             (home / "scratch").mkdir()
             self.homes.append(home / "cwd")
-            worker_env = {k: v for k, v in {**base, "TMPDIR": str(home / "scratch"), **env}.items() if v is not None}
-            self._spawn(["worker", "--scheduler-file", str(self.file), "--nthreads", "1", "--no-dashboard",
-                         "--host", "127.0.0.1", "--name", f"m{n}", "--death-timeout", "60",
-                         "--local-directory", str(home / "scratch")], f"worker{n}", home / "cwd", worker_env)
-        self.client = Client(scheduler_file=str(self.file), set_as_default=False, timeout=30)
+            self.add_worker(["--local-directory", str(home / "scratch")], {"TMPDIR": str(home / "scratch"), **env},
+                            cwd=home / "cwd", name=f"m{n}")
         self.client.wait_for_workers(len(envs), timeout=90)
         return self
-
-    @property
-    def address(self) -> str:
-        return json.loads(self.file.read_text())["address"]
-
-    def worker_pids(self) -> dict[str, int]:
-        return self.client.run(os.getpid)
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        for proc in self.procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
