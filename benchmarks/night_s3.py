@@ -47,7 +47,8 @@ import rasterio  # noqa: E402
 from rasterio.windows import Window, transform as window_transform  # noqa: E402
 
 from _meta import git_commit  # noqa: E402
-from servers import new_bucket, s3_client, s3_env, s3_server, upload_tree  # noqa: E402
+from servers import (bucket_keys, claims_held, new_bucket, object_body, s3_client, s3_env, s3_server,  # noqa: E402
+                     upload_tree, uploads)
 from tilefill._gaps import slc_off_mask  # noqa: E402
 from tilefill._version import __version__  # noqa: E402
 
@@ -78,32 +79,6 @@ def write_scenes(folder: Path, count: int, size: int, seed: int = 31) -> list[st
             ds.write(crop)
         names.append(name)
     return names
-
-
-def _keys(bucket: str, prefix: str) -> list[str]:
-    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-
-
-def _body(bucket: str, key: str) -> bytes:
-    return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def _uploads(bucket: str, key: str) -> int:
-    versions = s3_client().list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
-    return sum(v["Key"] == key for v in versions)
-
-
-def _holds_claim(bucket: str, prefix: str, pid: int) -> list[str]:
-    held = []
-    for key in _keys(bucket, prefix):
-        if key.endswith(".claim"):
-            try:
-                if json.loads(_body(bucket, key)).get("pid") == pid:
-                    held.append(key)
-            except Exception:  # noqa: BLE001 - released between the listing and the read
-                pass
-    return held
 
 
 def _start(source: str, out: str, log: Path, workdir: Path) -> tuple[subprocess.Popen, float]:
@@ -138,8 +113,8 @@ def night(count: int, size: int, kill_after: int, work: Path) -> dict:
     while one.poll() is None:
         # between scenes: it holds claims, none on a scene it has uploaded (killed between an upload and its record,
         # the scene could only be filled again)
-        held = _holds_claim(bucket, "restored/", one.pid)
-        keys = set(_keys(bucket, "restored/"))
+        held = claims_held(bucket, "restored/", one.pid)
+        keys = set(bucket_keys(bucket, "restored/"))
         published_at_kill = sum(k.endswith(".done.json") for k in keys)
         uploading = [k for k in held if k.replace("/.", "/").removesuffix(".claim") in keys]
         if held and not uploading and published_at_kill >= kill_after:
@@ -151,7 +126,7 @@ def night(count: int, size: int, kill_after: int, work: Path) -> dict:
     one_seconds = time.perf_counter() - one_start
     two_err = two.communicate(timeout=1200)[1]
     two_seconds = time.perf_counter() - two_start
-    done_before = {k.removesuffix(".done.json") for k in _keys(bucket, "restored/") if k.endswith(".done.json")}
+    done_before = {k.removesuffix(".done.json") for k in bucket_keys(bucket, "restored/") if k.endswith(".done.json")}
     again, again_start = _start(source, out, runs / "again.jsonl", work)
     again_err = again.communicate(timeout=1200)[1]
     again_seconds = time.perf_counter() - again_start
@@ -159,7 +134,7 @@ def night(count: int, size: int, kill_after: int, work: Path) -> dict:
 
     # every scene: how many times its output was uploaded, and how many batches logged it as filled
     logs = {name: _scene_records(runs / f"{name}.jsonl") for name in ("one", "two", "again")}
-    filled = {n: _uploads(bucket, f"restored/{n}") for n in names}
+    filled = {n: uploads(bucket, f"restored/{n}") for n in names}
     logged = {f"{source}{n}": 0 for n in names}
     for records in logs.values():
         for r in records:
@@ -169,17 +144,17 @@ def night(count: int, size: int, kill_after: int, work: Path) -> dict:
     bucket_filled = sum(r["type"] == "scene" and r["status"] == "done" for r in bucket_log)
 
     # what is under the final keys: whole GeoTIFFs matching their records, or not
-    keys = _keys(bucket, "restored/")
+    keys = bucket_keys(bucket, "restored/")
     partial, unrecorded = [], []
     for name in names:
         key = f"restored/{name}"
         if key not in keys:
             continue
-        body = _body(bucket, key)
+        body = object_body(bucket, key)
         if key + ".done.json" not in keys:
             unrecorded.append(key)
             continue
-        record = json.loads(_body(bucket, key + ".done.json"))
+        record = json.loads(object_body(bucket, key + ".done.json"))
         whole = record["sha256"] == hashlib.sha256(body).hexdigest() and record["size"] == len(body)
         try:
             with rasterio.MemoryFile(body) as mem, mem.open() as ds:

@@ -70,6 +70,35 @@ def s3_client():
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
+def bucket_keys(bucket: str, prefix: str = "") -> list[str]:
+    """Every key under ``prefix`` in a bucket of the local S3 server, sorted."""
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def object_body(bucket: str, key: str) -> bytes:
+    return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def uploads(bucket: str, key: str) -> int:
+    """How many times ``key`` was written, in a versioned bucket: its versions."""
+    versions = s3_client().list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
+    return sum(v["Key"] == key for v in versions)
+
+
+def claims_held(bucket: str, prefix: str, pid: int) -> list[str]:
+    """The batch claims (``.NAME.claim`` objects) under ``prefix`` that process ``pid`` holds."""
+    held = []
+    for key in bucket_keys(bucket, prefix):
+        if key.endswith(".claim"):
+            try:
+                if json.loads(object_body(bucket, key)).get("pid") == pid:
+                    held.append(key)
+            except Exception:  # noqa: BLE001 - released between the listing and the read
+                pass
+    return held
+
+
 def new_bucket() -> str:
     """A bucket of its own per test: GDAL caches what it learnt of an object for the process's life."""
     name = f"tf-{uuid.uuid4().hex[:12]}"

@@ -23,7 +23,8 @@ import rasterio
 from click.testing import CliRunner
 
 from conftest import IN_PROCESS
-from servers import free_port, new_bucket, s3_client, s3_env, upload_tree
+from servers import (bucket_keys, claims_held, free_port, new_bucket, object_body, s3_client, s3_env, upload_tree,
+                     uploads)
 from tilefill import TilefillError, fill_batch
 from tilefill._archive import ClaimLost
 from tilefill._bucket import BucketOutputs, ObjectClaim, read_log
@@ -65,23 +66,13 @@ def _archive(root: Path, n: int) -> Path:
     return root
 
 
-def _keys(bucket: str, prefix: str = "") -> list[str]:
-    client = s3_client()
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-
-
-def _body(bucket: str, key: str) -> bytes:
-    return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
 def _outputs_whole_and_recorded(bucket: str, prefix: str) -> list[str]:
     """Every output under the prefix is a whole GeoTIFF with a record that names its bytes: the names of them."""
-    keys = _keys(bucket, prefix)
+    keys = bucket_keys(bucket, prefix)
     tifs = [k for k in keys if k.endswith(".tif") and "/." not in k]
     for key in tifs:
-        body = _body(bucket, key)
-        record = json.loads(_body(bucket, key + ".done.json"))
+        body = object_body(bucket, key)
+        record = json.loads(object_body(bucket, key + ".done.json"))
         assert record["sha256"] == hashlib.sha256(body).hexdigest() and record["size"] == len(body), key
         with rasterio.MemoryFile(body) as mem, mem.open() as ds:
             assert ds.read().shape == (2, 96, 96) and not (ds.read() == 0).all()
@@ -99,15 +90,15 @@ def test_a_batch_from_a_bucket_into_a_bucket(tmp_path, s3):
     assert sorted(str(o.output) for o in report.done) == [f"{out}/s{i}.tif" for i in range(3)]
     # the outputs, each whole beside its record; no claim, no probe object, no staging left
     assert _outputs_whole_and_recorded(bucket, "restored/") == [f"restored/s{i}.tif" for i in range(3)]
-    keys = _keys(bucket)
+    keys = bucket_keys(bucket)
     assert not [k for k in keys if k.endswith(".claim") or ".tilefill-probe" in k], keys
     assert not (tmp_path / ".tilefill-staging").exists()
     # bit for bit the outputs of the same batch into a local folder
     local = fill_batch([tmp_path / "archive"], tmp_path / "local", cluster=IN_PROCESS, overrides=FAST, progress=False)
     assert len(local.done) == 3
     for i in range(3):
-        assert _body(bucket, f"restored/s{i}.tif") == (tmp_path / "local" / f"s{i}.tif").read_bytes()
-    record = json.loads(_body(bucket, "restored/s0.tif.done.json"))
+        assert object_body(bucket, f"restored/s{i}.tif") == (tmp_path / "local" / f"s{i}.tif").read_bytes()
+    record = json.loads(object_body(bucket, "restored/s0.tif.done.json"))
     assert record["output"] == f"{out}/s0.tif" and record["etag"]
     # the log: one object per scene settled and the summary, read back in order
     log = read_log(out)
@@ -120,12 +111,12 @@ def test_a_batch_from_a_bucket_into_a_bucket(tmp_path, s3):
     again = fill_batch([source], out, cluster=IN_PROCESS, overrides=FAST, progress=False, verify=True)
     assert len(again.skipped) == 3 and all(o.verified for o in again.skipped)
     # an output replaced by other bytes of the same size: damaged, filled again
-    body = bytearray(_body(bucket, "restored/s1.tif"))
+    body = bytearray(object_body(bucket, "restored/s1.tif"))
     body[-1] ^= 0xFF
     s3_client().put_object(Bucket=bucket, Key="restored/s1.tif", Body=bytes(body))
     third = fill_batch([source], out, cluster=IN_PROCESS, overrides=FAST, progress=False)
     assert [Path(o.scene).name for o in third.done] == ["s1.tif"] and "ETag" in third.done[0].damaged
-    assert _body(bucket, "restored/s1.tif") == (tmp_path / "local" / "s1.tif").read_bytes()
+    assert object_body(bucket, "restored/s1.tif") == (tmp_path / "local" / "s1.tif").read_bytes()
 
 
 def test_a_local_archive_into_a_bucket_mirrors_its_tree_and_sidecars_go_beside(tmp_path, s3):
@@ -191,9 +182,9 @@ def test_a_batch_that_lost_its_claim_publishes_nothing(tmp_path, s3):
     assert replace_if_unchanged(outputs.store, ".a.tif.claim", b'{"taken": "over"}', meta)  # another batch's now
     with pytest.raises(ClaimLost, match="taken over by another batch"):
         outputs.publish(out, {"status": "done"}, claim)
-    assert claim.lost and _keys(bucket) == ["out/.a.tif.claim"]
+    assert claim.lost and bucket_keys(bucket) == ["out/.a.tif.claim"]
     claim.release()  # a lost claim is not ours to delete
-    assert _keys(bucket) == ["out/.a.tif.claim"]
+    assert bucket_keys(bucket) == ["out/.a.tif.claim"]
 
 
 # --- two batches on one prefix, one killed and restarted ------------------------------------------------------
@@ -211,35 +202,18 @@ def _versioned_bucket() -> str:
     return bucket
 
 
-def _uploads(bucket: str, key: str) -> int:
-    versions = s3_client().list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
-    return sum(v["Key"] == key for v in versions)
-
-
 def _kill_mid_scene(proc: subprocess.Popen, bucket: str, prefix: str) -> list[str]:
     """SIGKILL ``proc`` while it holds claims on scenes it has not uploaded yet (so not between an upload and its
     record, after which a rerun could only fill the scene again): the claims it held, [] if it ended first."""
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
-        held = _claims_of(bucket, prefix, proc.pid)
-        keys = set(_keys(bucket, prefix))
+        held = claims_held(bucket, prefix, proc.pid)
+        keys = set(bucket_keys(bucket, prefix))
         if held and not [k for k in held if k.replace("/.", "/").removesuffix(".claim") in keys]:
             proc.send_signal(signal.SIGKILL)
             return held
         time.sleep(0.05)
     return []
-
-
-def _claims_of(bucket: str, prefix: str, pid: int) -> list[str]:
-    held = []
-    for key in _keys(bucket, prefix):
-        if key.endswith(".claim"):
-            try:
-                if json.loads(_body(bucket, key)).get("pid") == pid:
-                    held.append(key)
-            except Exception:  # noqa: BLE001 - released between the listing and the read
-                pass
-    return held
 
 
 def test_two_batches_on_one_prefix_one_killed_and_restarted_fill_each_scene_once(tmp_path, s3):
@@ -252,14 +226,14 @@ def test_two_batches_on_one_prefix_one_killed_and_restarted_fill_each_scene_once
     one.wait(30)
     assert two.wait(150) == 0, two.stderr.read()
     assert killed_holding, "the first batch finished before it could be killed holding a claim"
-    done_before = {k.removesuffix(".done.json") for k in _keys(bucket, "night/") if k.endswith(".done.json")}
+    done_before = {k.removesuffix(".done.json") for k in bucket_keys(bucket, "night/") if k.endswith(".done.json")}
     again = _batch_proc(source, out, tmp_path / "again.jsonl")  # the killed batch, restarted
     assert again.wait(150) == 0, again.stderr.read()
 
     # every scene uploaded exactly once (the bucket keeps every version), whole, with its record; no claim left
-    assert {i: _uploads(bucket, f"night/s{i}.tif") for i in range(n)} == {i: 1 for i in range(n)}
+    assert {i: uploads(bucket, f"night/s{i}.tif") for i in range(n)} == {i: 1 for i in range(n)}
     assert _outputs_whole_and_recorded(bucket, "night/") == [f"night/s{i}.tif" for i in range(n)]
-    assert not [k for k in _keys(bucket) if k.endswith(".claim")]
+    assert not [k for k in bucket_keys(bucket) if k.endswith(".claim")]
     assert not (tmp_path / ".tilefill-staging").exists()  # the killed batch's scene folder: resumed, then removed
     logged: dict[str, int] = {}
     for name in ("one", "two", "again"):  # the killed batch's log lacks the scene it was killed on
@@ -307,7 +281,7 @@ def test_no_credentials(tmp_path, s3, monkeypatch):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     line = _bad(tmp_path, f"s3://{bucket}/out")
-    assert "credentials" in line and not _keys(bucket)
+    assert "credentials" in line and not bucket_keys(bucket)
 
 
 def test_an_unreachable_endpoint(tmp_path, s3, monkeypatch):
@@ -321,7 +295,7 @@ def test_obstore_missing(tmp_path, s3, monkeypatch):
     monkeypatch.setitem(sys.modules, "obstore", None)  # import obstore raises ImportError, as where it is missing
     monkeypatch.setitem(sys.modules, "obstore.store", None)
     line = _bad(tmp_path, f"s3://{bucket}/out")
-    assert "pip install 'tilefill[cloud]'" in line and not _keys(bucket)
+    assert "pip install 'tilefill[cloud]'" in line and not bucket_keys(bucket)
 
 
 # an S3 endpoint that ignores conditional writes, as some S3-compatible stores do: moto behind a proxy that drops
@@ -374,7 +348,7 @@ def test_a_store_that_grants_a_second_create_is_refused(tmp_path, s3, monkeypatc
         proxy.terminate()
         proxy.wait(10)
     assert "accepted a second create-only write" in line and "If-None-Match" in line
-    assert not _keys(bucket)  # the probe's object removed, nothing else written
+    assert not bucket_keys(bucket)  # the probe's object removed, nothing else written
 
 
 def test_a_log_by_url_is_refused(tmp_path, s3):
